@@ -1,0 +1,1 @@
+"""Semi-supervised semantic segmentation on PyTorch Lightning and Hydra."""

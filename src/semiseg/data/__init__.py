@@ -1,0 +1,1 @@
+"""Split files, transforms, datasets and the embedded toy dataset."""

@@ -1,0 +1,159 @@
+"""Split-file datasets: labeled crops, unlabeled weak/strong views, whole validation images.
+
+Items are dicts of tensors (and strings) so that the default collate function batches them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from semiseg.data import transforms as tf
+from semiseg.data.splits import Sample, SplitError
+
+MIX_MODES = ("same", "shuffle", "none")
+
+
+def _check_same_size(img, mask, root, sample):
+    if img.size != mask.size:
+        raise SplitError(
+            f"image {root / sample.image} is {img.size[0]}x{img.size[1]} but its mask "
+            f"{root / sample.mask} is {mask.size[0]}x{mask.size[1]}; they must have the same size"
+        )
+
+
+def _require_masks(samples, what):
+    for s in samples:
+        if s.mask is None:
+            raise SplitError(f"{what} sample {s.image!r} has no mask; {what} lists need masks")
+
+
+class LabeledDataset(Dataset):
+    """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}."""
+
+    def __init__(self, root, samples: list[Sample], crop_size: int, length: int | None = None):
+        if not samples:
+            raise SplitError("the labeled list is empty")
+        _require_masks(samples, "labeled")
+        self.root = Path(root)
+        self.crop_size = crop_size
+        samples = list(samples)
+        if length is not None and length > len(samples):
+            # the reference repeats the labeled list to the unlabeled length: one epoch then
+            # visits every unlabeled image once and every labeled image about equally often
+            samples = (samples * math.ceil(length / len(samples)))[:length]
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        sample = self.samples[index]
+        img = tf.load_image(self.root / sample.image)
+        mask = tf.load_mask(self.root / sample.mask)
+        _check_same_size(img, mask, self.root, sample)
+        img, (mask,) = tf.resize_long_side(img, [mask])
+        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE])
+        img, (mask,) = tf.hflip(img, [mask])
+        return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
+
+
+class UnlabeledDataset(Dataset):
+    """Weak view, independent strong views, CutMix boxes and the padding ignore mask.
+
+    `mix` selects where the CutMix partner views (keys `mix_*`) come from: "same" re-augments the
+    same image (the reference: one sampler drives both loaders), "shuffle" augments a random other
+    image, "none" adds no partner (the method mixes within the batch, e.g. `batch.flip(0)`).
+    Masks of unlabeled images are optional and only returned as `gt` for logging.
+    """
+
+    def __init__(self, root, samples: list[Sample], crop_size: int, num_strong=2, mix="same"):
+        if not samples:
+            raise SplitError("the unlabeled list is empty")
+        mix = "none" if mix is None else str(mix)
+        if mix not in MIX_MODES:
+            raise ValueError(f"unknown mix mode {mix!r}; choose one of {', '.join(MIX_MODES)}")
+        if num_strong not in (1, 2):
+            raise ValueError(f"num_strong must be 1 or 2, got {num_strong!r}")
+        self.root = Path(root)
+        self.samples = list(samples)
+        self.crop_size = crop_size
+        self.num_strong = num_strong
+        self.mix = mix
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _load(self, index):
+        sample = self.samples[index]
+        img = tf.load_image(self.root / sample.image)
+        gt = None
+        if sample.mask is not None:
+            gt = tf.load_mask(self.root / sample.mask)
+            _check_same_size(img, gt, self.root, sample)
+        return img, gt
+
+    def _view(self, img, gt):
+        """One joint geometric augmentation, then the weak and strong photometric views."""
+        marker = Image.new("L", img.size, 0)
+        masks = [marker] if gt is None else [marker, gt]
+        img, masks = tf.resize_long_side(img, masks)
+        img, masks = tf.pad_and_crop(img, masks, self.crop_size, [tf.PAD_MARKER, tf.IGNORE])
+        img, masks = tf.hflip(img, masks)
+        marker = tf.mask_to_tensor(masks[0])
+        view = {
+            "weak": tf.normalize(img),
+            "ignore": torch.where(marker == tf.PAD_MARKER, tf.IGNORE, 0),
+        }
+        for k in range(1, self.num_strong + 1):
+            view[f"strong{k}"] = tf.normalize(tf.strong_color(img))
+        if gt is not None:
+            view["gt"] = tf.mask_to_tensor(masks[1])
+        return view
+
+    def __getitem__(self, index):
+        img, gt = self._load(index)
+        item = self._view(img, gt)
+        if gt is None:
+            item["gt"] = torch.full((self.crop_size,) * 2, tf.IGNORE, dtype=torch.long)
+        for k in range(1, self.num_strong + 1):
+            item[f"box{k}"] = tf.cutmix_box(self.crop_size, p=0.5)
+        if self.mix == "none":
+            return item
+        if self.mix == "same":
+            partner = self._view(img, None)  # the decoded image is reused: no second decode
+        else:
+            # uniform over the other images (the image itself when it is the only one)
+            others = len(self) - 1
+            other = (index + 1 + random.randrange(others)) % len(self) if others else index
+            partner = self._view(self._load(other)[0], None)
+        item.update({f"mix_{key}": value for key, value in partner.items()})
+        return item
+
+
+class ValDataset(Dataset):
+    """Whole images, no resize: {"image", "mask", "name"}."""
+
+    def __init__(self, root, samples: list[Sample]):
+        _require_masks(samples, "val")
+        self.root = Path(root)
+        self.samples = list(samples)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        sample = self.samples[index]
+        img = tf.load_image(self.root / sample.image)
+        mask = tf.load_mask(self.root / sample.mask)
+        _check_same_size(img, mask, self.root, sample)
+        return {
+            "image": tf.normalize(img),
+            "mask": tf.mask_to_tensor(mask),
+            "name": Path(sample.image).stem,
+        }

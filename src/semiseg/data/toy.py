@@ -1,0 +1,241 @@
+"""The embedded toy dataset: a small but real semi-supervised segmentation task.
+
+Objects of five classes are told apart by shape and texture only: their colours are drawn at
+random per object, and half of the backgrounds carry a faint texture of the same families, so a
+network must learn shapes. With 10-20 labeled images a small CNN underfits; the ~500 unlabeled
+images are there to help. Generation is deterministic for a seed and takes a few seconds.
+
+Layout (the split-file format of every other dataset):
+    images/{train,val}_NNNN.png   RGB, sides 112..144 px
+    masks/{train,val}_NNNN.png    single-channel class indices
+    classes.txt                   one class name per line
+    splits/<n>/labeled.txt, unlabeled.txt for n in SPLITS (nested labeled sets), splits/val.txt
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from semiseg.data.splits import Sample, write_list, write_split
+
+VERSION = "1"
+VERSION_FILE = ".toy_version"
+CLASSES = (
+    "background",
+    "striped_disc",
+    "checkered_square",
+    "dotted_triangle",
+    "noisy_ring",
+    "gridded_cross",
+)
+NUM_TRAIN = 500
+NUM_VAL = 100
+SPLITS = (10, 20, 40)
+SIDE_RANGE = (112, 144)
+_OWN_NAMES = {"images", "masks", "splits", "classes.txt", VERSION_FILE}
+
+
+# Shapes: (a, b) are pixel offsets from the centre in the object's rotated frame, r its size.
+def _disc(a, b, r, rng):
+    return a * a + b * b <= r * r
+
+
+def _square(a, b, r, rng):
+    return np.maximum(np.abs(a), np.abs(b)) <= 0.8 * r
+
+
+def _triangle(a, b, r, rng):
+    # equilateral, circumradius 1.25 r (so its area is close to the other shapes')
+    inside = np.ones(np.broadcast_shapes(a.shape, b.shape), dtype=bool)
+    for angle in (0.0, 2 * np.pi / 3, 4 * np.pi / 3):
+        inside &= a * np.cos(angle) + b * np.sin(angle) <= 0.625 * r
+    return inside
+
+
+def _ring(a, b, r, rng):
+    d2 = a * a + b * b
+    inner = rng.uniform(0.45, 0.65) * r
+    return (d2 <= r * r) & (d2 >= inner * inner)
+
+
+def _cross(a, b, r, rng):
+    arm = rng.uniform(0.25, 0.35) * r
+    a, b = np.abs(a), np.abs(b)
+    return ((a <= arm) & (b <= r)) | ((b <= arm) & (a <= r))
+
+
+# Textures: (u, v) are coordinates in a randomly rotated and shifted frame; True = first colour.
+def _stripes(u, v, period, rng):
+    return (u / period) % 1.0 < 0.5
+
+
+def _checker(u, v, period, rng):
+    return (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+
+
+def _dots(u, v, period, rng):
+    du, dv = (u / period) % 1.0 - 0.5, (v / period) % 1.0 - 0.5
+    return du * du + dv * dv < 0.09
+
+
+def _noise(u, v, period, rng):
+    cell = max(period / 3, 1.5)
+    iu, iv = np.floor(u / cell).astype(np.int64), np.floor(v / cell).astype(np.int64)
+    iu, iv = iu - iu.min(), iv - iv.min()
+    return (rng.random((iu.max() + 1, iv.max() + 1)) < 0.5)[iu, iv]
+
+
+def _grid(u, v, period, rng):
+    return ((u / period) % 1.0 < 0.25) | ((v / period) % 1.0 < 0.25)
+
+
+# class index -> (shape, texture), in the order of CLASSES
+_OBJECTS = {
+    1: (_disc, _stripes),
+    2: (_square, _checker),
+    3: (_triangle, _dots),
+    4: (_ring, _noise),
+    5: (_cross, _grid),
+}
+_TEXTURES = (_stripes, _checker, _dots, _noise, _grid)
+
+
+def _rotated(dx, dy, angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return dx * c + dy * s, dy * c - dx * s
+
+
+def _colour_pair(rng, min_distance=0.35):
+    first = rng.uniform(0, 1, 3)
+    while True:
+        second = rng.uniform(0, 1, 3)
+        if np.linalg.norm(first - second) >= min_distance:
+            return first, second
+
+
+def _texture(texture, dx, dy, rng):
+    period = rng.uniform(4, 10)
+    u, v = _rotated(dx, dy, rng.uniform(0, 2 * np.pi))
+    return texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
+
+
+def _draw_image(rng):
+    h, w = (int(s) for s in rng.integers(SIDE_RANGE[0], SIDE_RANGE[1] + 1, size=2))
+    dy, dx = np.ogrid[0:h, 0:w]
+    dy, dx = dy.astype(np.float32), dx.astype(np.float32)
+
+    base = rng.uniform(0.1, 0.9, 3)
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[:] = base
+    if rng.random() < 0.5:  # faint clutter of the objects' own textures
+        clutter = _texture(_TEXTURES[rng.integers(len(_TEXTURES))], dx, dy, rng)
+        img[clutter] = np.clip(base + rng.normal(0, 0.12, 3), 0, 1)
+    mask = np.zeros((h, w), dtype=np.uint8)
+
+    for _ in range(rng.integers(1, 5)):  # later objects occlude earlier ones
+        cls = int(rng.integers(1, len(CLASSES)))
+        shape_fn, texture_fn = _OBJECTS[cls]
+        r = rng.uniform(12, 34)
+        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        # only the window around the object is computed
+        ext = int(1.3 * r) + 2
+        y0, y1 = max(int(cy) - ext, 0), min(int(cy) + ext, h)
+        x0, x1 = max(int(cx) - ext, 0), min(int(cx) + ext, w)
+        oy, ox = dy[y0:y1] - cy, dx[:, x0:x1] - cx
+        inside = shape_fn(*_rotated(ox, oy, rng.uniform(0, 2 * np.pi)), r, rng)
+        pattern = _texture(texture_fn, ox, oy, rng)
+        first, second = _colour_pair(rng)
+        colour = np.where(pattern[..., None], first, second).astype(np.float32)
+        img[y0:y1, x0:x1][inside] = colour[inside]
+        mask[y0:y1, x0:x1][inside] = cls
+
+    # lighting: a brightness ramp in a random direction, then sensor noise
+    angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.8)
+    ramp = (dx - w / 2) * np.cos(angle) + (dy - h / 2) * np.sin(angle)
+    img *= (1 + strength * ramp / np.hypot(h, w))[..., None]
+    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
+
+
+def _write(root: Path, seed: int):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    lists = {}
+    for part_index, (part, count) in enumerate((("train", NUM_TRAIN), ("val", NUM_VAL))):
+        samples = []
+        for i in range(count):
+            # one generator per image: any image can be regenerated on its own
+            img, mask = _draw_image(np.random.default_rng([seed, part_index, i]))
+            name = f"{part}_{i:04d}.png"
+            Image.fromarray(img).save(root / "images" / name)
+            Image.fromarray(mask).save(root / "masks" / name)
+            samples.append(Sample(f"images/{name}", f"masks/{name}"))
+        lists[part] = samples
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
+
+    train = lists["train"]
+    order = np.random.default_rng([seed, 2]).permutation(len(train))
+    for n in SPLITS:  # prefixes of one permutation: smaller labeled sets are nested in larger
+        labeled = sorted(int(i) for i in order[:n])
+        unlabeled = sorted(int(i) for i in order[n:])
+        write_split(
+            root / "splits", n, [train[i] for i in labeled], [train[i] for i in unlabeled]
+        )
+    write_list(root / "splits" / "val.txt", lists["val"])
+
+
+def _stamp(seed: int) -> str:
+    return f"{VERSION} seed={seed}\n"
+
+
+def is_current(root: Path, seed: int = 0) -> bool:
+    try:
+        return (Path(root) / VERSION_FILE).read_text() == _stamp(seed)
+    except OSError:
+        return False
+
+
+def generate(root: Path, seed: int = 0, force: bool = False) -> Path:
+    """Write the toy dataset to `root` unless an identical one is already there."""
+    root = Path(root)
+    if not force and is_current(root, seed):
+        return root
+    if root.exists():
+        foreign = sorted({p.name for p in root.iterdir()} - _OWN_NAMES) if root.is_dir() else []
+        if foreign or not root.is_dir():
+            raise FileExistsError(
+                f"refusing to write the toy dataset to {root}: it holds {foreign or 'a file'} "
+                "that the generator did not write; choose an empty or new folder"
+            )
+    print(f"generating toy dataset in {root} ...", end=" ", flush=True)
+    start = time.perf_counter()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: an interrupted run leaves no half dataset behind
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp"))
+    try:
+        _write(tmp, seed)
+        (tmp / VERSION_FILE).write_text(_stamp(seed))  # last: marks the dataset complete
+        os.chmod(tmp, 0o755)
+        if root.exists():
+            shutil.rmtree(root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not is_current(root, seed):  # another process may have just finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
+    return root
+
+
+def ensure(root: Path, seed: int = 0) -> Path:
+    """Generate only when `root` lacks a complete toy dataset of this VERSION and seed."""
+    return generate(root, seed=seed, force=False)

@@ -1,0 +1,138 @@
+"""The UniMatch V1 augmentations on PIL images and masks.
+
+Randomness comes from Python's `random` and torch's global generator only, so the per-worker
+seeding done by Lightning (`seed_everything(workers=True)`) makes every worker reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torchvision import transforms as T
+
+from semiseg.data.splits import SplitError
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+IGNORE = 255  # mask value of unlabeled or padded pixels
+PAD_MARKER = 254  # fill of the unlabeled padding marker, turned into the ignore mask later
+
+_color_jitter = T.ColorJitter(0.5, 0.5, 0.5, 0.25)
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as e:
+        raise SplitError(f"cannot read image {path}: {e}") from None
+
+
+def load_mask(path: Path) -> Image.Image:
+    """Class indices as an 'L' image; palette PNGs give their index, never the RGB colour."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except OSError as e:
+        raise SplitError(f"cannot read mask {path}: {e}") from None
+    if img.mode == "L":
+        return img
+    if img.mode in ("P", "1") or img.mode.startswith("I"):
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise SplitError(
+                f"mask {path} has values {values.min()}..{values.max()}; class indices must fit "
+                "in 0..255 (255 = ignore)"
+            )
+        return Image.fromarray(values.astype(np.uint8))
+    raise SplitError(
+        f"mask {path} has mode {img.mode}; masks must be single-channel or palette PNGs holding "
+        "class indices (convert colour-coded masks to indices first)"
+    )
+
+
+def resize_long_side(img, masks: list, ratio_range=(0.5, 2.0)):
+    """Scale so the LONG side is randint(lo*L, hi*L), keeping the aspect ratio."""
+    w, h = img.size
+    long_side = random.randint(int(max(w, h) * ratio_range[0]), int(max(w, h) * ratio_range[1]))
+    if h > w:
+        oh, ow = long_side, int(w * long_side / h + 0.5)
+    else:
+        ow, oh = long_side, int(h * long_side / w + 0.5)
+    ow, oh = max(ow, 1), max(oh, 1)
+    img = img.resize((ow, oh), Image.BILINEAR)
+    masks = [m.resize((ow, oh), Image.NEAREST) for m in masks]
+    return img, masks
+
+
+def _pad(img, width, height, fill):
+    canvas = Image.new(img.mode, (width, height), fill)
+    canvas.paste(img, (0, 0))
+    return canvas
+
+
+def pad_and_crop(img, masks: list, crop_size: int, mask_fills: list[int]):
+    """Pad right/bottom up to the crop size, then take a random square crop."""
+    w, h = img.size
+    if w < crop_size or h < crop_size:
+        pw, ph = max(w, crop_size), max(h, crop_size)
+        img = _pad(img, pw, ph, 0)
+        masks = [_pad(m, pw, ph, fill) for m, fill in zip(masks, mask_fills, strict=True)]
+        w, h = pw, ph
+    x = random.randint(0, w - crop_size)
+    y = random.randint(0, h - crop_size)
+    box = (x, y, x + crop_size, y + crop_size)
+    return img.crop(box), [m.crop(box) for m in masks]
+
+
+def hflip(img, masks: list, p=0.5):
+    if random.random() < p:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        masks = [m.transpose(Image.FLIP_LEFT_RIGHT) for m in masks]
+    return img, masks
+
+
+def strong_color(img):
+    """Colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5); a new image."""
+    out = img
+    if random.random() < 0.8:
+        out = _color_jitter(out)
+    if random.random() < 0.2:
+        out = out.convert("L").convert("RGB")
+    if random.random() < 0.5:
+        out = out.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+    return out.copy() if out is img else out
+
+
+def cutmix_box(size: int, p=0.5) -> torch.Tensor:
+    """A size x size uint8 mask, 1 inside one random box (drawn with probability p)."""
+    box = torch.zeros(size, size, dtype=torch.uint8)
+    if random.random() >= p:
+        return box
+    while True:
+        # area and aspect are redrawn with the position, as the reference does: this favours
+        # boxes that fit, i.e. slightly smaller ones
+        area = random.uniform(0.02, 0.4) * size * size
+        ratio = random.uniform(0.3, 1 / 0.3)
+        w = int(math.sqrt(area / ratio))
+        h = int(math.sqrt(area * ratio))
+        x = random.randrange(size)
+        y = random.randrange(size)
+        if x + w <= size and y + h <= size:
+            break
+    box[y : y + h, x : x + w] = 1
+    return box
+
+
+def normalize(img) -> torch.Tensor:
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+    return x.sub_(IMAGENET_MEAN).div_(IMAGENET_STD)
+
+
+def mask_to_tensor(mask) -> torch.Tensor:
+    return torch.from_numpy(np.array(mask, dtype=np.int64))

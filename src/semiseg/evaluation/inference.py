@@ -1,0 +1,67 @@
+"""Predicting one validation image: whole image, centre crop or sliding window."""
+
+import torch
+
+MODES = ("original", "center_crop", "sliding_window")
+
+
+def center_crop(image: torch.Tensor, mask: torch.Tensor | None, crop_size: int):
+    """Crop the centre crop_size x crop_size region (clamped to the image) of image and mask.
+
+    Works on (..., H, W) tensors, so the caller crops the mask exactly as predict crops the image.
+    """
+    h, w = image.shape[-2:]
+    ch, cw = min(crop_size, h), min(crop_size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    image = image[..., top : top + ch, left : left + cw]
+    if mask is not None:
+        mask = mask[..., top : top + ch, left : left + cw]
+    return image, mask
+
+
+def window_starts(size: int, crop_size: int, stride: int, border: str) -> list[tuple[int, int]]:
+    """(start, end) of the windows along one side.
+
+    border="align": windows of crop_size (or the side, if shorter), the last one ending at the
+    border. border="truncate": the public UniMatch code, a window starts every stride while
+    start < size and is cut at the border (so the last windows are narrower, and an extra
+    window runs even when the first one already covers the side).
+    """
+    if border not in ("align", "truncate"):
+        raise ValueError(f"border must be 'align' or 'truncate', not {border!r}")
+    if border == "truncate":
+        return [(s, min(s + crop_size, size)) for s in range(0, size, stride)]
+    window = min(crop_size, size)
+    starts = [*range(0, size - window, stride), size - window]
+    return [(s, s + window) for s in starts]
+
+
+def sliding_window(model, image, crop_size: int, num_classes: int, border: str = "align"):
+    stride = int(2 / 3 * crop_size)
+    h, w = image.shape[-2:]
+    # Accumulate in float32 whatever precision the model runs in.
+    total = image.new_zeros((image.shape[0], num_classes, h, w), dtype=torch.float32)
+    for top, bottom in window_starts(h, crop_size, stride, border):
+        for left, right in window_starts(w, crop_size, stride, border):
+            logits = model(image[..., top:bottom, left:right])
+            total[..., top:bottom, left:right] += logits.float().softmax(dim=1)
+    return total
+
+
+@torch.no_grad()
+def predict(
+    model, image: torch.Tensor, mode: str, crop_size: int, num_classes: int, border: str = "align"
+) -> torch.Tensor:
+    """Class probabilities (N, C, H', W') for image (N, 3, H, W); the model is in eval mode.
+
+    For sliding_window they are softmax sums over the windows: only their argmax is meant.
+    For center_crop, H' x W' is the crop: crop the mask with `center_crop` too. `border` only
+    matters for sliding_window (see `window_starts`).
+    """
+    if mode == "original":
+        return model(image).float().softmax(dim=1)
+    if mode == "center_crop":
+        return model(center_crop(image, None, crop_size)[0]).float().softmax(dim=1)
+    if mode == "sliding_window":
+        return sliding_window(model, image, crop_size, num_classes, border)
+    raise ValueError(f"unknown eval mode {mode!r}: choose one of {', '.join(MODES)}")

@@ -1,0 +1,1 @@
+"""Training methods: one LightningModule subclass per method, each writing only its step."""

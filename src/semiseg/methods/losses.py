@@ -1,0 +1,89 @@
+"""Loss functions and pseudo-label helpers: pure functions of logits and batch tensors.
+
+Conventions: logits (N, C, H, W); labels, confidences and ignore masks (N, H, W); ignore masks
+hold 255 on padded pixels and 0 elsewhere; CutMix boxes hold 1 inside the box.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = 255
+
+
+def supervised_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy over labeled pixels; 255 is ignored."""
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+
+def ohem_ce(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 200_000) -> Tensor:
+    """Online hard example mining cross-entropy (the reference's Cityscapes labeled loss).
+
+    Keeps the pixels whose probability for their true class is at most `threshold`, where the
+    threshold is `thresh`, raised to the `min_kept`-th smallest true-class probability when fewer
+    than `min_kept` pixels would pass. With fewer than `min_kept` labeled pixels in the batch,
+    every labeled pixel is kept (plain cross-entropy), as in the reference.
+    """
+    valid = target != IGNORE_INDEX
+    num_valid = int(valid.sum())
+    if num_valid == 0 or num_valid < min_kept:
+        return supervised_ce(logits, target)
+    with torch.no_grad():
+        probs = logits.detach().softmax(1)
+        safe_target = target.masked_fill(~valid, 0)
+        true_prob = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        true_prob = true_prob.masked_fill(~valid, 1.0)
+        threshold = torch.tensor(thresh, dtype=true_prob.dtype, device=true_prob.device)
+        if min_kept > 0:
+            kth = true_prob.flatten().kthvalue(min(min_kept, true_prob.numel())).values
+            threshold = torch.maximum(threshold, kth)
+        kept = valid & (true_prob <= threshold)
+    return supervised_ce(logits, target.masked_fill(~kept, IGNORE_INDEX))
+
+
+def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Confidence and class of the softmax maximum, without gradient."""
+    conf, labels = logits.detach().softmax(1).max(1)
+    return conf, labels
+
+
+def paste(box: Tensor, target: Tensor, source: Tensor) -> Tensor:
+    """`target` with `source` inside the CutMix box (1 = inside); works for images (N, 3, H, W)
+    and for per-pixel maps (N, H, W). Returns a new tensor; the inputs are untouched."""
+    inside = box.bool()
+    if target.dim() == 4:
+        inside = inside.unsqueeze(1)
+    return torch.where(inside, source, target)
+
+
+def consistency_loss(
+    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
+) -> Tensor:
+    """Cross-entropy on confident pseudo-labels, averaged over ALL non-padded pixels.
+
+    The reference divides by the count of non-padded pixels, not of confident ones, so the loss
+    shrinks when few pixels are confident. Padded pixels (ignore == 255) never count.
+    """
+    per_pixel = F.cross_entropy(logits, labels, reduction="none")
+    not_padded = ignore != IGNORE_INDEX
+    keep = (conf >= tau) & not_padded
+    return (per_pixel * keep).sum() / not_padded.sum().clamp(min=1)
+
+
+def mask_ratio(conf: Tensor, ignore: Tensor, tau: float) -> Tensor:
+    """Fraction of non-padded unlabeled pixels whose pseudo-label passes the threshold."""
+    not_padded = ignore != IGNORE_INDEX
+    return ((conf >= tau) & not_padded).sum() / not_padded.sum().clamp(min=1)
+
+
+def pseudo_label_accuracy(labels: Tensor, conf: Tensor, gt: Tensor, tau: float) -> Tensor:
+    """Accuracy of the confident pseudo-labels against ground truth (where it is known).
+
+    NaN when no pixel is both confident and labeled (e.g. unlabeled images without masks).
+    """
+    scored = (conf >= tau) & (gt != IGNORE_INDEX)
+    if not scored.any():
+        return torch.tensor(float("nan"), device=labels.device)
+    return (labels[scored] == gt[scored]).float().mean()

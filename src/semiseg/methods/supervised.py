@@ -1,0 +1,13 @@
+"""Supervised baseline: the labeled loss on the labeled stream only."""
+
+from __future__ import annotations
+
+from semiseg.methods.base import SemiSegModule
+
+
+class Supervised(SemiSegModule):
+    uses_unlabeled = False
+
+    def training_losses(self, batch):
+        logits = self.model(batch["image"])
+        return {"loss": self.labeled_loss(logits, batch["mask"])}

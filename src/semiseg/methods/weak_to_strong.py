@@ -1,0 +1,79 @@
+"""What FixMatch and UniMatch share: the CutMix partner ("mix") batch and its pseudo-labels.
+
+Partners (`mix_partner`):
+- `same`: the same images in the same order, augmented a second time (the public code's
+  behaviour: one sampler drives both loaders). The data module delivers them as `mix_*` keys.
+- `shuffle`: other unlabeled images, drawn at random by the data module.
+- `flip`: the batch itself in reverse order (`batch.flip(0)`, as UniMatch V2). No extra views
+  are loaded and no extra forward runs: the partner's pseudo-labels are the weak view's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semiseg.errors import ConfigError
+from semiseg.methods.base import SemiSegModule
+from semiseg.methods.losses import paste, pseudo_labels
+
+MIX_PARTNERS = ("same", "shuffle", "flip")
+
+
+class WeakToStrongModule(SemiSegModule):
+    uses_unlabeled = True
+
+    def __init__(
+        self,
+        *args,
+        tau: float = 0.95,
+        mix_partner: str = "same",
+        mix_forward_eval: bool = True,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if mix_partner not in MIX_PARTNERS:
+            raise ConfigError(
+                f"method.mix_partner '{mix_partner}' is unknown: use one of {', '.join(MIX_PARTNERS)}"
+            )
+        self.tau = tau
+        self.mix_partner = mix_partner
+        self.mix_forward_eval = mix_forward_eval
+
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        partner = method_cfg.get("mix_partner", "same")
+        return {
+            "unlabeled": True,
+            "num_strong": cls.num_strong_views,
+            "mix": None if partner == "flip" else partner,
+        }
+
+    def mix_views(self, u: dict) -> dict[str, Tensor]:
+        """The partner batch's views: weak, strong1[, strong2], ignore."""
+        keys = ["weak", "ignore"] + [f"strong{k}" for k in range(1, self.num_strong_views + 1)]
+        if self.mix_partner == "flip":
+            return {k: u[k].flip(0) for k in keys}
+        return {k: u[f"mix_{k}"] for k in keys}
+
+    @torch.no_grad()
+    def mix_pseudo_labels(self, mix_weak: Tensor) -> tuple[Tensor, Tensor]:
+        """(conf, labels) of the partner batch from a no-grad forward, in eval mode by default
+        (the reference switches BatchNorm to its running statistics for this forward)."""
+        if self.mix_forward_eval:
+            self.model.eval()
+        conf, labels = pseudo_labels(self.model(mix_weak))
+        self.model.train()
+        return conf, labels
+
+    @staticmethod
+    def cutmix_targets(box, labels, conf, ignore, mix) -> tuple[Tensor, Tensor, Tensor]:
+        """Labels, confidences and ignore mask for a CutMixed strong view: ours outside the
+        box, the partner's inside it."""
+        return (
+            paste(box, labels, mix["labels"]),
+            paste(box, conf, mix["conf"]),
+            paste(box, ignore, mix["ignore"]),
+        )

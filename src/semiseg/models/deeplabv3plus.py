@@ -1,0 +1,96 @@
+"""DeepLabV3+ as used by the UniMatch papers, with the feature-perturbation stream.
+
+The head is written here rather than taken from smp: smp's DeepLabV3Plus refuses input sizes
+not divisible by 16 and differs in its head, while evaluation feeds whole images (500x375).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semiseg.models.encoders import build_encoder, load_pretrained
+
+
+def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def upsample(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, one 3x3 per dilation, image pooling; then project."""
+
+    def __init__(self, in_ch: int, dilations=(6, 12, 18), out_ch: int = 256):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(in_ch, out_ch, 1)]
+            + [conv_bn_relu(in_ch, out_ch, 3, d) for d in dilations]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_ch, out_ch, 1))
+        self.project = conv_bn_relu(out_ch * (len(dilations) + 2), out_ch, 1)
+
+    def forward(self, x):
+        outs = [branch(x) for branch in self.branches]
+        # Bilinear upsampling of a 1x1 map is a broadcast: expand instead of interpolating.
+        outs.append(self.pool(x).expand(-1, -1, *x.shape[-2:]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabV3+: encoder, ASPP on the last feature, fused with the stride-4 feature.
+
+    forward(x) returns logits at the input size. forward(x, feature_perturbation=True) returns
+    (logits, logits_fp): the decoder runs once on the features and their Dropout2d copies
+    concatenated, so BatchNorm normalises both halves together as in UniMatch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: str = "resnet101",
+        pretrained: str | None = None,
+        output_stride: int = 16,
+        deep_stem: bool = True,
+        dilations=(6, 12, 18),
+        fp_dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
+        if pretrained:
+            load_pretrained(self.backbone, pretrained)
+        low_ch, high_ch = self.backbone.channels
+        self.fp_dropout = fp_dropout
+        self.head = ASPP(high_ch, dilations)
+        self.reduce = conv_bn_relu(low_ch, 48, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3))
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def decode(self, low, high, size):
+        high = upsample(self.head(high), low.shape[-2:])
+        x = self.fuse(torch.cat([self.reduce(low), high], dim=1))
+        return upsample(self.classifier(x), size)
+
+    def forward(self, x, feature_perturbation: bool = False):
+        low, high = self.backbone(x)
+        if not feature_perturbation:
+            return self.decode(low, high, x.shape[-2:])
+        # The perturbation is part of training the decoder, not a regulariser to switch off in
+        # eval mode: dropout stays active whatever the module mode.
+        low = torch.cat([low, F.dropout2d(low, self.fp_dropout, training=True)])
+        high = torch.cat([high, F.dropout2d(high, self.fp_dropout, training=True)])
+        logits, logits_fp = self.decode(low, high, x.shape[-2:]).chunk(2)
+        return logits, logits_fp
+
+    def backbone_parameters(self):
+        return self.backbone.parameters()
+
+    def head_parameters(self):
+        """Every parameter outside the backbone (the optimizer's lr_multi group)."""
+        return (p for name, p in self.named_parameters() if not name.startswith("backbone."))

@@ -1,0 +1,134 @@
+"""Encoders by name, and loading local backbone weights.
+
+`build_encoder` returns a module whose forward gives `[low, high]`: the stride-4 feature that the
+DeepLabV3+ decoder fuses and the last feature (stride 16 with output_stride=16) that feeds ASPP.
+Its `channels` attribute is `(low_ch, high_ch)`.
+
+Names are timm model names by default (`resnet101`); `smp:<name>` selects a
+segmentation-models-pytorch encoder instead. Weights are never downloaded: everything is built
+with random init, and `load_pretrained` reads a local file.
+"""
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+
+SMP_PREFIX = "smp:"
+
+
+def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) -> nn.Module:
+    """Build the encoder `name` with random weights.
+
+    deep_stem: for timm ResNets, the papers' stem (three 3x3 convs, widths 64-64-128); its
+    parameter names match the public ImageNet checkpoints of the reference code. It is ignored
+    for other models and for `smp:` encoders, which keep their own stem.
+    """
+    if name.startswith(SMP_PREFIX):
+        return SmpEncoder(name[len(SMP_PREFIX) :], output_stride)
+    if not timm.is_model(name):
+        raise ValueError(
+            f"unknown encoder '{name}': use a timm model name (e.g. resnet18, resnet50, "
+            f"resnet101) or '{SMP_PREFIX}<name>' for a segmentation-models-pytorch encoder"
+        )
+    kwargs = dict(pretrained=False, features_only=True, output_stride=output_stride)
+    if name.split(".")[0] in timm.list_models(module="resnet"):
+        if deep_stem:
+            kwargs.update(stem_type="deep", stem_width=64)
+        # ResNet features: 0 stem (stride 2), 1 layer1 (stride 4), ..., 4 layer4.
+        model = timm.create_model(name, out_indices=(1, 4), **kwargs)
+    else:
+        # Other families number their features differently: find the stride-4 one.
+        info = timm.create_model(name, **kwargs).feature_info
+        reductions, indices = info.reduction(), info.out_indices
+        if 4 not in reductions:
+            raise ValueError(f"encoder '{name}' has no stride-4 feature for the decoder")
+        low = indices[reductions.index(4)]
+        model = timm.create_model(name, out_indices=(low, indices[-1]), **kwargs)
+    # The timm feature model itself is the encoder, so its parameter names stay those of
+    # ImageNet checkpoints (conv1.0, bn1, layer1, ...).
+    model.channels = tuple(model.feature_info.channels())
+    return model
+
+
+class SmpEncoder(nn.Module):
+    """A segmentation-models-pytorch encoder, reduced to its stride-4 and last features."""
+
+    def __init__(self, name: str, output_stride: int = 16):
+        super().__init__()
+        try:
+            self.body = smp.encoders.get_encoder(name, weights=None, output_stride=output_stride)
+        except KeyError:
+            raise ValueError(
+                f"unknown smp encoder '{name}' (e.g. {SMP_PREFIX}resnet50, "
+                f"{SMP_PREFIX}efficientnet-b0)"
+            ) from None
+        # smp returns one feature per stride 1, 2, 4, ..., 32: index 2 is stride 4.
+        self.channels = (self.body.out_channels[2], self.body.out_channels[-1])
+
+    def forward(self, x):
+        features = self.body(x)
+        return [features[2], features[-1]]
+
+
+def _read_state_dict(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"model.pretrained: cannot read weights from {path}: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(f"model.pretrained: {path} holds no state dict")
+    state = {}
+    for key, value in ckpt.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        # The ImageNet classifier has no place in a segmentation backbone.
+        if not key.startswith("fc."):
+            state[key] = value
+    return state
+
+
+def _some(keys, n=5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def load_pretrained(encoder: nn.Module, path) -> None:
+    """Load local backbone weights into `encoder`, refusing any mismatch.
+
+    The file may hold a plain state dict or one under `state_dict`/`model`; `module.` and
+    `backbone.` prefixes are stripped and `fc.*` keys ignored. Missing or unexpected keys and
+    shape mismatches raise one line naming the file and a few of the keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained: no such file: {path}")
+    state = _read_state_dict(path)
+    # An smp encoder keeps its weights in `body`, under the checkpoint's own names.
+    target = encoder.body if isinstance(encoder, SmpEncoder) else encoder
+    expected = target.state_dict()
+    # BatchNorm's batch counter is not a weight; old checkpoints lack it.
+    missing = {k for k in expected if k not in state and not k.endswith("num_batches_tracked")}
+    unexpected = set(state) - set(expected)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"model.pretrained: {path} does not match the encoder: {len(missing)} missing "
+            f"({_some(missing)}), {len(unexpected)} unexpected ({_some(unexpected)})"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if wrong:
+        raise RuntimeError(
+            f"model.pretrained: {path} has {len(wrong)} shape mismatches "
+            f"(file vs encoder): {_some(wrong, 3)}"
+        )
+    target.load_state_dict(state, strict=False)

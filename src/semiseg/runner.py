@@ -1,0 +1,226 @@
+"""Build the objects a config describes and run them: training (train.py) and evaluation (eval.py).
+
+The entry points only compose the config; everything they do is here, in the order it happens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from semiseg.checkpointing import AtomicCheckpointIO
+from semiseg.data.datamodule import load_class_names
+from semiseg.data.datasets import ValDataset
+from semiseg.data.splits import SplitFiles, read_list, split_name
+from semiseg.errors import ConfigError
+from semiseg.evaluation.inference import center_crop, predict
+from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
+from semiseg.results import write_json_atomic
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def build_logger(cfg: DictConfig):
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return False
+    logger = instantiate(cfg.logger)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.time()
+    out = run_dir()
+    cfg.split = split_name(cfg.split)
+    L.seed_everything(cfg.seed, workers=True)
+
+    # Data first: a bad root, split or file list fails here, before any model is built.
+    method_cls = get_class(cfg.method._target_)
+    datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
+
+    model = instantiate(cfg.model, num_classes=len(class_names))
+    module = instantiate(
+        cfg.method,
+        model=model,
+        class_names=class_names,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
+        crop_size=cfg.dataset.crop_size,
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=cfg.checkpoint.monitor,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=str(out),
+        logger=build_logger(cfg),
+        callbacks=[checkpoints],
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    results = {
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "split": cfg.split,
+        "seed": int(cfg.seed),
+        "steps": int(trainer.global_step),
+        "val_miou": module.val_history[-1]["miou"] if module.val_history else None,
+        "best_val_miou": round(module.best_miou, 2) if module.val_history else None,
+        "per_class_iou": module.last_per_class,
+        "miou_convention": _convention(cfg.eval.absent_class),
+        "eval_mode": cfg.eval.mode,
+        "val_history": module.val_history,
+        "wall_time_s": round(time.time() - started, 1),
+        "checkpoints": {"last": "checkpoints/last.ckpt", "best": "checkpoints/best.ckpt"},
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(out / "results.json", results)
+        print(
+            f"done: {results['method']} on {results['dataset']} split {results['split']}: "
+            f"val mIoU {results['val_miou']} (best {results['best_val_miou']}) after "
+            f"{results['steps']} steps in {results['wall_time_s']} s; results in {out}"
+        )
+    return results
+
+
+def _convention(absent: str) -> str:
+    if absent == "zero":
+        return "mean over all classes; a class absent from prediction and ground truth counts 0"
+    return "mean over classes present in prediction or ground truth"
+
+
+def _eval_dataset_config(cfg: DictConfig, trained: dict) -> DictConfig:
+    """The checkpoint's dataset unless the command line chose one, plus `dataset.*` overrides."""
+    overrides = list(HydraConfig.get().overrides.task)
+    chose_dataset = any(o.split("=", 1)[0].lstrip("+~") == "dataset" for o in overrides)
+    dataset = cfg.dataset if chose_dataset else OmegaConf.create(trained["dataset"])
+    if not chose_dataset:
+        keys = [o for o in overrides if o.lstrip("+~").startswith("dataset.")]
+        dataset = OmegaConf.merge(dataset, OmegaConf.from_dotlist([k.lstrip("+") for k in keys]))
+        dataset = dataset.dataset if "dataset" in dataset else dataset
+    return dataset
+
+
+def load_checkpoint(path: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {path} does not exist: give a .ckpt written by train.py")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "semiseg" not in checkpoint or not checkpoint["semiseg"].get("config"):
+        raise ConfigError(f"{path} is not a semiseg training checkpoint (no 'semiseg' entry)")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
+    trained = checkpoint["semiseg"]["config"]
+    model_cfg = dict(trained["model"], pretrained=None)  # the checkpoint holds the weights
+    model = instantiate(model_cfg, num_classes=len(checkpoint["semiseg"]["class_names"]))
+    prefix = "model."
+    weights = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
+    model.load_state_dict(weights)
+    return model
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    started = time.time()
+    out = run_dir()
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    trained = checkpoint["semiseg"]["config"]
+    class_names = checkpoint["semiseg"]["class_names"]
+    dataset_cfg = _eval_dataset_config(cfg, trained)
+    mode = cfg.eval.mode or dataset_cfg.eval_mode
+    crop_size = int(dataset_cfg.crop_size)
+
+    root = Path(dataset_cfg.root)
+    val_file = Path(dataset_cfg.splits_dir) / "val.txt"
+    samples = read_list(val_file, require_mask=True)
+    SplitFiles(labeled=[], val=samples).check_exists(root)
+    dataset = ValDataset(root, samples)
+
+    device = _device(cfg.device)
+    model = model_from_checkpoint(checkpoint).to(device).eval()
+    confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
+    pred_dir = out / "predictions"
+    if cfg.save_predictions:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+    for index in tqdm(range(len(dataset)), desc=f"eval ({mode})", unit="img"):
+        item = dataset[index]
+        image, mask = item["image"][None].to(device), item["mask"][None]
+        if mode == "center_crop":
+            image, mask = center_crop(image, mask, crop_size)
+        probs = predict(model, image, mode, crop_size, len(class_names), cfg.eval.window_border)
+        pred = probs.argmax(1).cpu()
+        confusion += confusion_matrix(pred, mask, len(class_names))
+        if cfg.save_predictions:
+            Image.fromarray(pred[0].to(torch.uint8).numpy(), mode="L").save(
+                pred_dir / f"{item['name']}.png"
+            )
+
+    ious = iou_per_class(confusion)
+    miou = 100.0 * mean_iou(confusion, absent=cfg.eval.absent_class)
+    per_class = {
+        n: (None if torch.isnan(v) else round(100.0 * float(v), 2))
+        for n, v in zip(class_names, ious, strict=True)
+    }
+    print(format_iou_table(per_class, miou))
+    results = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "method": trained["method"]["name"],
+        "dataset": dataset_cfg.name,
+        "split": trained.get("split"),
+        "seed": trained.get("seed"),
+        "steps": int(checkpoint.get("global_step", 0)),
+        "eval_mode": mode,
+        "val_miou": round(miou, 2),
+        "per_class_iou": per_class,
+        "miou_convention": _convention(cfg.eval.absent_class),
+        "num_images": len(dataset),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def format_iou_table(per_class: dict, miou: float) -> str:
+    width = max(len(n) for n in per_class) + 2
+    lines = [f"{'class':<{width}}IoU (%)", "-" * (width + 8)]
+    for name, iou in per_class.items():
+        lines.append(f"{name:<{width}}{'absent' if iou is None else f'{iou:6.2f}'}")
+    lines += ["-" * (width + 8), f"{'mIoU':<{width}}{miou:6.2f}"]
+    return "\n".join(lines)
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
