@@ -83,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
         callbacks=[checkpoints],
         plugins=[AtomicCheckpointIO()],
     )
+    module.optim_cfg["lr"] = scaled_lr(cfg, trainer.world_size)
     trainer.fit(module, datamodule=datamodule)
 
     results = {
@@ -110,6 +111,22 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+def scaled_lr(cfg: DictConfig, world_size: int) -> float:
+    """The papers' lr is for a total batch of `optim.reference_batch` (4 GPUs x 2 images on
+    Pascal); scale it linearly to this run's total labeled batch unless `optim.scale_lr=false`."""
+    lr = float(cfg.optim.lr)
+    total = int(cfg.data.batch_size) * world_size
+    if cfg.optim.scale_lr and cfg.optim.reference_batch:
+        effective = lr * total / float(cfg.optim.reference_batch)
+        print(
+            f"learning rate: {effective:g} (optim.lr {lr:g} at total batch "
+            f"{cfg.optim.reference_batch}, scaled to {world_size} device(s) x {cfg.data.batch_size})"
+        )
+        return effective
+    print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
+    return lr
+
+
 def _convention(absent: str) -> str:
     if absent == "zero":
         return "mean over all classes; a class absent from prediction and ground truth counts 0"
@@ -131,7 +148,9 @@ def _eval_dataset_config(cfg: DictConfig, trained: dict) -> DictConfig:
 def load_checkpoint(path: str) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {path} does not exist: give a .ckpt written by train.py")
+        raise FileNotFoundError(
+            f"ckpt_path {path} does not exist: give a .ckpt written by train.py"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "semiseg" not in checkpoint or not checkpoint["semiseg"].get("config"):
         raise ConfigError(f"{path} is not a semiseg training checkpoint (no 'semiseg' entry)")

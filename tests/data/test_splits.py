@@ -31,7 +31,10 @@ def test_read_list_good_file_with_blank_lines_and_crlf(tmp_path):
 def test_read_list_unlabeled_lines_may_lack_masks(tmp_path):
     f = tmp_path / "unlabeled.txt"
     f.write_text("a/1.jpg\na/2.jpg m/2.png\n")
-    assert read_list(f, require_mask=False) == [Sample("a/1.jpg", None), Sample("a/2.jpg", "m/2.png")]
+    assert read_list(f, require_mask=False) == [
+        Sample("a/1.jpg", None),
+        Sample("a/2.jpg", "m/2.png"),
+    ]
 
 
 def test_read_list_missing_mask_names_file_and_line(tmp_path):
@@ -117,7 +120,9 @@ def test_check_exists_names_first_three_and_count(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "ok.jpg").write_bytes(b"")
     (tmp_path / "img" / "ok.png").write_bytes(b"")
-    write_split(splits, 5, [Sample("img/ok.jpg", "img/ok.png"), Sample("x1", "x2")], [Sample("x3", None)])
+    write_split(
+        splits, 5, [Sample("img/ok.jpg", "img/ok.png"), Sample("x1", "x2")], [Sample("x3", None)]
+    )
     write_list(splits / "val.txt", [Sample("x4", "x5")])
     files = load_split(tmp_path, splits, 5)
     assert files.missing() == ["x1", "x2", "x3", "x4", "x5"]

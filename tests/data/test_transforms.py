@@ -121,7 +121,9 @@ def test_normalize_and_mask_to_tensor():
     assert x.shape == (3, 5, 7) and x.dtype == torch.float32
     assert x.abs().max() < 0.01
     white = tf.normalize(Image.new("RGB", (2, 2), (255, 255, 255)))
-    assert torch.allclose(white[:, 0, 0], (1 - tf.IMAGENET_MEAN.flatten()) / tf.IMAGENET_STD.flatten())
+    assert torch.allclose(
+        white[:, 0, 0], (1 - tf.IMAGENET_MEAN.flatten()) / tf.IMAGENET_STD.flatten()
+    )
     m = tf.mask_to_tensor(Image.new("L", (7, 5), 255))
     assert m.shape == (5, 7) and m.dtype == torch.long and (m == 255).all()
 

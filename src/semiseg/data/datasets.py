@@ -103,7 +103,8 @@ class UnlabeledDataset(Dataset):
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
         img, masks = tf.resize_long_side(img, masks)
-        img, masks = tf.pad_and_crop(img, masks, self.crop_size, [tf.PAD_MARKER, tf.IGNORE])
+        fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
+        img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills)
         img, masks = tf.hflip(img, masks)
         marker = tf.mask_to_tensor(masks[0])
         view = {

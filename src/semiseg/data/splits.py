@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-LAYOUT = "<splits_dir>/<split>/labeled.txt, <splits_dir>/<split>/unlabeled.txt and <splits_dir>/val.txt"
+LAYOUT = (
+    "<splits_dir>/<split>/labeled.txt, <splits_dir>/<split>/unlabeled.txt and <splits_dir>/val.txt"
+)
 
 
 class SplitError(ValueError):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semiseg.data.splits import Sample, write_list, write_split
+from semiseg.data.splits import Sample, SplitError, write_list, write_split
 
 VERSION = "1"
 VERSION_FILE = ".toy_version"
@@ -185,9 +185,7 @@ def _write(root: Path, seed: int):
     for n in SPLITS:  # prefixes of one permutation: smaller labeled sets are nested in larger
         labeled = sorted(int(i) for i in order[:n])
         unlabeled = sorted(int(i) for i in order[n:])
-        write_split(
-            root / "splits", n, [train[i] for i in labeled], [train[i] for i in unlabeled]
-        )
+        write_split(root / "splits", n, [train[i] for i in labeled], [train[i] for i in unlabeled])
     write_list(root / "splits" / "val.txt", lists["val"])
 
 
@@ -210,7 +208,7 @@ def generate(root: Path, seed: int = 0, force: bool = False) -> Path:
     if root.exists():
         foreign = sorted({p.name for p in root.iterdir()} - _OWN_NAMES) if root.is_dir() else []
         if foreign or not root.is_dir():
-            raise FileExistsError(
+            raise SplitError(
                 f"refusing to write the toy dataset to {root}: it holds {foreign or 'a file'} "
                 "that the generator did not write; choose an empty or new folder"
             )

@@ -111,9 +111,9 @@ def strong_color(img):
 
 def cutmix_box(size: int, p=0.5) -> torch.Tensor:
     """A size x size uint8 mask, 1 inside one random box (drawn with probability p)."""
-    box = torch.zeros(size, size, dtype=torch.uint8)
+    box = np.zeros((size, size), dtype=np.uint8)
     if random.random() >= p:
-        return box
+        return torch.from_numpy(box)
     while True:
         # area and aspect are redrawn with the position, as the reference does: this favours
         # boxes that fit, i.e. slightly smaller ones
@@ -126,12 +126,13 @@ def cutmix_box(size: int, p=0.5) -> torch.Tensor:
         if x + w <= size and y + h <= size:
             break
     box[y : y + h, x : x + w] = 1
-    return box
+    return torch.from_numpy(box)
 
 
 def normalize(img) -> torch.Tensor:
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-    return x.sub_(IMAGENET_MEAN).div_(IMAGENET_STD)
+    # contiguous before the float ops: on the permuted view they run about 50x slower
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return x.float().div_(255).sub_(IMAGENET_MEAN).div_(IMAGENET_STD)
 
 
 def mask_to_tensor(mask) -> torch.Tensor:

@@ -123,12 +123,16 @@ class SemiSegModule(L.LightningModule):
         return int(labeled["image"].shape[0])
 
     def log_train(self, values: dict[str, Tensor | float], batch_size: int) -> None:
-        logs = {f"train/{k}": (v.detach() if isinstance(v, Tensor) else v) for k, v in values.items()}
+        logs = {
+            f"train/{k}": (v.detach() if isinstance(v, Tensor) else v) for k, v in values.items()
+        }
         groups = self.optimizers().param_groups
         logs["train/lr_backbone"] = groups[0]["lr"]
         logs["train/lr_head"] = groups[1]["lr"]
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
-        self.log("loss", values["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        self.log(
+            "loss", values["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size
+        )
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -1,0 +1,32 @@
+"""Run the entry points as a user would, with settings that take seconds on a CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides that make a full train.py run take seconds on a CPU.
+TINY = [
+    "model.encoder=resnet18",
+    "dataset.crop_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
+    """Run train.py or eval.py as a user would, from the repository root."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, script, *overrides],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

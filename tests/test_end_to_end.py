@@ -1,0 +1,136 @@
+"""train.py then eval.py through the command line, on tiny settings."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from cli import TINY, run_script
+from PIL import Image
+
+from semiseg.data.splits import read_list
+
+RESULT_KEYS = {
+    "method",
+    "dataset",
+    "split",
+    "seed",
+    "steps",
+    "val_miou",
+    "best_val_miou",
+    "per_class_iou",
+    "wall_time_s",
+}
+
+
+def train(tmp_path, toy_root, name, *overrides, env=None):
+    run_dir = tmp_path / name
+    proc = run_script(
+        "train.py",
+        f"dataset.root={toy_root}",
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def supervised_run(tmp_path_factory, toy_root):
+    tmp = tmp_path_factory.mktemp("runs")
+    return train(
+        tmp,
+        toy_root,
+        "supervised",
+        "method=supervised",
+        "logger=wandb",
+        env={"WANDB_MODE": "offline"},
+    )
+
+
+def test_train_writes_results_and_checkpoints(supervised_run, toy_root):
+    run_dir, proc = supervised_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= results.keys()
+    assert results["method"] == "supervised" and results["dataset"] == "toy"
+    assert results["split"] == "20" and results["steps"] == 3
+    assert 0.0 <= results["val_miou"] <= 100.0
+    assert results["best_val_miou"] >= results["val_miou"]
+    class_names = (toy_root / "classes.txt").read_text().split()
+    assert list(results["per_class_iou"]) == class_names
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert "val mIoU" in proc.stdout
+
+
+def test_wandb_logger_runs_offline(supervised_run):
+    run_dir, _ = supervised_run
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(offline_runs[0].rglob("*.wandb"))
+
+
+def test_eval_matches_training_and_saves_predictions(supervised_run, toy_root, tmp_path):
+    run_dir, _ = supervised_run
+    trained = json.loads((run_dir / "results.json").read_text())
+    eval_dir = tmp_path / "eval"
+    proc = run_script(
+        "eval.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={eval_dir}",
+        "save_predictions=true",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((eval_dir / "results.json").read_text())
+    # Same checkpoint, same images, same mode: the same number as the last validation.
+    assert results["val_miou"] == pytest.approx(trained["val_miou"], abs=0.01)
+    assert "mIoU" in proc.stdout and "background" in proc.stdout
+
+    val = read_list(toy_root / "splits" / "val.txt", require_mask=True)
+    predictions = sorted((eval_dir / "predictions").glob("*.png"))
+    assert len(predictions) == len(val)
+    for sample in val[:5]:
+        image = Image.open(toy_root / sample.image)
+        pred = Image.open(
+            eval_dir / "predictions" / (sample.image.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png")
+        )
+        assert pred.mode == "L" and pred.size == image.size
+        assert np.array(pred).max() < len(results["per_class_iou"])
+
+
+@pytest.mark.parametrize(
+    "method, terms",
+    [
+        ("fixmatch", ["loss_x", "loss_s", "mask_ratio", "pseudo_acc"]),
+        ("unimatch", ["loss_x", "loss_s1", "loss_s2", "loss_fp", "mask_ratio", "pseudo_acc"]),
+    ],
+)
+def test_semi_supervised_methods_train_and_log_every_term(tmp_path, toy_root, method, terms):
+    run_dir, _ = train(
+        tmp_path, toy_root, method, f"method={method}", "trainer.log_every_n_steps=1"
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["method"] == method and results["steps"] == 3
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        columns = set(next(csv.reader(f)))
+    expected = {f"train/{t}" for t in ["loss", *terms, "lr_backbone", "lr_head"]}
+    assert expected <= columns, expected - columns
+
+
+def test_unknown_split_fails_before_training_with_valid_list(tmp_path, toy_root):
+    proc = run_script(
+        "train.py", f"dataset.root={toy_root}", *TINY, "split=7", f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "unknown split '7'" in message and "10, 20, 40" in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override", ["method=unimatc", "dataset=pascl", "trainer.max_stepz=3"])
+def test_typo_fails_with_hydra_message(tmp_path, override):
+    proc = run_script("train.py", override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "unimatc" in proc.stderr or "pascl" in proc.stderr or "max_stepz" in proc.stderr
