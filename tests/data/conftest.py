@@ -1,16 +1,9 @@
-"""Shared fixtures: the toy dataset is generated once per test session."""
+"""Fixtures for the data tests; `toy_root` (the session's toy dataset) is in tests/conftest.py."""
 
 import random
 
 import pytest
 import torch
-
-from semiseg.data import toy
-
-
-@pytest.fixture(scope="session")
-def toy_root(tmp_path_factory):
-    return toy.generate(tmp_path_factory.mktemp("toy") / "toy", seed=0)
 
 
 @pytest.fixture

@@ -1,0 +1,152 @@
+"""Time training steps: python -m semiseg.bench method=unimatch model.encoder=resnet101 \
+    dataset.crop_size=321 data.batch_size=2 [bench.steps=5] [bench.precision=bf16] [bench.channels_last=true]
+
+Composes the same config as train.py (any override works) and runs the method's own step outside
+Lightning, so each phase can be timed: data loading, forwards (all of them, the no-grad partner
+forward included), backward, optimizer step. Prints seconds per step, images per second and peak
+memory. A benchmark, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf, open_dict
+
+from semiseg.data.datamodule import load_class_names
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _to(batch, device, channels_last: bool):
+    if isinstance(batch, dict):
+        return {k: _to(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+
+
+def main(overrides: list[str]) -> dict:
+    bench = {"steps": 5, "warmup": 1, "precision": "32", "channels_last": False, "device": "auto"}
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.startswith("bench."):
+            bench[key[6:]] = type(bench[key[6:]])(value) if key[6:] != "channels_last" else value.lower() == "true"
+        else:
+            rest.append(item)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=rest, return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.split = str(cfg.split)
+
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"]
+    )
+    method_cls = get_class(cfg.method._target_)
+    datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
+    model = instantiate(cfg.model, num_classes=len(names)).to(device)
+    if bench["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    module = instantiate(
+        cfg.method,
+        model=model,
+        class_names=names,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
+        crop_size=cfg.dataset.crop_size,
+    ).to(device)
+    module.train()
+    optimizer = module.configure_optimizers()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if bench["precision"] == "bf16"
+        else contextlib.nullcontext()
+    )
+
+    loaders = datamodule.train_dataloader()
+    if isinstance(loaders, dict):
+        iterators = {k: iter(v) for k, v in loaders.items()}
+        next_batch = lambda: {k: next(it) for k, it in iterators.items()}  # noqa: E731
+    else:
+        iterator = iter(loaders)
+        next_batch = lambda: next(iterator)  # noqa: E731
+
+    phases = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    total = bench["warmup"] + bench["steps"]
+    for step in range(total):
+        t0 = time.perf_counter()
+        batch = _to(next_batch(), device, bench["channels_last"])
+        _sync(device)
+        t1 = time.perf_counter()
+        with autocast:
+            loss = module.training_losses(batch)["loss"]
+        _sync(device)
+        t2 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _sync(device)
+        t3 = time.perf_counter()
+        optimizer.step()
+        _sync(device)
+        t4 = time.perf_counter()
+        if step >= bench["warmup"]:
+            for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                phases[name].append(dt)
+        print(f"step {step + 1}/{total}: {t4 - t0:.2f} s" + (" (warm-up)" if step < bench["warmup"] else ""))
+
+    mean = {k: sum(v) / len(v) for k, v in phases.items()}
+    step_s = sum(mean.values())
+    images = cfg.data.batch_size * (2 if method_cls.uses_unlabeled else 1)
+    report = {
+        "method": cfg.method.name,
+        "encoder": cfg.model.encoder,
+        "crop": cfg.dataset.crop_size,
+        "batch": cfg.data.batch_size,
+        "precision": bench["precision"],
+        "channels_last": bench["channels_last"],
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        **{f"{k}_s": round(v, 3) for k, v in mean.items()},
+        "step_s": round(step_s, 3),
+        "images_per_s": round(images / step_s, 2),
+        "peak_memory_mb": round(_peak_memory_mb(device)),
+    }
+    print(
+        f"\n{report['method']} {report['encoder']} crop {report['crop']} batch {report['batch']} "
+        f"({'labeled + unlabeled' if method_cls.uses_unlabeled else 'labeled'}), "
+        f"precision {report['precision']}, channels_last {report['channels_last']}, {device}, "
+        f"{report['threads']} threads, mean of {bench['steps']} steps:"
+    )
+    for k in phases:
+        print(f"  {k:<10} {mean[k]:7.3f} s")
+    print(f"  {'step':<10} {step_s:7.3f} s   {report['images_per_s']} images/s   "
+          f"peak memory {report['peak_memory_mb']} MB")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
