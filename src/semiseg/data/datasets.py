@@ -89,11 +89,11 @@ class UnlabeledDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def _load(self, index):
+    def _load(self, index, with_gt=True):
         sample = self.samples[index]
         img = tf.load_image(self.root / sample.image)
         gt = None
-        if sample.mask is not None:
+        if with_gt and sample.mask is not None:
             gt = tf.load_mask(self.root / sample.mask)
             _check_same_size(img, gt, self.root, sample)
         return img, gt
@@ -132,7 +132,7 @@ class UnlabeledDataset(Dataset):
             # uniform over the other images (the image itself when it is the only one)
             others = len(self) - 1
             other = (index + 1 + random.randrange(others)) % len(self) if others else index
-            partner = self._view(self._load(other)[0], None)
+            partner = self._view(self._load(other, with_gt=False)[0], None)
         item.update({f"mix_{key}": value for key, value in partner.items()})
         return item
 
