@@ -35,5 +35,11 @@ format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+compare: setup  ## supervised vs FixMatch vs UniMatch on the toy split: table + plot (about 25 min)
+	$(PY) -m semiseg.compare $(ARGS)
+
+bench: setup  ## time training steps: ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"
+	$(PY) -m semiseg.bench $(ARGS)
+
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -52,7 +52,11 @@ def main(overrides: list[str]) -> dict:
     for item in overrides:
         key, _, value = item.partition("=")
         if key.startswith("bench."):
-            bench[key[6:]] = type(bench[key[6:]])(value) if key[6:] != "channels_last" else value.lower() == "true"
+            bench[key[6:]] = (
+                type(bench[key[6:]])(value)
+                if key[6:] != "channels_last"
+                else value.lower() == "true"
+            )
         else:
             rest.append(item)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -61,7 +65,9 @@ def main(overrides: list[str]) -> dict:
         cfg.split = str(cfg.split)
 
     device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if bench["device"] == "auto" else bench["device"]
+        ("cuda" if torch.cuda.is_available() else "cpu")
+        if bench["device"] == "auto"
+        else bench["device"]
     )
     method_cls = get_class(cfg.method._target_)
     datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
@@ -116,7 +122,10 @@ def main(overrides: list[str]) -> dict:
         if step >= bench["warmup"]:
             for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 phases[name].append(dt)
-        print(f"step {step + 1}/{total}: {t4 - t0:.2f} s" + (" (warm-up)" if step < bench["warmup"] else ""))
+        print(
+            f"step {step + 1}/{total}: {t4 - t0:.2f} s"
+            + (" (warm-up)" if step < bench["warmup"] else "")
+        )
 
     mean = {k: sum(v) / len(v) for k, v in phases.items()}
     step_s = sum(mean.values())
@@ -143,8 +152,10 @@ def main(overrides: list[str]) -> dict:
     )
     for k in phases:
         print(f"  {k:<10} {mean[k]:7.3f} s")
-    print(f"  {'step':<10} {step_s:7.3f} s   {report['images_per_s']} images/s   "
-          f"peak memory {report['peak_memory_mb']} MB")
+    print(
+        f"  {'step':<10} {step_s:7.3f} s   {report['images_per_s']} images/s   "
+        f"peak memory {report['peak_memory_mb']} MB"
+    )
     return report
 
 
