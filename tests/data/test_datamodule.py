@@ -1,0 +1,59 @@
+"""The data module: which streams each kind of method gets, and the epoch length."""
+
+import pytest
+
+from semiseg.data.datamodule import SemiSegDataModule, load_class_names
+from semiseg.data.splits import SplitError
+
+
+def make(toy_root, **kwargs):
+    dm = SemiSegDataModule(
+        root=str(toy_root),
+        splits_dir=str(toy_root / "splits"),
+        split="10",
+        crop_size=32,
+        batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_supervised_gets_only_the_labeled_stream(toy_root):
+    dm = make(toy_root, unlabeled=False)
+    assert dm.unlabeled_set is None
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
+    assert set(batch) == {"image", "mask"}
+    # The labeled list (10 images) is repeated to the unlabeled count (490): equal epochs.
+    assert len(dm.labeled_set) == 490
+    assert len(loader) == 490 // 4
+
+
+def test_semi_supervised_gets_paired_streams(toy_root):
+    dm = make(toy_root, unlabeled=True, num_strong=2, mix="same")
+    loaders = dm.train_dataloader()
+    assert set(loaders) == {"labeled", "unlabeled"}
+    assert len(loaders["labeled"]) == len(loaders["unlabeled"])
+    u = next(iter(loaders["unlabeled"]))
+    for key in ("weak", "strong1", "strong2", "box1", "box2", "ignore", "gt", "mix_weak"):
+        assert u[key].shape[0] == 4 and u[key].shape[-2:] == (32, 32)
+
+
+def test_class_names_from_file_and_errors(toy_root, tmp_path):
+    names = load_class_names(None, str(toy_root / "classes.txt"))
+    assert names[0] == "background" and len(names) == 6
+    assert load_class_names(["a", "b"], None) == ["a", "b"]
+    with pytest.raises(SplitError, match="classes_file .*missing.txt does not exist"):
+        load_class_names(None, str(tmp_path / "missing.txt"))
+    one = tmp_path / "one.txt"
+    one.write_text("only\n")
+    with pytest.raises(SplitError, match="1 class"):
+        load_class_names(None, str(one))
+
+
+def test_missing_root_is_named(tmp_path):
+    dm = SemiSegDataModule(str(tmp_path / "nowhere"), str(tmp_path / "nowhere/splits"), "10", 32)
+    with pytest.raises(SplitError, match="dataset.root .*nowhere does not exist"):
+        dm.setup("fit")
