@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from cli import TINY, run_script
 from PIL import Image
 
@@ -117,6 +118,18 @@ def test_semi_supervised_methods_train_and_log_every_term(tmp_path, toy_root, me
         columns = set(next(csv.reader(f)))
     expected = {f"train/{t}" for t in ["loss", *terms, "lr_backbone", "lr_head"]}
     assert expected <= columns, expected - columns
+
+
+def test_final_weights_are_validated_when_steps_do_not_divide(tmp_path, toy_root):
+    run_dir, _ = train(
+        tmp_path, toy_root, "odd", "method=supervised", "trainer.max_steps=4", "logger=none"
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [h["step"] for h in results["val_history"]] == [3, 4]
+    assert results["steps"] == 4
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 4
+    assert last["semiseg"]["val_history"][-1]["step"] == 4
 
 
 def test_unknown_split_fails_before_training_with_valid_list(tmp_path, toy_root):

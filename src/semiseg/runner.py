@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> dict:
     )
     module.optim_cfg["lr"] = scaled_lr(cfg, trainer.world_size)
     trainer.fit(module, datamodule=datamodule)
+    validate_final_weights(trainer, module, datamodule, checkpoints)
 
     results = {
         "method": cfg.method.name,
@@ -109,6 +110,17 @@ def train(cfg: DictConfig) -> dict:
             f"{results['steps']} steps in {results['wall_time_s']} s; results in {out}"
         )
     return results
+
+
+def validate_final_weights(trainer, module, datamodule, checkpoints: ModelCheckpoint) -> None:
+    """Make the last validation and last.ckpt describe the final weights, also when max_steps
+    is not a multiple of val_check_interval (Lightning then stops without validating)."""
+    if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
+        best_before = module.best_miou
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        if module.best_miou > best_before:
+            trainer.save_checkpoint(os.path.join(checkpoints.dirpath, "best.ckpt"))
+        trainer.save_checkpoint(os.path.join(checkpoints.dirpath, "last.ckpt"))
 
 
 def scaled_lr(cfg: DictConfig, world_size: int) -> float:
