@@ -1,16 +1,38 @@
-"""Train a semi-supervised segmenter: python train.py method=unimatch dataset=toy split=20."""
+"""Train a semi-supervised segmenter: python train.py method=unimatch dataset=toy split=20.
+
+Multi-GPU: torchrun --nproc_per_node=N train.py trainer=ddp ...  (see README, "Multi-GPU").
+Sweeps:    python train.py -m method=supervised,unimatch split=10,20 seed=0,1,2
+"""
+
+import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from semiseg.errors import exit_on_user_error
+from semiseg.data.splits import SplitError
+from semiseg.errors import ConfigError, exit_on_user_error
 from semiseg.runner import train
 
 
+class JobFailed(RuntimeError):
+    """A sweep job that stopped on a configuration error (already printed in one line)."""
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        exit_on_user_error(train)(cfg)
+        return
+    # In a sweep a failed job must not end the sweep: Hydra records the exception, runs the
+    # remaining jobs and reports the first failure at the end; the job's folder has no
+    # results.json, which `python -m semiseg.report` shows as "failed".
+    try:
+        train(cfg)
+    except (ConfigError, SplitError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise JobFailed(str(err)) from None
 
 
 if __name__ == "__main__":

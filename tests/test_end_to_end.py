@@ -134,11 +134,12 @@ def test_final_weights_are_validated_when_steps_do_not_divide(tmp_path, toy_root
 
 def test_unknown_split_fails_before_training_with_valid_list(tmp_path, toy_root):
     proc = run_script(
-        "train.py", f"dataset.root={toy_root}", *TINY, "split=7", f"hydra.run.dir={tmp_path}"
+        "train.py", f"dataset.root={toy_root}", *TINY, "split=seven", f"hydra.run.dir={tmp_path}"
     )
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]
-    assert "unknown split '7'" in message and "10, 20, 40" in message
+    # (a count or fraction would be generated for toy: a name that is neither is unknown)
+    assert "unknown split 'seven'" in message and "10, 20, 40" in message
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -147,3 +148,19 @@ def test_typo_fails_with_hydra_message(tmp_path, override):
     proc = run_script("train.py", override, f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "unimatc" in proc.stderr or "pascl" in proc.stderr or "max_stepz" in proc.stderr
+
+
+def test_bf16_channels_last_and_clipping_train(tmp_path, toy_root):
+    run_dir, _ = train(
+        tmp_path,
+        toy_root,
+        "fast",
+        "method=fixmatch",
+        "trainer.precision=bf16-mixed",
+        "trainer.channels_last=true",
+        "optim.clip_grad=1.0",
+        "logger=none",
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 3 and results["precision"] == "bf16-mixed"
+    assert 0.0 <= results["val_miou"] <= 100.0

@@ -5,23 +5,43 @@ The entry points only compose the config; everything they do is here, in the ord
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from semiseg.checkpointing import AtomicCheckpointIO
-from semiseg.data.datamodule import load_class_names
-from semiseg.data.datasets import ValDataset
-from semiseg.data.splits import SplitFiles, read_list, split_name
+from semiseg.checkpointing import (
+    BEST,
+    LAST,
+    PREEMPTED_EXIT_CODE,
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    Preempted,
+    resume_checkpoint,
+)
+from semiseg.dashboards import WandbPanels
+from semiseg.data.datamodule import build_val_dataset, load_class_names
+from semiseg.data.splits import split_name
+from semiseg.distributed import (
+    RankSeed,
+    init_process_group,
+    launched_by_torchrun,
+    resolve_devices,
+    shared_run_dir,
+)
 from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
@@ -34,18 +54,96 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def build_logger(cfg: DictConfig):
+def build_logger(cfg: DictConfig, resume_from: Path | None, multirun: bool):
+    """The experiment logger of `cfg.logger` (or False), with the resolved config as its
+    hyperparameters. W&B: grouped by sweep under -m, and a resumed run continues its W&B run.
+    CSV: a resumed run keeps the rows logged before its checkpoint (Lightning would delete them)."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return False
-    logger = instantiate(cfg.logger)
+    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    logger_cfg.pop("panel_images", None)  # read by the W&B panel callback, not a logger argument
+    is_wandb = logger_cfg["_target_"].endswith("WandbLogger")
+    if is_wandb:
+        if not logger_cfg.get("group") and multirun:
+            logger_cfg["group"] = f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
+        elif not logger_cfg.get("group"):
+            logger_cfg["group"] = logger_cfg.get("job_type")
+        run_id = _peek(resume_from).get("semiseg", {}).get("wandb_run_id") if resume_from else None
+        if run_id:
+            logger_cfg["id"] = run_id
+    earlier_rows = _csv_rows_before(logger_cfg, resume_from) if resume_from else []
+    logger = instantiate(logger_cfg)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if earlier_rows and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
+        logger.experiment.metrics[:0] = earlier_rows  # written back with the next rows
     return logger
 
 
+def _peek(path: Path) -> dict:
+    """A checkpoint's entries without reading its weights into memory."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+
+def _csv_rows_before(logger_cfg: dict, resume_from: Path) -> list[dict]:
+    """The metrics.csv rows of the steps before the checkpoint (rows after it are re-run)."""
+    if not logger_cfg["_target_"].endswith("CSVLogger"):
+        return []
+    version = logger_cfg.get("version")
+    folder = Path(logger_cfg["save_dir"]) / logger_cfg.get("name", "lightning_logs")
+    path = (
+        folder / (version if isinstance(version, str) else f"version_{version}")
+    ) / "metrics.csv"
+    if not path.is_file():
+        return []
+    step = int(_peek(resume_from).get("global_step", 0))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Lightning logs a step's values under step index global_step - 1.
+    return [
+        {k: v for k, v in row.items() if v != ""}
+        for row in rows
+        if row.get("step", "") != "" and float(row["step"]) < step
+    ]
+
+
+def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
+    """Split `cfg.trainer` into lightning.Trainer arguments and this project's own keys
+    (`checkpoint_every`, `channels_last`), resolve devices for torchrun, and refuse launches
+    that would make Lightning re-run this Hydra script."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    own = {"checkpoint_every": args.pop("checkpoint_every", None)}
+    own["channels_last"] = bool(args.pop("channels_last", False))
+    args = resolve_devices(args, multirun)
+    on_gpu = args.get("accelerator", "auto") in ("auto", "gpu", "cuda") and (
+        torch.cuda.is_available()
+    )
+    if args.get("sync_batchnorm") and not on_gpu:
+        # torch's SyncBatchNorm only runs on GPUs; on CPUs each rank keeps its own statistics.
+        args["sync_batchnorm"] = False
+        if launched_by_torchrun() and int(os.environ["RANK"]) == 0:
+            print("note: SyncBatchNorm needs GPUs; on CPUs each rank normalises its own batch")
+    return args, own
+
+
 def train(cfg: DictConfig) -> dict:
+    """Train one run (one job of a sweep) and write its results.json."""
+    try:
+        results = _train(cfg)
+    except BaseException:  # a failed or preempted job: end its W&B run, then fail
+        finish_wandb(exit_code=1)
+        raise
+    finish_wandb()
+    return results
+
+
+def _train(cfg: DictConfig) -> dict:
     started = time.time()
-    out = run_dir()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     cfg.split = split_name(cfg.split)
+    trainer_args, own = trainer_arguments(cfg, multirun)
+    init_process_group(trainer_args.get("accelerator", "auto"))
+    out = shared_run_dir(run_dir())
+    resume_from = resume_checkpoint(cfg.get("resume"), out / "checkpoints")
     L.seed_everything(cfg.seed, workers=True)
 
     # Data first: a bad root, split or file list fails here, before any model is built.
@@ -63,29 +161,48 @@ def train(cfg: DictConfig) -> dict:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
         crop_size=cfg.dataset.crop_size,
+        channels_last=own["channels_last"],
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints",
+    checkpoint_dir = out / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
         filename="best",
         monitor=cfg.checkpoint.monitor,
         mode="max",
         save_top_k=1,
-        save_last=True,
+        save_last=False,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    last = LastCheckpoint(checkpoint_dir, every_n_steps=own["checkpoint_every"])
+    logger = build_logger(cfg, resume_from, multirun)
+    callbacks = [RankSeed(cfg.seed), last, best]
+    if isinstance(logger, WandbLogger):
+        callbacks.append(WandbPanels(num_images=int(cfg.logger.get("panel_images", 4))))
     trainer = instantiate(
-        cfg.trainer,
+        trainer_args,
         default_root_dir=str(out),
-        logger=build_logger(cfg),
-        callbacks=[checkpoints],
+        logger=logger,
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
-    module.optim_cfg["lr"] = scaled_lr(cfg, trainer.world_size)
-    trainer.fit(module, datamodule=datamodule)
-    validate_final_weights(trainer, module, datamodule, checkpoints)
+    module.optim_cfg["lr"] = scaled_lr(cfg, trainer.world_size, verbose=trainer.is_global_zero)
+    if resume_from and trainer.is_global_zero:
+        print(f"resuming from {resume_from}")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except Preempted as stop:
+        if trainer.is_global_zero:
+            print(
+                f"preempted: SIGTERM at step {stop.step}; checkpoint {stop.path}. Continue with "
+                f"the same command plus resume=auto (and hydra.run.dir={out})",
+                flush=True,
+            )
+        finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    validate_final_weights(trainer, module, datamodule, checkpoint_dir)
 
     results = {
         "method": cfg.method.name,
@@ -99,10 +216,13 @@ def train(cfg: DictConfig) -> dict:
         "miou_convention": _convention(cfg.eval.absent_class),
         "eval_mode": cfg.eval.mode,
         "val_history": module.val_history,
+        "world_size": trainer.world_size,
+        "precision": str(trainer_args.get("precision")),
+        "resumed_from": str(resume_from) if resume_from else None,
         "wall_time_s": round(time.time() - started, 1),
-        "checkpoints": {"last": "checkpoints/last.ckpt", "best": "checkpoints/best.ckpt"},
+        "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
     }
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
         print(
             f"done: {results['method']} on {results['dataset']} split {results['split']}: "
@@ -112,30 +232,40 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
-def validate_final_weights(trainer, module, datamodule, checkpoints: ModelCheckpoint) -> None:
+def finish_wandb(exit_code: int | None = None) -> None:
+    """End this job's W&B run: under -m the next job would otherwise log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=exit_code)
+
+
+def validate_final_weights(trainer, module, datamodule, checkpoint_dir: Path) -> None:
     """Make the last validation and last.ckpt describe the final weights, also when max_steps
     is not a multiple of val_check_interval (Lightning then stops without validating)."""
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
         best_before = module.best_miou
         trainer.validate(module, datamodule=datamodule, verbose=False)
         if module.best_miou > best_before:
-            trainer.save_checkpoint(os.path.join(checkpoints.dirpath, "best.ckpt"))
-        trainer.save_checkpoint(os.path.join(checkpoints.dirpath, "last.ckpt"))
+            trainer.save_checkpoint(checkpoint_dir / BEST)
+        trainer.save_checkpoint(checkpoint_dir / LAST)
 
 
-def scaled_lr(cfg: DictConfig, world_size: int) -> float:
+def scaled_lr(cfg: DictConfig, world_size: int, verbose: bool = True) -> float:
     """The papers' lr is for a total batch of `optim.reference_batch` (4 GPUs x 2 images on
     Pascal); scale it linearly to this run's total labeled batch unless `optim.scale_lr=false`."""
     lr = float(cfg.optim.lr)
     total = int(cfg.data.batch_size) * world_size
     if cfg.optim.scale_lr and cfg.optim.reference_batch:
         effective = lr * total / float(cfg.optim.reference_batch)
-        print(
-            f"learning rate: {effective:g} (optim.lr {lr:g} at total batch "
-            f"{cfg.optim.reference_batch}, scaled to {world_size} device(s) x {cfg.data.batch_size})"
-        )
+        if verbose:
+            print(
+                f"learning rate: {effective:g} (optim.lr {lr:g} at total batch "
+                f"{cfg.optim.reference_batch}, scaled to {world_size} device(s) x "
+                f"{cfg.data.batch_size})"
+            )
         return effective
-    print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
+    if verbose:
+        print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
     return lr
 
 
@@ -191,11 +321,7 @@ def evaluate(cfg: DictConfig) -> dict:
     mode = cfg.eval.mode or dataset_cfg.eval_mode
     crop_size = int(dataset_cfg.crop_size)
 
-    root = Path(dataset_cfg.root)
-    val_file = Path(dataset_cfg.splits_dir) / "val.txt"
-    samples = read_list(val_file, require_mask=True)
-    SplitFiles(labeled=[], val=samples).check_exists(root)
-    dataset = ValDataset(root, samples)
+    dataset = build_val_dataset(dataset_cfg, num_classes=len(class_names))
 
     device = _device(cfg.device)
     model = model_from_checkpoint(checkpoint).to(device).eval()

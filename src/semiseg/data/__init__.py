@@ -1,1 +1,5 @@
-"""Split files, transforms, datasets and the embedded toy dataset."""
+"""Split files, transforms, datasets, dataset configs, prepare commands and the toy dataset."""
+
+from semiseg.data import resolvers
+
+resolvers.register()

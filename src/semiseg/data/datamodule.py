@@ -7,6 +7,7 @@ reference code does, so every method sees the same number of steps per epoch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -14,28 +15,26 @@ from torch.utils.data import DataLoader
 
 from semiseg.data import toy
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
-from semiseg.data.splits import SplitError, load_split
+from semiseg.data.spec import DatasetSpec, load_class_names
+from semiseg.data.splits import SplitError
+
+__all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
 
 
-def load_class_names(classes: list[str] | None, classes_file: str | None) -> list[str]:
-    """Class names from the config list, else from a file with one name per line."""
-    if classes:
-        return [str(c) for c in classes]
-    if not classes_file:
-        raise SplitError("dataset.classes and dataset.classes_file are both empty: set one")
-    path = Path(classes_file)
-    if not path.is_file():
-        raise SplitError(
-            f"dataset.classes_file {path} does not exist: give a text file with one class "
-            "name per line (the line count is the number of classes)"
-        )
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if len(names) < 2:
-        raise SplitError(f"{path} names {len(names)} class(es): a segmentation task needs >= 2")
-    return names
+def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
+    """The validation set of a dataset config (eval.py): the same checks as training."""
+    spec = DatasetSpec.from_config(dataset)
+    spec.check_root()
+    files = spec.load_val()
+    reader = spec.mask_reader(num_classes)
+    spec.verify_masks(files.val, reader)
+    return ValDataset(spec.root, files.val, read_mask=reader)
 
 
 class SemiSegDataModule(L.LightningDataModule):
+    """`dataset` is the dataset config (conf/dataset/*.yaml): class names, label map, palette,
+    split aliases, split generation and mask checks; `root` and `splits_dir` override it."""
+
     def __init__(
         self,
         root: str,
@@ -48,6 +47,7 @@ class SemiSegDataModule(L.LightningDataModule):
         unlabeled: bool = True,
         num_strong: int = 2,
         mix: str | None = "same",
+        dataset: Mapping | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -60,7 +60,10 @@ class SemiSegDataModule(L.LightningDataModule):
         self.unlabeled = unlabeled
         self.num_strong = num_strong
         self.mix = mix
+        self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         self.files = None
+        self.split_folder: Path | None = None  # the folder the split was read from
+        self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
         if self.generate_toy:
@@ -69,27 +72,47 @@ class SemiSegDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.files is not None:
             return
-        if not self.root.is_dir():
-            raise SplitError(f"dataset.root {self.root} does not exist: point it at the dataset")
-        self.files = load_split(self.root, self.splits_dir, self.split)
-        self.files.check_exists(self.root)
-        if self.unlabeled and not self.files.unlabeled:
+        spec = self.spec
+        spec.check_root()
+        num_classes = None
+        if spec.has_classes:
+            self.class_names = spec.class_names()
+            num_classes = len(self.class_names)
+        folder, note = spec.resolve_split(self.split)
+        if note:
+            print(note, flush=True)
+        files = spec.load_files(folder)
+        if self.unlabeled and not files.unlabeled:
             raise SplitError(
                 f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
                 "semi-supervised methods need unlabeled images; use method=supervised"
             )
+        # Mask values and image/mask sizes: a bounded sample now, every mask again when loaded.
+        reader = spec.mask_reader(num_classes)
+        spec.verify_masks(files.labeled, reader)
+        spec.verify_masks(files.val, reader)
+        # Unlabeled masks only feed the pseudo-label accuracy log: mapped, never checked.
+        gt_reader = spec.mask_reader(num_classes, check=False)
+
         # The epoch length is the unlabeled count even for the supervised baseline (which never
         # loads an unlabeled image), so methods compare at equal steps.
-        epoch_length = max(len(self.files.labeled), len(self.files.unlabeled))
+        epoch_length = max(len(files.labeled), len(files.unlabeled))
         self.labeled_set = LabeledDataset(
-            self.root, self.files.labeled, self.crop_size, length=epoch_length
+            self.root, files.labeled, self.crop_size, length=epoch_length, read_mask=reader
         )
         self.unlabeled_set = None
         if self.unlabeled:
             self.unlabeled_set = UnlabeledDataset(
-                self.root, self.files.unlabeled, self.crop_size, self.num_strong, self.mix
+                self.root,
+                files.unlabeled,
+                self.crop_size,
+                self.num_strong,
+                self.mix,
+                read_mask=gt_reader,
             )
-        self.val_set = ValDataset(self.root, self.files.val)
+        self.val_set = ValDataset(self.root, files.val, read_mask=reader)
+        self.split_folder = folder
+        self.files = files
 
     def _train_loader(self, dataset) -> DataLoader:
         # drop_last: BatchNorm after ASPP image pooling fails on a batch of one.
@@ -110,11 +133,25 @@ class SemiSegDataModule(L.LightningDataModule):
         return {"labeled": labeled, "unlabeled": self._train_loader(self.unlabeled_set)}
 
     def val_dataloader(self) -> DataLoader:
-        # Whole images of different sizes: one per batch, as the papers evaluate.
+        # Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each
+        # rank reads every N-th image and none twice (Lightning's default sampler would repeat
+        # images to even out the ranks, and the summed confusion matrix would count them twice).
+        from semiseg.distributed import ShardSampler
+
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            if len(self.val_set) < trainer.world_size:
+                raise SplitError(
+                    f"the validation list has {len(self.val_set)} images, fewer than the "
+                    f"{trainer.world_size} processes: every rank needs at least one"
+                )
+            sampler = ShardSampler(self.val_set, trainer.world_size, trainer.global_rank)
         return DataLoader(
             self.val_set,
             batch_size=1,
             shuffle=False,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

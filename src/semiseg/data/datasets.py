@@ -1,6 +1,8 @@
 """Split-file datasets: labeled crops, unlabeled weak/strong views, whole validation images.
 
 Items are dicts of tensors (and strings) so that the default collate function batches them.
+`read_mask` turns a mask file into an 'L' image of class indices; the datamodule passes the
+dataset's `MaskReader` (label map, value check), the default reads the file's values as they are.
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ def _require_masks(samples, what):
 class LabeledDataset(Dataset):
     """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}."""
 
-    def __init__(self, root, samples: list[Sample], crop_size: int, length: int | None = None):
+    def __init__(
+        self,
+        root,
+        samples: list[Sample],
+        crop_size: int,
+        length: int | None = None,
+        read_mask=None,
+    ):
         if not samples:
             raise SplitError("the labeled list is empty")
         _require_masks(samples, "labeled")
         self.root = Path(root)
         self.crop_size = crop_size
+        self.read_mask = read_mask or tf.load_mask
         samples = list(samples)
         if length is not None and length > len(samples):
             # the reference repeats the labeled list to the unlabeled length: one epoch then
@@ -55,7 +65,7 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img = tf.load_image(self.root / sample.image)
-        mask = tf.load_mask(self.root / sample.mask)
+        mask = self.read_mask(self.root / sample.mask)
         _check_same_size(img, mask, self.root, sample)
         img, (mask,) = tf.resize_long_side(img, [mask])
         img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE])
@@ -72,7 +82,15 @@ class UnlabeledDataset(Dataset):
     Masks of unlabeled images are optional and only returned as `gt` for logging.
     """
 
-    def __init__(self, root, samples: list[Sample], crop_size: int, num_strong=2, mix="same"):
+    def __init__(
+        self,
+        root,
+        samples: list[Sample],
+        crop_size: int,
+        num_strong=2,
+        mix="same",
+        read_mask=None,
+    ):
         if not samples:
             raise SplitError("the unlabeled list is empty")
         mix = "none" if mix is None else str(mix)
@@ -85,6 +103,7 @@ class UnlabeledDataset(Dataset):
         self.crop_size = crop_size
         self.num_strong = num_strong
         self.mix = mix
+        self.read_mask = read_mask or tf.load_mask
 
     def __len__(self):
         return len(self.samples)
@@ -94,7 +113,7 @@ class UnlabeledDataset(Dataset):
         img = tf.load_image(self.root / sample.image)
         gt = None
         if with_gt and sample.mask is not None:
-            gt = tf.load_mask(self.root / sample.mask)
+            gt = self.read_mask(self.root / sample.mask)
             _check_same_size(img, gt, self.root, sample)
         return img, gt
 
@@ -140,10 +159,11 @@ class UnlabeledDataset(Dataset):
 class ValDataset(Dataset):
     """Whole images, no resize: {"image", "mask", "name"}."""
 
-    def __init__(self, root, samples: list[Sample]):
+    def __init__(self, root, samples: list[Sample], read_mask=None):
         _require_masks(samples, "val")
         self.root = Path(root)
         self.samples = list(samples)
+        self.read_mask = read_mask or tf.load_mask
 
     def __len__(self):
         return len(self.samples)
@@ -151,7 +171,7 @@ class ValDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img = tf.load_image(self.root / sample.image)
-        mask = tf.load_mask(self.root / sample.mask)
+        mask = self.read_mask(self.root / sample.mask)
         _check_same_size(img, mask, self.root, sample)
         return {
             "image": tf.normalize(img),

@@ -7,8 +7,9 @@ masks optional) and `<splits_dir>/val.txt`.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -98,6 +99,56 @@ def split_name(split) -> str:
     return str(split).strip()
 
 
+_FRACTION = re.compile(r"(\d+)\s*[/_]\s*(\d+)")
+
+
+def fraction_key(name) -> str | None:
+    """'1/16' (or the folder spelling '1_16') -> '1/16' for a fraction in (0, 1); else None."""
+    match = _FRACTION.fullmatch(split_name(name))
+    if not match:
+        return None
+    num, den = int(match[1]), int(match[2])
+    return f"{num}/{den}" if 0 < num < den else None
+
+
+def split_folders(split, aliases: Mapping | None = None) -> tuple[int | None, list[str]]:
+    """The labeled count a split name stands for (None when it is not a count or a known
+    fraction) and the folder names it may have under splits_dir, in the order they are tried.
+
+    With aliases {"1/16": 662}: "1/16", "1_16" and "662" all name the split of 662 images,
+    stored as `662/` or, as in the public UniMatch tree, `1_16/`.
+    """
+    name = split_name(split)
+    table = {fraction_key(k) or split_name(k): int(v) for k, v in (aliases or {}).items()}
+    count = int(name) if name.isdigit() else table.get(fraction_key(name) or name)
+    names = [name]
+    if count is not None:
+        names.append(str(count))
+        names += [key.replace("/", "_") for key, value in table.items() if value == count]
+    return count, list(dict.fromkeys(n for n in names if "/" not in n))
+
+
+def find_split(splits_dir: Path, split, aliases: Mapping | None = None) -> Path | None:
+    """The folder holding the split's labeled.txt, or None."""
+    for name in split_folders(split, aliases)[1]:
+        folder = Path(splits_dir) / name
+        if (folder / "labeled.txt").is_file():
+            return folder
+    return None
+
+
+def hydra_underscore_hint(split, aliases: Mapping | None) -> str:
+    """Hydra parses `split=1_16` as the int 116: say so when that is what happened."""
+    name = split_name(split)
+    if name.isdigit():
+        for key in aliases or {}:
+            fraction = fraction_key(key)
+            if fraction and fraction.replace("/", "") == name:
+                typed = fraction.replace("/", "_")
+                return f" (Hydra reads split={typed} as {name}: write split={fraction})"
+    return ""
+
+
 def resolve_split(splits_dir: Path, split) -> Path:
     splits_dir = Path(splits_dir)
     name = split_name(split)
@@ -134,7 +185,34 @@ class SplitFiles:
                         missing.append(rel)
         return missing
 
-    def check_exists(self, root: Path | None = None) -> None:
+    def apply_mask_fallback(self, fallback: Mapping | None, root: Path | None = None) -> int:
+        """Where a listed mask is missing, use the same file under the fallback folder, e.g.
+        {SegmentationClass: SegmentationClassAug} for the SBD-augmented Pascal masks. Returns
+        how many masks were redirected."""
+        if not fallback:
+            return 0
+        root = Path(root if root is not None else self.root)
+        moved = 0
+
+        def redirect(samples):
+            nonlocal moved
+            out = []
+            for sample in samples:
+                mask = sample.mask
+                if mask is not None and not (root / mask).is_file():
+                    head, _, tail = mask.partition("/")
+                    if head in fallback and tail and (root / fallback[head] / tail).is_file():
+                        mask = f"{fallback[head]}/{tail}"
+                        moved += 1
+                out.append(Sample(sample.image, mask))
+            return out
+
+        self.labeled = redirect(self.labeled)
+        self.unlabeled = redirect(self.unlabeled)
+        self.val = redirect(self.val)
+        return moved
+
+    def check_exists(self, root: Path | None = None, hint: str | None = None) -> None:
         """Fail before training starts rather than in a worker halfway through an epoch."""
         root = Path(root if root is not None else self.root)
         missing = self.missing(root)
@@ -143,17 +221,23 @@ class SplitFiles:
             raise SplitError(
                 f"{len(missing)} files listed in the splits are missing under {root} "
                 f"(first: {shown}); check the dataset root or regenerate the split files"
+                + (f"; {hint}" if hint else "")
             )
 
 
 def load_split(root: Path, splits_dir: Path, split) -> SplitFiles:
     folder = resolve_split(splits_dir, split)
+    return load_split_folder(root, folder, Path(splits_dir) / "val.txt")
+
+
+def load_split_folder(root: Path, folder: Path, val_file: Path) -> SplitFiles:
+    """labeled.txt and (optional) unlabeled.txt of one split folder, and the val list."""
+    folder = Path(folder)
     labeled = read_list(folder / "labeled.txt", require_mask=True)
     if not labeled:
         raise SplitError(f"{folder / 'labeled.txt'} lists no images; add '<image> <mask>' lines")
     unlabeled_file = folder / "unlabeled.txt"
     unlabeled = read_list(unlabeled_file, require_mask=False) if unlabeled_file.is_file() else []
-    val_file = Path(splits_dir) / "val.txt"
     val = read_list(val_file, require_mask=True)
     if not val:
         raise SplitError(f"{val_file} lists no images; add '<image> <mask>' lines")

@@ -1,13 +1,15 @@
 """The LightningModule every method shares.
 
 It owns what is common to all methods: the SGD optimizer with a backbone group and a head group,
-the per-iteration poly learning-rate decay, validation (inference mode -> confusion matrix ->
-mIoU), and what a checkpoint carries. A method subclass writes `training_losses(batch)` and
+the per-iteration poly learning-rate decay, gradient clipping, validation (inference mode ->
+confusion matrix -> mIoU, exact under DDP), and what a checkpoint carries (validation history,
+best mIoU, every rank's random generators). A method subclass writes `training_losses(batch)` and
 nothing else; methods that step more than once per batch override `training_step`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -15,10 +17,15 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
 from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
 from semiseg.methods.losses import ohem_ce, supervised_ce
+
+# Validation values are computed from the confusion matrix summed over ranks, so they are the same
+# on every rank; Lightning's advice to all-reduce them (sync_dist) would only cost a collective.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting")
 
 
 class SemiSegModule(L.LightningModule):
@@ -35,6 +42,7 @@ class SemiSegModule(L.LightningModule):
         crop_size: int,
         name: str = "supervised",
         labeled_loss: dict | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False  # every method takes its own optimizer steps
@@ -46,6 +54,8 @@ class SemiSegModule(L.LightningModule):
         self.crop_size = crop_size
         self.method_name = name
         self.labeled_loss_cfg = dict(labeled_loss or {"name": "ce"})
+        # NHWC activations: faster convolutions with bf16/fp16 on recent GPUs and AMX CPUs.
+        self.channels_last = bool(channels_last)
         if self.labeled_loss_cfg["name"] not in ("ce", "ohem"):
             raise ConfigError(
                 f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce or ohem"
@@ -89,18 +99,26 @@ class SemiSegModule(L.LightningModule):
             group["lr"] = group["initial_lr"] * factor
 
     def optimizer_step_with(self, loss: Tensor) -> None:
-        """One backward, optional gradient clipping, one SGD step, then the poly update."""
+        """One backward, one SGD step (clipping inside it, see below), then the poly update."""
         optimizer = self.optimizers()
         iteration = self.global_step  # optimizer steps taken before this one
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        clip = self.optim_cfg.get("clip_grad")
-        if clip:
-            # Manual optimization: Lightning's gradient_clip_val is refused, so clip here,
-            # through the precision plugin so scaled fp16 gradients are unscaled first.
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         optimizer.step()
         self.poly_update(optimizer, iteration)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradient clipping to `optim.clip_grad` (max norm; off when null).
+
+        Lightning refuses Trainer(gradient_clip_val) with manual optimization, so the module clips.
+        It must clip here: Lightning calls this hook inside optimizer.step(), after the 16-mixed
+        GradScaler has unscaled the gradients. Clipping before optimizer.step() would clip the
+        loss-scaled gradients (norms ~65536x too large) and, after unscaling, shrink every update
+        to almost nothing. bf16-mixed and 32-bit have no scaler; the hook is right for them too.
+        """
+        clip = self.optim_cfg.get("clip_grad")
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def labeled_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """CE, or OHEM where the dataset asks for it (Cityscapes in the papers)."""
@@ -134,7 +152,24 @@ class SemiSegModule(L.LightningModule):
             "loss", values["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size
         )
 
+    # ------------------------------------------------------------------ memory format
+    def setup(self, stage: str) -> None:
+        if self.channels_last and not getattr(self, "_nhwc_hook", None):
+            # Weights and every input image (training, validation, partner forwards) in NHWC.
+            self.model.to(memory_format=torch.channels_last)
+            self._nhwc_hook = self.model.register_forward_pre_hook(
+                lambda module, args: tuple(_channels_last(a) for a in args)
+            )
+
     # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        # Parameters are equal on every rank (DDP averages gradients), but buffers are not
+        # broadcast in training, as in the papers: without SyncBatchNorm (CPUs) each rank's
+        # BatchNorm statistics drift. Validate every rank with rank 0's, the ones checkpointed,
+        # so the mIoU of a checkpoint does not depend on the number of ranks.
+        if self.trainer.world_size > 1:
+            broadcast_buffers(self.model)
+
     def validation_step(self, batch, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         mode = self.eval_cfg["mode"]
@@ -157,20 +192,51 @@ class SemiSegModule(L.LightningModule):
         }
         self.best_miou = max(self.best_miou, miou)
         self.val_history.append({"step": int(self.global_step), "miou": round(miou, 2)})
+        # The confusion matrix is already summed over ranks: every rank logs the same numbers,
+        # so no sync_dist (which would all-reduce once per call).
         self.log("val/miou", miou, prog_bar=True, sync_dist=False)
         self.log("val/best_miou", self.best_miou, sync_dist=False)
+        self.log_dict(
+            {f"val_iou/{n}": v for n, v in self.last_per_class.items() if v is not None},
+            sync_dist=False,
+        )
         self.print(f"step {self.global_step}: val mIoU {miou:.2f} (best {self.best_miou:.2f})")
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Called on every rank (Lightning dumps everywhere, rank 0 writes): gathering the ranks'
+        # random generators is a collective that all of them take part in.
         checkpoint["semiseg"] = {
             "config": self.run_config,
             "class_names": self.class_names,
             "val_history": self.val_history,
             "best_miou": self.best_miou,
+            "last_per_class": self.last_per_class,
+            "rng": gather_rng_states(),
+            "wandb_run_id": next(
+                (lg.version for lg in self.loggers if type(lg).__name__ == "WandbLogger"), None
+            ),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("semiseg", {})
         self.val_history = list(state.get("val_history", []))
         self.best_miou = state.get("best_miou", float("-inf"))
+        self.last_per_class = dict(state.get("last_per_class", {}))
+        trainer = self._trainer
+        if trainer is None or not state.get("rng"):
+            return
+        # Resume every rank's own random stream; ranks the checkpoint did not have (more
+        # processes than before) get a stream of their own, derived from seed, rank and step.
+        rank, states = trainer.global_rank, state["rng"]
+        if rank < len(states):
+            set_rng_state(states[rank])
+        else:
+            seed = int((self.run_config or {}).get("seed", 0))
+            seed_process(seed * 1_000_003 + rank * 7919 + int(checkpoint.get("global_step", 0)))
+
+
+def _channels_last(x):
+    if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

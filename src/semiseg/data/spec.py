@@ -1,0 +1,231 @@
+"""What a `conf/dataset/*.yaml` says about a dataset on disk, and the checks that run before
+training so that bad input fails with one line that names the file.
+
+Only `root` and `splits_dir` are required; every other key has a default, so a dataset config
+written for an older version keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from semiseg.data.masks import MaskReader
+from semiseg.data.splits import (
+    LAYOUT,
+    Sample,
+    SplitError,
+    SplitFiles,
+    available_splits,
+    find_split,
+    fraction_key,
+    hydra_underscore_hint,
+    load_split_folder,
+    read_list,
+    split_folders,
+    split_name,
+)
+
+
+def load_class_names(classes: list[str] | None, classes_file: str | None) -> list[str]:
+    """Class names from the config list, else from a file with one name per line."""
+    if classes:
+        return [str(c) for c in classes]
+    if not classes_file:
+        raise SplitError("dataset.classes and dataset.classes_file are both empty: set one")
+    path = Path(classes_file)
+    if not path.is_file():
+        raise SplitError(
+            f"dataset.classes_file {path} does not exist: give a text file with one class "
+            "name per line (the line count is the number of classes)"
+        )
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) < 2:
+        raise SplitError(f"{path} names {len(names)} class(es): a segmentation task needs >= 2")
+    return names
+
+
+@dataclass
+class DatasetSpec:
+    root: Path
+    splits_dir: Path
+    name: str = "dataset"
+    classes: list[str] | None = None
+    classes_file: str | None = None
+    palette: Any = None
+    label_map: Any = None
+    mask_fallback: dict[str, str] = field(default_factory=dict)
+    splits: list[str] = field(default_factory=list)
+    split_aliases: dict[str, int] = field(default_factory=dict)
+    generate_splits: bool = False
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    check_masks: int = 200
+    layout: str | None = None
+    prepare: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping | DictConfig | None, **given) -> DatasetSpec:
+        """From a dataset config (unknown keys are ignored); keyword arguments win."""
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        config = dict(config or {})
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in config.items() if k in known and v is not None}
+        values.update({k: v for k, v in given.items() if v is not None})
+        if "root" not in values or "splits_dir" not in values:
+            raise SplitError("the dataset config needs root and splits_dir")
+        values["root"], values["splits_dir"] = Path(values["root"]), Path(values["splits_dir"])
+        values["splits"] = [split_name(s) for s in values.get("splits") or []]
+        values["split_aliases"] = dict(values.get("split_aliases") or {})
+        values["mask_fallback"] = dict(values.get("mask_fallback") or {})
+        return cls(**values)
+
+    @property
+    def has_classes(self) -> bool:
+        return bool(self.classes) or bool(self.classes_file)
+
+    def class_names(self) -> list[str]:
+        return load_class_names(self.classes, self.classes_file)
+
+    def mask_reader(self, num_classes: int | None, check: bool = True) -> MaskReader:
+        return MaskReader(num_classes, self.label_map, self.palette, check=check)
+
+    # -- before anything is read ---------------------------------------------------------------
+
+    def check_root(self) -> None:
+        if not self.root.is_dir():
+            layout = self.layout or f"<root>/... and {LAYOUT}"
+            raise SplitError(
+                f"dataset.root {self.root} does not exist: point it at the dataset "
+                f"(dataset.root=DIR); expected layout: {layout}"
+            )
+
+    def valid_splits(self) -> list[str]:
+        """The paper splits named in the config, then any other folder under splits_dir."""
+        on_disk = available_splits(self.splits_dir)
+        covered = set()
+        for name in self.splits:
+            covered.update(split_folders(name, self.split_aliases)[1])
+        return [*self.splits, *(n for n in on_disk if n not in covered)]
+
+    def resolve_split(self, split) -> tuple[Path, str | None]:
+        """The split's folder, and a line to print when the split had to be generated.
+
+        Accepts a folder name, a labeled count, or a fraction alias (`1/16`); for datasets with
+        `generate_splits` a missing count or fraction is generated (seed `split_seed`).
+        """
+        name = split_name(split)
+        folder = find_split(self.splits_dir, name, self.split_aliases)
+        if folder is not None:
+            return folder, None
+        count = split_folders(name, self.split_aliases)[0]
+        if self.generate_splits and (count is not None or fraction_key(name) is not None):
+            return self._generate(name)
+        raise SplitError(self._unknown_split_message(name))
+
+    def _generate(self, name: str) -> tuple[Path, str | None]:
+        from semiseg.data.prepare.splits import generate
+
+        generated = generate(
+            self.root,
+            self.splits_dir,
+            name,
+            seed=self.split_seed,
+            aliases=self.split_aliases,
+            image_dir=self.image_dir,
+            mask_dir=self.mask_dir,
+            val_fraction=self.val_fraction,
+            reuse=True,
+        )
+        if not generated.created:  # a fraction that comes to a count generated before
+            return generated.folder, None
+        return generated.folder, f"split {name}: generated {generated.summary()}"
+
+    def _unknown_split_message(self, name: str) -> str:
+        count, folders = split_folders(name, self.split_aliases)
+        known = count is not None and (
+            str(count) in self.splits or str(count) in map(str, self.split_aliases.values())
+        )
+        if known:
+            looked = " or ".join(f"{f}/labeled.txt" for f in folders)
+            return (
+                f"split {name} of {self.name} is not in {self.splits_dir} (looked for {looked}): "
+                f"copy the public UniMatch splits/{self.name}/ folder there or set "
+                "dataset.splits_dir"
+            )
+        if not self.splits_dir.is_dir() and not self.splits:
+            return f"splits folder {self.splits_dir} does not exist; expected layout: {LAYOUT}"
+        valid = self.valid_splits()
+        aliases = ", ".join(f"{k}={v}" for k, v in self.split_aliases.items())
+        return (
+            f"unknown split '{name}' for {self.name}: valid splits are "
+            f"{', '.join(valid) if valid else '(none found in ' + str(self.splits_dir) + ')'}"
+            + (f" (aliases {aliases})" if aliases else "")
+            + hydra_underscore_hint(name, self.split_aliases)
+            + (
+                "; a count or fraction (e.g. 100 or 1/8) is generated"
+                if self.generate_splits
+                else ""
+            )
+        )
+
+    # -- the files -----------------------------------------------------------------------------
+
+    def load_files(self, folder: Path) -> SplitFiles:
+        files = load_split_folder(self.root, folder, self.splits_dir / "val.txt")
+        self.check_files(files)
+        return files
+
+    def load_val(self) -> SplitFiles:
+        val_file = self.splits_dir / "val.txt"
+        if not val_file.is_file():
+            raise SplitError(
+                f"validation list {val_file} not found; expected layout: {self.layout or LAYOUT}"
+            )
+        files = SplitFiles(labeled=[], val=read_list(val_file, require_mask=True), root=self.root)
+        if not files.val:
+            raise SplitError(f"{val_file} lists no images; add '<image> <mask>' lines")
+        self.check_files(files)
+        return files
+
+    def check_files(self, files: SplitFiles) -> None:
+        files.apply_mask_fallback(self.mask_fallback, self.root)
+        hint = f"if the masks were never built, run: {self.prepare}" if self.prepare else None
+        files.check_exists(self.root, hint=hint)
+
+    def verify_masks(self, samples: list[Sample], reader: MaskReader) -> None:
+        """Read up to `check_masks` masks (spread over the list): values and sizes. Every
+        mask is checked again when a dataset item loads it, so this only makes most errors
+        come before training instead of during it."""
+        limit = len(samples) if self.check_masks < 0 else min(self.check_masks, len(samples))
+        if limit <= 0:
+            return
+        step = len(samples) / limit
+        for k in range(limit):
+            sample = samples[int(k * step)]
+            if sample.mask is None:
+                continue
+            mask = reader(self.root / sample.mask)
+            check_same_size(self.root, sample, mask.size)
+
+
+def check_same_size(root: Path, sample: Sample, mask_size: tuple[int, int]) -> None:
+    """The image's size from its header only (no decoding)."""
+    try:
+        with Image.open(root / sample.image) as img:
+            size = img.size
+    except OSError as e:
+        raise SplitError(f"cannot read image {root / sample.image}: {e}") from None
+    if size != mask_size:
+        raise SplitError(
+            f"image {root / sample.image} is {size[0]}x{size[1]} but its mask "
+            f"{root / sample.mask} is {mask_size[0]}x{mask_size[1]}; they must have the same size"
+        )

@@ -1,0 +1,197 @@
+"""Multi-process runs: how they are launched, what every rank seeds, and exact validation.
+
+The one supported launch is `torchrun --nproc_per_node=N train.py trainer=ddp ...`: torchrun
+starts one process per device and Lightning joins them. Lightning could also start the other
+processes itself, but it does so by running the script again with the same command line, which
+for a Hydra script means a second Hydra run (and, under `-m`, the whole sweep once more per
+device); that combination is refused with the command to run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import Dataset, DistributedSampler
+
+from semiseg.errors import ConfigError
+
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by torchrun (or any launcher that sets its variables)."""
+    return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def resolve_devices(trainer_cfg: dict, multirun: bool) -> dict:
+    """Fill `devices`/`num_nodes` from torchrun's variables, or refuse Lightning-spawned ranks.
+
+    Returns the trainer arguments to instantiate. Raises ConfigError with the command to run.
+    """
+    cfg = dict(trainer_cfg)
+    if launched_by_torchrun():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        nodes = int(os.environ["WORLD_SIZE"]) // per_node
+        if cfg.get("strategy") is None:
+            raise ConfigError(
+                f"torchrun started {os.environ['WORLD_SIZE']} processes but trainer=default "
+                "trains one: add trainer=ddp to the command"
+            )
+        devices = cfg.get("devices", "auto")
+        if devices in (None, "auto", -1, "-1"):
+            cfg["devices"] = per_node
+        elif _count(devices) != per_node:
+            raise ConfigError(
+                f"trainer.devices={devices} but torchrun started {per_node} processes per node: "
+                "drop trainer.devices (it follows --nproc_per_node)"
+            )
+        cfg["num_nodes"] = nodes
+        return cfg
+    requested = _count(cfg.get("devices", 1))
+    if requested is None:  # "auto" / -1: every device Lightning finds
+        gpu = cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        requested = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
+    if requested > 1 or int(cfg.get("num_nodes", 1) or 1) > 1:
+        sweep = " (and under -m every copy would run the whole sweep again)" if multirun else ""
+        raise ConfigError(
+            f"trainer.devices={cfg.get('devices')} would make Lightning re-launch this Hydra "
+            f"script once per device{sweep}; start one process per device with torchrun instead: "
+            f"torchrun --nproc_per_node={requested} train.py trainer=ddp ..."
+        )
+    if _count(cfg.get("devices", 1)) is None:
+        cfg["devices"] = 1
+    return cfg
+
+
+def _count(devices) -> int | None:
+    """How many devices a `devices` value asks for; None for "all of them" (auto, -1)."""
+    if devices in (None, "auto", -1, "-1"):
+        return None
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text)
+
+
+def init_process_group(accelerator: str) -> None:
+    """Join torchrun's process group before the Trainer does (it then reuses it), so that the
+    ranks can agree on one run directory before anything is written."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
+def shared_run_dir(out: Path) -> Path:
+    """Rank 0's run directory on every rank: Hydra names it from the clock of each process, and
+    two processes may read different seconds."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return out
+    box = [str(out)]
+    dist.broadcast_object_list(box, src=0)
+    shared = Path(box[0])
+    if shared != out and out.is_dir():
+        # This rank's own directory holds only Hydra's record of the config: drop it.
+        if {p.name for p in out.iterdir()} <= {".hydra", "train.log"}:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+    return shared
+
+
+def seed_process(seed: int) -> None:
+    """Seed Python, NumPy and torch in this process only. Unlike `seed_everything` it leaves
+    PL_GLOBAL_SEED alone: the distributed samplers read it and must agree across ranks."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's random generators, in types a weights-only torch.load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's generators, indexed by rank (a collective: call it on all ranks)."""
+    local = rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [local]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, local)
+    return states
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): with buffers not
+    broadcast during training, and without SyncBatchNorm on CPUs, they drift apart per rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+class ShardSampler(DistributedSampler):
+    """Rank r reads items r, r + N, r + 2N, ... of N ranks: every item exactly once.
+
+    Lightning's default distributed sampler pads the last round with repeated items so that
+    every rank has as many; summed over ranks, a validation confusion matrix would then count
+    those images twice. Ranks may differ by one item here, which validation allows (buffers are
+    not broadcast in forward passes, so no rank waits for another inside a step).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class RankSeed(Callback):
+    """Seed every rank with `seed + rank` when fitting starts: different augmentations and CutMix
+    boxes per rank (data loader workers are seeded from seed, worker and rank by Lightning).
+
+    It runs in `setup`, after Lightning's DDP strategy has re-seeded every process with the same
+    global seed, and before a resumed run restores each rank's saved generators. The model is
+    already built by then, and DDP starts every rank from rank 0's weights anyway.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            seed_process(self.seed + trainer.global_rank)

@@ -1,0 +1,356 @@
+"""The paper table of a sweep: python -m semiseg.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
+
+Reads every run under SWEEP_DIR (a `python train.py -m ...` folder, or any folder of runs such as
+outputs/) and writes, next to them or into --out:
+
+- report.md: per dataset, methods as rows and splits (labeled counts) as columns, each cell the
+  mean +- sample standard deviation over seeds of the runs' best validation mIoU;
+- report.csv: the same numbers, one row per method and split, with the seeds behind them;
+- report.png: mIoU against the labeled count, one line per method, the std as error bars.
+
+A run is a folder with Hydra's `.hydra/` record. One with a results.json holding a validation
+counts; one without (it failed, or has not finished) is listed as failed. When the sweep's
+multirun.yaml names the grid (method=..., split=..., seed=...), combinations that never started
+are listed as missing. A cell short of runs says which seeds it lacks and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GRID_KEYS = ("dataset", "method", "split", "seed")
+
+
+@dataclass
+class Run:
+    dataset: str
+    method: str
+    split: str
+    seed: str
+    value: float | None  # None: failed or unfinished
+    path: Path
+    mtime: float = 0.0
+
+
+@dataclass
+class Cell:
+    values: dict[str, float] = field(default_factory=dict)  # seed -> metric
+    failed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values.values()) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values.values()) if len(self.values) > 1 else None
+
+    @property
+    def expected(self) -> int:
+        return len(self.values) + len(self.failed) + len(self.missing)
+
+
+# ---------------------------------------------------------------------------- reading runs
+def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
+    """Every training run under `root`: one per folder holding a `.hydra/` record."""
+    runs = []
+    for hydra_dir in sorted(Path(root).rglob(".hydra")):
+        run_dir = hydra_dir.parent
+        config = _load_yaml(hydra_dir / "config.yaml") or {}
+        if "ckpt_path" in config:  # an eval.py run
+            continue
+        results_path = run_dir / "results.json"
+        results = _load_json(results_path) if results_path.is_file() else None
+        if results is not None and "best_val_miou" in results:
+            key = {k: results.get(k) for k in GRID_KEYS}
+            value = results.get(metric)
+            mtime = results_path.stat().st_mtime
+        else:
+            key, value, mtime = _job_identity(hydra_dir, config), None, 0.0
+        runs.append(
+            Run(
+                dataset=str(key["dataset"]),
+                method=str(key["method"]),
+                split=str(key["split"]),
+                seed=str(key["seed"]),
+                value=None if value is None else float(value),
+                path=run_dir,
+                mtime=mtime,
+            )
+        )
+    return runs
+
+
+def _job_identity(hydra_dir: Path, config: dict) -> dict:
+    """dataset, method, split and seed of a run without results: its overrides, else its config."""
+    overrides = {}
+    for item in _load_yaml(hydra_dir / "overrides.yaml") or []:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        overrides[key] = value
+    method = overrides.get("method") or (config.get("method") or {}).get("name", "?")
+    dataset = overrides.get("dataset") or (config.get("dataset") or {}).get("name", "?")
+    split = overrides.get("split") or _resolve_split(hydra_dir / "config.yaml")
+    seed = overrides.get("seed", config.get("seed", "?"))
+    return {"dataset": dataset, "method": method, "split": split, "seed": seed}
+
+
+def _resolve_split(config_path: Path) -> str:
+    try:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.select(OmegaConf.load(config_path), "split"))
+    except Exception:  # an interpolation this process cannot resolve
+        return "?"
+
+
+def expected_grid(root: Path) -> dict[str, list[str]]:
+    """The values a sweep was asked to run, per grid key, from its multirun.yaml (if any)."""
+    path = Path(root) / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    task = ((_load_yaml(path) or {}).get("hydra") or {}).get("overrides", {}).get("task") or []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    grid: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides([str(t) for t in task]):
+        key = override.get_key_element().lstrip("+~")
+        if key not in GRID_KEYS:
+            continue
+        if override.is_sweep_override():
+            grid[key] = [str(v) for v in override.sweep_string_iterator()]
+        else:
+            grid[key] = [override.get_value_element_as_str()]
+    return grid
+
+
+def _load_yaml(path: Path):
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------- the table
+def build_table(runs: list[Run], grid: dict[str, list[str]]) -> dict[str, dict]:
+    """{dataset: {"methods": [...], "splits": [...], "cells": {(method, split): Cell}}}."""
+    latest: dict[tuple, Run] = {}
+    for run in runs:  # a finished run beats a failed one; a later one beats an earlier one
+        key = (run.dataset, run.method, run.split, run.seed)
+        old = latest.get(key)
+        if old is None or (run.value is not None, run.mtime) > (old.value is not None, old.mtime):
+            latest[key] = run
+    datasets = _ordered(grid.get("dataset"), [r.dataset for r in latest.values()])
+    tables = {}
+    for dataset in datasets:
+        mine = [r for r in latest.values() if r.dataset == dataset]
+        methods = _ordered(grid.get("method"), [r.method for r in mine])
+        splits = _ordered(grid.get("split"), [r.split for r in mine], numeric=True)
+        seeds = _ordered(grid.get("seed"), [r.seed for r in mine], numeric=True)
+        cells = {}
+        for method in methods:
+            for split in splits:
+                cell = Cell()
+                for seed in seeds:
+                    run = latest.get((dataset, method, split, seed))
+                    if run is None:
+                        cell.missing.append(seed)
+                    elif run.value is None:
+                        cell.failed.append(seed)
+                    else:
+                        cell.values[seed] = run.value
+                cells[(method, split)] = cell
+        tables[dataset] = {"methods": methods, "splits": splits, "cells": cells}
+    return tables
+
+
+def _ordered(first: list[str] | None, found: list[str], numeric: bool = False) -> list[str]:
+    """The grid's order, then values found only on disk (numerically where they are numbers)."""
+    out = list(dict.fromkeys(first or []))
+    rest = sorted(set(found) - set(out), key=lambda v: _sort_key(v) if numeric else v)
+    if numeric and not first:
+        return rest
+    return out + rest
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def cell_text(cell: Cell) -> str:
+    if not cell.values:
+        if cell.failed:
+            return f"failed (seed {', '.join(cell.failed)})"
+        return "missing"
+    text = f"{cell.mean:.2f}" if cell.std is None else f"{cell.mean:.2f} ± {cell.std:.2f}"
+    notes = []
+    if len(cell.values) < cell.expected:
+        notes.append(f"{len(cell.values)}/{cell.expected}")
+    if cell.failed:
+        notes.append(f"seed {', '.join(cell.failed)} failed")
+    if cell.missing:
+        notes.append(f"seed {', '.join(cell.missing)} missing")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def to_markdown(tables: dict[str, dict], metric: str) -> str:
+    lines = []
+    for dataset, table in tables.items():
+        seeds = max((c.expected for c in table["cells"].values()), default=0)
+        lines += [
+            f"**{dataset}**: {metric.replace('_', ' ')} (%), mean ± std over {seeds} seed(s) "
+            "(sample std; one value: no std)",
+            "",
+            "| method | " + " | ".join(table["splits"]) + " |",
+            "|---|" + "---|" * len(table["splits"]),
+        ]
+        for method in table["methods"]:
+            row = [cell_text(table["cells"][(method, s)]) for s in table["splits"]]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(tables: dict[str, dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "dataset",
+                "method",
+                "split",
+                "mean",
+                "std",
+                "runs",
+                "expected",
+                "values",
+                "seeds",
+                "failed_seeds",
+                "missing_seeds",
+            ]
+        )
+        for dataset, table in tables.items():
+            for method in table["methods"]:
+                for split in table["splits"]:
+                    cell = table["cells"][(method, split)]
+                    writer.writerow(
+                        [
+                            dataset,
+                            method,
+                            split,
+                            "" if cell.mean is None else round(cell.mean, 4),
+                            "" if cell.std is None else round(cell.std, 4),
+                            len(cell.values),
+                            cell.expected,
+                            ";".join(f"{v:.2f}" for v in cell.values.values()),
+                            ";".join(cell.values),
+                            ";".join(cell.failed),
+                            ";".join(cell.missing),
+                        ]
+                    )
+
+
+def plot(tables: dict[str, dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    for ax, (dataset, table) in zip(axes[0], tables.items(), strict=True):
+        splits = table["splits"]
+        numeric = all(_sort_key(s)[0] == 0 for s in splits)
+        xs = [float(s) for s in splits] if numeric else list(range(len(splits)))
+        for method in table["methods"]:
+            points = [
+                (x, table["cells"][(method, s)])
+                for x, s in zip(xs, splits, strict=True)
+                if table["cells"][(method, s)].values
+            ]
+            if not points:
+                continue
+            ax.errorbar(
+                [x for x, _ in points],
+                [c.mean for _, c in points],
+                yerr=[c.std or 0.0 for _, c in points],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        if numeric and len(xs) > 1 and max(xs) / max(min(xs), 1e-9) > 4:
+            ax.set_xscale("log")
+        ax.set_xticks(xs, splits)
+        ax.minorticks_off()
+        ax.set_xlabel("labeled images (split)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(root: Path, out: Path | None = None, metric: str = "best_val_miou") -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory: give a sweep folder (multirun/...)")
+    runs = find_runs(root, metric)
+    if not runs:
+        raise FileNotFoundError(f"no runs under {root}: no folder with a .hydra/ record")
+    tables = build_table(runs, expected_grid(root))
+    out = Path(out) if out else root
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(tables, metric)
+    (out / "report.md").write_text(markdown)
+    write_csv(tables, out / "report.csv")
+    plot(tables, out / "report.png", metric)
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m semiseg.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder, or any folder of runs")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write (default: sweep_dir)"
+    )
+    parser.add_argument(
+        "--metric",
+        default="best_val_miou",
+        choices=["best_val_miou", "val_miou"],
+        help="best (default, as the papers report) or last validation mIoU",
+    )
+    args = parser.parse_args(argv)
+    try:
+        markdown = report(args.sweep_dir, args.out, args.metric)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or args.sweep_dir
+    print(markdown)
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

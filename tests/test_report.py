@@ -1,0 +1,172 @@
+"""Sweeps (`train.py -m`) and their paper table (`python -m semiseg.report`)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from cli import REPO, TINY, run_script
+from wandb_records import summarize
+
+from semiseg.report import report
+
+
+def _job(root, name, overrides, results=None):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = {"seed": 0, "split": "${dataset.default_split}", "dataset": {"name": "toy"}}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if results is not None:
+        (job / "results.json").write_text(json.dumps(results))
+
+
+def _results(method, split, seed, best):
+    return {
+        "method": method,
+        "dataset": "toy",
+        "split": split,
+        "seed": seed,
+        "val_miou": best - 1,
+        "best_val_miou": best,
+    }
+
+
+def test_report_table_with_failed_and_missing_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    task = ["method=supervised,unimatch", "split=10,20", "seed=0,1", "dataset.root=/x"]
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    values = {("supervised", "10"): (40.0, 42.0), ("supervised", "20"): (50.0, 54.0)}
+    n = 0
+    for (method, split), pair in values.items():
+        for seed, best in enumerate(pair):
+            _job(
+                sweep,
+                f"{n}",
+                [f"method={method}", f"split={split}", f"seed={seed}"],
+                _results(method, split, seed, best),
+            )
+            n += 1
+    # unimatch/10: seed 0 finished, seed 1 failed (no results.json); unimatch/20: never started
+    _job(sweep, "a", ["method=unimatch", "split=10", "seed=0"], _results("unimatch", "10", 0, 61))
+    _job(sweep, "b", ["method=unimatch", "split=10", "seed=1"])
+    # an eval.py run in the tree is not a training run
+    (sweep / "eval" / ".hydra").mkdir(parents=True)
+    (sweep / "eval" / ".hydra" / "config.yaml").write_text("ckpt_path: x.ckpt\n")
+
+    markdown = report(sweep)
+    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines() if "|" in line}
+    assert "| method | 10 | 20 |" in markdown
+    assert "41.00 ± 1.41" in rows["supervised"] and "52.00 ± 2.83" in rows["supervised"]
+    assert "61.00 (1/2; seed 1 failed)" in rows["unimatch"]
+    assert "missing" in rows["unimatch"].split("|")[3]
+    with open(sweep / "report.csv") as f:
+        table = {(r["method"], r["split"]): r for r in csv.DictReader(f)}
+    assert (
+        table[("supervised", "20")]["mean"] == "52.0" and table[("supervised", "20")]["runs"] == "2"
+    )
+    assert table[("unimatch", "10")]["failed_seeds"] == "1"
+    assert table[("unimatch", "20")]["missing_seeds"] == "0;1"
+    assert (sweep / "report.png").stat().st_size > 1000
+
+
+def test_report_of_an_empty_folder_fails_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "semiseg.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no runs under")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, toy_root):
+    """A 2 x 2 sweep (methods x splits) with the basic launcher, W&B offline, plus a split that
+    does not exist: its two jobs fail at once and the sweep goes on."""
+    sweep_dir = tmp_path_factory.mktemp("multirun") / "sweep"
+    proc = run_script(
+        "train.py",
+        "-m",
+        "method=supervised,fixmatch",
+        "split=10,20,seven",
+        f"dataset.root={toy_root}",
+        *TINY,
+        "logger=wandb",
+        "logger.panel_images=2",
+        "trainer.log_every_n_steps=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        env={"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"},
+    )
+    # Hydra reports the first failed job at the end, after running all of them
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("error: unknown split 'seven'") == 2
+    return sweep_dir, proc
+
+
+def test_sweep_runs_every_job_and_reports_the_table(sweep):
+    sweep_dir, proc = sweep
+    assert len(list(sweep_dir.glob("*/.hydra"))) == 6
+    results = sorted(sweep_dir.glob("*/results.json"))
+    assert len(results) == 4
+    jobs = {(r["method"], r["split"]) for r in map(json.loads, (p.read_text() for p in results))}
+    assert jobs == {(m, s) for m in ("supervised", "fixmatch") for s in ("10", "20")}
+    out = subprocess.run(
+        [sys.executable, "-m", "semiseg.report", str(sweep_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| method | 10 | 20 | seven |"
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["supervised", "fixmatch"]
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.split("|")[2:5]]
+        assert all(float(c) >= 0 for c in cells[:2]), line  # one seed: the value, no std
+        assert cells[2] == "failed (seed 0)", line
+    assert (sweep_dir / "report.png").is_file() and (sweep_dir / "report.csv").is_file()
+
+
+def test_sweep_jobs_log_to_their_own_wandb_runs(sweep):
+    sweep_dir, _ = sweep
+    for job in sorted(p.parent for p in sweep_dir.glob("*/results.json")):
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, job  # a W&B run per job, finished before the next job
+        logged = summarize(runs[0])
+        method, split = job.name.split("_")[1], job.name.split("_")[3]
+        run = logged["run"]
+        assert run.display_name == f"{method}-toy-{split}-s0"
+        assert set(run.tags) == {method, "toy", f"split-{split}", "seed-0"}
+        assert run.run_group == f"sweep-{sweep_dir.name}"  # the sweep's runs are grouped
+        assert run.job_type == f"{method}-toy-{split}"
+        # the resolved Hydra config is the run config
+        assert json.loads(logged["config"]["method"])["name"] == method
+        assert json.loads(logged["config"]["split"]) == split
+        expected = {
+            "train/loss",
+            "train/lr_backbone",
+            "train/lr_head",
+            "val/miou",
+            "val/best_miou",
+            "val/per_class_iou",
+            "val/samples",
+            "val_iou/background",
+        }
+        if method == "fixmatch":
+            expected |= {
+                "train/loss_x",
+                "train/loss_s",
+                "train/mask_ratio",
+                "train/pseudo_acc",
+                "val/unlabeled",
+                "val/unlabeled_confidence",
+            }
+        else:
+            assert "val/unlabeled" not in logged["history_keys"]
+        assert expected <= logged["history_keys"], expected - logged["history_keys"]
