@@ -4,15 +4,12 @@ Multi-GPU: torchrun --nproc_per_node=N train.py trainer=ddp ...  (see README, "M
 Sweeps:    python train.py -m method=supervised,unimatch split=10,20 seed=0,1,2
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from semiseg.data.splits import SplitError
-from semiseg.errors import ConfigError, exit_on_user_error
+from semiseg.errors import exit_on_user_error
 from semiseg.runner import train
 
 
@@ -29,10 +26,11 @@ def main(cfg: DictConfig) -> None:
     # remaining jobs and reports the first failure at the end; the job's folder has no
     # results.json, which `python -m semiseg.report` shows as "failed".
     try:
-        train(cfg)
-    except (ConfigError, SplitError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise JobFailed(str(err)) from None
+        exit_on_user_error(train)(cfg)
+    except SystemExit as stop:
+        if stop.code != 2:  # e.g. 143 after SIGTERM: the whole sweep stops (resume=auto)
+            raise
+        raise JobFailed("a configuration error, printed above") from None
 
 
 if __name__ == "__main__":

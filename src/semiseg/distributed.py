@@ -9,6 +9,7 @@ device); that combination is refused with the command to run instead.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from pathlib import Path
@@ -90,6 +91,12 @@ def init_process_group(accelerator: str) -> None:
     if use_cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if use_cuda else "gloo")
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shared_run_dir(out: Path) -> Path:

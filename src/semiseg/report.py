@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 GRID_KEYS = ("dataset", "method", "split", "seed")
+METRIC_NAMES = {"best_val_miou": "best val mIoU", "val_miou": "last val mIoU"}
 
 
 @dataclass
@@ -125,10 +126,13 @@ def expected_grid(root: Path) -> dict[str, list[str]]:
         key = override.get_key_element().lstrip("+~")
         if key not in GRID_KEYS:
             continue
-        if override.is_sweep_override():
-            grid[key] = [str(v) for v in override.sweep_string_iterator()]
-        else:
-            grid[key] = [override.get_value_element_as_str()]
+        try:
+            if override.is_sweep_override():
+                grid[key] = [str(v) for v in override.sweep_string_iterator()]
+            else:
+                grid[key] = [override.get_value_element_as_str()]
+        except Exception:  # glob(...) over a config group: take the values found on disk
+            continue
     return grid
 
 
@@ -216,7 +220,7 @@ def to_markdown(tables: dict[str, dict], metric: str) -> str:
     for dataset, table in tables.items():
         seeds = max((c.expected for c in table["cells"].values()), default=0)
         lines += [
-            f"**{dataset}**: {metric.replace('_', ' ')} (%), mean ± std over {seeds} seed(s) "
+            f"**{dataset}**: {METRIC_NAMES[metric]} (%), mean ± std over {seeds} seed(s) "
             "(sample std; one value: no std)",
             "",
             "| method | " + " | ".join(table["splits"]) + " |",
@@ -300,7 +304,7 @@ def plot(tables: dict[str, dict], path: Path, metric: str) -> None:
         ax.set_xticks(xs, splits)
         ax.minorticks_off()
         ax.set_xlabel("labeled images (split)")
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.set_ylabel(f"{METRIC_NAMES[metric]} (%)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -195,9 +195,14 @@ def _train(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     except Preempted as stop:
         if trainer.is_global_zero:
+            where = (
+                f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+                if multirun
+                else f"hydra.run.dir={out}"
+            )
             print(
                 f"preempted: SIGTERM at step {stop.step}; checkpoint {stop.path}. Continue with "
-                f"the same command plus resume=auto (and hydra.run.dir={out})",
+                f"the same command plus resume=auto (and {where})",
                 flush=True,
             )
         finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
