@@ -8,7 +8,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test lint format compare bench clean
+.PHONY: help setup train test lint format compare bench report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ compare: setup  ## supervised vs FixMatch vs UniMatch on the toy split: table + 
 
 bench: setup  ## time training steps: ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"
 	$(PY) -m semiseg.bench $(ARGS)
+
+report: setup  ## paper-style table of a sweep: ARGS="multirun/NAME"
+	$(PY) -m semiseg.report $(ARGS)
 
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
