@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from semiseg.data.datamodule import load_class_names
+from semiseg.runner import build_data_and_method
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -69,22 +68,11 @@ def main(overrides: list[str]) -> dict:
         if bench["device"] == "auto"
         else bench["device"]
     )
-    method_cls = get_class(cfg.method._target_)
-    datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
-    model = instantiate(cfg.model, num_classes=len(names)).to(device)
+    datamodule, module = build_data_and_method(cfg)
+    method_cls = type(module)
+    module = module.to(device)
     if bench["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    module = instantiate(
-        cfg.method,
-        model=model,
-        class_names=names,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
-        crop_size=cfg.dataset.crop_size,
-    ).to(device)
+        module = module.to(memory_format=torch.channels_last)
     module.train()
     optimizer = module.configure_optimizers()
     autocast = (

@@ -125,6 +125,29 @@ def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
     return args, own
 
 
+def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
+    """The data module (set up) and the method's LightningModule around a fresh model.
+
+    Data first: a bad root, split or file list fails here, before any model is built.
+    """
+    method_cls = get_class(cfg.method._target_)
+    datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
+    model = instantiate(cfg.model, num_classes=len(class_names))
+    module = instantiate(
+        cfg.method,
+        model=model,
+        class_names=class_names,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
+        crop_size=cfg.dataset.crop_size,
+        channels_last=channels_last,
+    )
+    return datamodule, module
+
+
 def train(cfg: DictConfig) -> dict:
     """Train one run (one job of a sweep) and write its results.json."""
     try:
@@ -146,23 +169,7 @@ def _train(cfg: DictConfig) -> dict:
     resume_from = resume_checkpoint(cfg.get("resume"), out / "checkpoints")
     L.seed_everything(cfg.seed, workers=True)
 
-    # Data first: a bad root, split or file list fails here, before any model is built.
-    method_cls = get_class(cfg.method._target_)
-    datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
-
-    model = instantiate(cfg.model, num_classes=len(class_names))
-    module = instantiate(
-        cfg.method,
-        model=model,
-        class_names=class_names,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
-        crop_size=cfg.dataset.crop_size,
-        channels_last=own["channels_last"],
-    )
+    datamodule, module = build_data_and_method(cfg, channels_last=own["channels_last"])
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     checkpoint_dir = out / "checkpoints"
