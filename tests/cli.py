@@ -30,3 +30,14 @@ def run_script(script: str, *overrides: str, env: dict | None = None, timeout: i
         text=True,
         timeout=timeout,
     )
+
+
+def run_eval(run_dir: Path, eval_dir: Path, *overrides: str):
+    """eval.py on a training run's last checkpoint, saving predictions into eval_dir."""
+    return run_script(
+        "eval.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={eval_dir}",
+        "save_predictions=true",
+        *overrides,
+    )

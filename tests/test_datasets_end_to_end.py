@@ -8,7 +8,7 @@ import sys
 import layouts
 import numpy as np
 import pytest
-from cli import REPO, TINY, run_script
+from cli import REPO, TINY, run_eval, run_script
 from PIL import Image
 
 # name -> (builder, root folder name, split, prepare module, method, eval mode, classes)
@@ -83,13 +83,7 @@ def test_layout_prepares_trains_and_evaluates(tmp_path, name):
     # custom: the other mIoU convention; its val image holds every class, so the value is the
     # same, and results.json says which convention it used
     convention = ["eval.absent_class=skip"] if name == "custom" else []
-    proc = run_script(
-        "eval.py",
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={eval_dir}",
-        "save_predictions=true",
-        *convention,
-    )
+    proc = run_eval(run_dir, eval_dir, *convention)
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((eval_dir / "results.json").read_text())
     assert evaluated["num_images"] == (1 if name == "custom" else 2)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from cli import TINY, run_script
+from cli import TINY, run_eval, run_script
 from PIL import Image
 
 from semiseg.data.splits import read_list
@@ -77,12 +77,7 @@ def test_eval_matches_training_and_saves_predictions(supervised_run, toy_root, t
     run_dir, _ = supervised_run
     trained = json.loads((run_dir / "results.json").read_text())
     eval_dir = tmp_path / "eval"
-    proc = run_script(
-        "eval.py",
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={eval_dir}",
-        "save_predictions=true",
-    )
+    proc = run_eval(run_dir, eval_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((eval_dir / "results.json").read_text())
     # Same checkpoint, same images, same mode: the same number as the last validation.
