@@ -86,3 +86,18 @@ def test_refuses_foreign_folder(tmp_path):
     with pytest.raises(SplitError, match="precious.txt"):
         toy.generate(tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "user data"
+
+
+def test_textures_are_light_dark_patterns_of_one_hue():
+    # the class lives in the pattern, not the colour: strong views (jitter, grayscale) keep it
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        light, dark = toy._colour_pair(rng)
+        assert (light >= 0.5).all() and (light <= 1).all()
+        np.testing.assert_allclose(dark, 0.2 * light)
+    img, mask = toy._draw_image(np.random.default_rng([0, 0, 5]))
+    gray = img.mean(axis=2)
+    for cls in np.unique(mask)[1:]:
+        inside = gray[mask == cls]
+        # two brightness levels, a factor of about five apart (lighting and noise blur it)
+        assert np.percentile(inside, 90) > 2.5 * np.percentile(inside, 10)

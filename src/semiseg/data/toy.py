@@ -1,9 +1,11 @@
 """The embedded toy dataset: a small but real semi-supervised segmentation task.
 
-Objects of five classes are told apart by shape and texture only: their colours are drawn at
-random per object, and half of the backgrounds carry a faint texture of the same families, so a
-network must learn shapes. With 10-20 labeled images a small CNN underfits; the ~500 unlabeled
-images are there to help. Generation is deterministic for a seed and takes a few seconds.
+Objects of five classes are told apart by shape and texture only. Each texture is a pattern of
+light and dark (a random hue and a dark shade of it), so the class survives what UniMatch's
+strong views do to an image (colour jitter, grayscale, blur), while the hue itself says nothing.
+Periods of 6-12 px stay visible at half scale. A ResNet-18 trained from scratch learns the task
+from 480 labeled images (about 67 mIoU after 1000 steps); from 10-20 it overfits, and the ~500
+unlabeled images are there to help. Generation is deterministic for a seed and takes seconds.
 
 Layout (the split-file format of every other dataset):
     images/{train,val}_NNNN.png   RGB, sides 112..144 px
@@ -25,7 +27,7 @@ from PIL import Image
 
 from semiseg.data.splits import Sample, SplitError, write_list, write_split
 
-VERSION = "1"
+VERSION = "2"  # bump whenever the images change: old copies are regenerated
 VERSION_FILE = ".toy_version"
 CLASSES = (
     "background",
@@ -104,7 +106,6 @@ _OBJECTS = {
     4: (_ring, _noise),
     5: (_cross, _grid),
 }
-_TEXTURES = (_stripes, _checker, _dots, _noise, _grid)
 
 
 def _rotated(dx, dy, angle):
@@ -112,16 +113,18 @@ def _rotated(dx, dy, angle):
     return dx * c + dy * s, dy * c - dx * s
 
 
-def _colour_pair(rng, min_distance=0.35):
-    first = rng.uniform(0, 1, 3)
-    while True:
-        second = rng.uniform(0, 1, 3)
-        if np.linalg.norm(first - second) >= min_distance:
-            return first, second
+def _colour_pair(rng):
+    """A light colour of random hue and its shade at a fifth of the brightness.
+
+    A scratch network learns light/dark patterns in a few hundred steps; patterns of two random
+    colours (same brightness possible) it had not learned after 1500 steps even from 480 labels.
+    """
+    light = rng.uniform(0.5, 1, 3)
+    return light, 0.2 * light
 
 
 def _texture(texture, dx, dy, rng):
-    period = rng.uniform(4, 10)
+    period = rng.uniform(6, 12)
     u, v = _rotated(dx, dy, rng.uniform(0, 2 * np.pi))
     return texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
 
@@ -134,9 +137,6 @@ def _draw_image(rng):
     base = rng.uniform(0.1, 0.9, 3)
     img = np.empty((h, w, 3), dtype=np.float32)
     img[:] = base
-    if rng.random() < 0.5:  # faint clutter of the objects' own textures
-        clutter = _texture(_TEXTURES[rng.integers(len(_TEXTURES))], dx, dy, rng)
-        img[clutter] = np.clip(base + rng.normal(0, 0.12, 3), 0, 1)
     mask = np.zeros((h, w), dtype=np.uint8)
 
     for _ in range(rng.integers(1, 5)):  # later objects occlude earlier ones
