@@ -29,13 +29,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _to(batch, device, channels_last: bool):
+def _to(batch, device):
     if isinstance(batch, dict):
-        return {k: _to(v, device, channels_last) for k, v in batch.items()}
+        return {k: _to(v, device) for k, v in batch.items()}
     if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch.to(device, non_blocking=True)
     return batch
 
 
@@ -68,11 +66,9 @@ def main(overrides: list[str]) -> dict:
         if bench["device"] == "auto"
         else bench["device"]
     )
-    datamodule, module = build_data_and_method(cfg)
-    method_cls = type(module)
+    datamodule, module = build_data_and_method(cfg, channels_last=bench["channels_last"])
     module = module.to(device)
-    if bench["channels_last"]:
-        module = module.to(memory_format=torch.channels_last)
+    module.setup("fit")  # the module's own NHWC switch: weights and every forward's input
     module.train()
     optimizer = module.configure_optimizers()
     autocast = (
@@ -93,7 +89,7 @@ def main(overrides: list[str]) -> dict:
     total = bench["warmup"] + bench["steps"]
     for step in range(total):
         t0 = time.perf_counter()
-        batch = _to(next_batch(), device, bench["channels_last"])
+        batch = _to(next_batch(), device)
         _sync(device)
         t1 = time.perf_counter()
         with autocast:
@@ -117,7 +113,7 @@ def main(overrides: list[str]) -> dict:
 
     mean = {k: sum(v) / len(v) for k, v in phases.items()}
     step_s = sum(mean.values())
-    images = cfg.data.batch_size * (2 if method_cls.uses_unlabeled else 1)
+    images = cfg.data.batch_size * (2 if module.uses_unlabeled else 1)
     report = {
         "method": cfg.method.name,
         "encoder": cfg.model.encoder,
@@ -134,7 +130,7 @@ def main(overrides: list[str]) -> dict:
     }
     print(
         f"\n{report['method']} {report['encoder']} crop {report['crop']} batch {report['batch']} "
-        f"({'labeled + unlabeled' if method_cls.uses_unlabeled else 'labeled'}), "
+        f"({'labeled + unlabeled' if module.uses_unlabeled else 'labeled'}), "
         f"precision {report['precision']}, channels_last {report['channels_last']}, {device}, "
         f"{report['threads']} threads, mean of {bench['steps']} steps:"
     )
