@@ -115,6 +115,64 @@ def test_cutmix_box_probability(seeded):
     assert 160 < drawn < 240
 
 
+def reference_cutmix_box(size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """Our transcription of the public UniMatch `obtain_cutmix_box` (given that a box is drawn):
+    the area once, then aspect ratio and top-left corner redrawn until the box fits."""
+    area = rng.uniform(0.02, 0.4) * size * size
+    while True:
+        ratio = rng.uniform(0.3, 1 / 0.3)
+        w, h = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+        x, y = rng.integers(0, size), rng.integers(0, size)
+        if x + w <= size and y + h <= size:
+            return x, y, w, h
+
+
+def _box_geometry(box: torch.Tensor) -> tuple[int, int, int, int]:
+    rows = box.any(1).nonzero().flatten()
+    cols = box.any(0).nonzero().flatten()
+    return int(cols[0]), int(rows[0]), len(cols), len(rows)
+
+
+def _ks_statistic(a, b) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def test_cutmix_box_distribution_matches_reference(seeded):
+    size, n = 321, 3000
+    ours = [_box_geometry(tf.cutmix_box(size, p=1.0)) for _ in range(n)]
+    rng = np.random.default_rng(0)
+    theirs = [reference_cutmix_box(size, rng) for _ in range(n)]
+
+    def area(boxes):
+        return np.array([w * h for _, _, w, h in boxes]) / size**2
+
+    # Mean area given a box: 0.207 with the area drawn once (0.143 if redrawn in the loop). The
+    # standard error of each mean is about 0.002, so 0.012 is a generous band.
+    assert area(theirs).mean() == pytest.approx(0.207, abs=0.012)
+    assert area(ours).mean() == pytest.approx(area(theirs).mean(), abs=0.012)
+    # Whole distributions: two-sample KS at alpha = 0.001 (critical value 1.95 * sqrt(2 / n)).
+    critical = 1.95 * np.sqrt(2 / n)
+    columns = {
+        "area": (area(ours), area(theirs)),
+        "aspect w/h": ([w / h for _, _, w, h in ours], [w / h for _, _, w, h in theirs]),
+        "left x": ([b[0] for b in ours], [b[0] for b in theirs]),
+        "top y": ([b[1] for b in ours], [b[1] for b in theirs]),
+    }
+    for name, (a, b) in columns.items():
+        assert _ks_statistic(a, b) < critical, name
+
+
+def test_ks_statistic_by_hand():
+    # CDFs of {1, 2} and {2, 3}: at 1 they are 1/2 and 0, the largest gap
+    assert _ks_statistic([1, 2], [2, 3]) == 0.5
+    assert _ks_statistic([1, 2, 3], [1, 2, 3]) == 0.0
+
+
 def test_normalize_and_mask_to_tensor():
     mean = tuple(int(round(c * 255)) for c in (0.485, 0.456, 0.406))
     x = tf.normalize(Image.new("RGB", (7, 5), mean))
