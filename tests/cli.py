@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Overrides that make a full train.py run take seconds on a CPU.
 TINY = [
     "model.encoder=resnet18",
+    "model.pretrained=scratch",
     "dataset.crop_size=64",
     "data.batch_size=2",
     "data.num_workers=0",

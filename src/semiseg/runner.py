@@ -45,6 +45,7 @@ from semiseg.distributed import (
 from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
+from semiseg.models.encoders import describe_init
 from semiseg.results import write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
@@ -125,6 +126,24 @@ def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
     return args, own
 
 
+def check_backbone_init(cfg: DictConfig, verbose: bool = True) -> dict:
+    """The backbone's initialisation (results.json's `init`); a missing weights file fails here,
+    in one line, before any data is read."""
+    model = cfg.model
+    if model.get("pretrained", "scratch") is None:
+        raise ConfigError(
+            "model.pretrained is null: write model.pretrained=imagenet (the papers' ImageNet "
+            "backbone), model.pretrained=scratch (random weights) or model.pretrained=PATH"
+        )
+    init = describe_init(
+        model.encoder, model.get("pretrained", "scratch"), model.get("pretrained_dir", ".")
+    )
+    if verbose and rank_zero_only.rank == 0:
+        where = f"weights from {init['file']}" if "file" in init else "random initialisation"
+        print(f"backbone {model.encoder}: {init['backbone']} ({where})", flush=True)
+    return init
+
+
 def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     """The data module (set up) and the method's LightningModule around a fresh model.
 
@@ -167,6 +186,7 @@ def _train(cfg: DictConfig) -> dict:
     init_process_group(trainer_args.get("accelerator", "auto"))
     out = shared_run_dir(run_dir())
     resume_from = resume_checkpoint(cfg.get("resume"), out / "checkpoints")
+    backbone_init = check_backbone_init(cfg)  # before any data is read
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, module = build_data_and_method(cfg, channels_last=own["channels_last"])
@@ -230,6 +250,7 @@ def _train(cfg: DictConfig) -> dict:
         "val_history": module.val_history,
         "world_size": trainer.world_size,
         "precision": str(trainer_args.get("precision")),
+        "init": backbone_init,
         "resumed_from": str(resume_from) if resume_from else None,
         "wall_time_s": round(time.time() - started, 1),
         "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
@@ -313,7 +334,7 @@ def load_checkpoint(path: str) -> dict:
 
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     trained = checkpoint["semiseg"]["config"]
-    model_cfg = dict(trained["model"], pretrained=None)  # the checkpoint holds the weights
+    model_cfg = dict(trained["model"], pretrained="scratch")  # the checkpoint holds the weights
     model = instantiate(model_cfg, num_classes=len(checkpoint["semiseg"]["class_names"]))
     prefix = "model."
     weights = {

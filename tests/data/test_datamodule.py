@@ -4,6 +4,7 @@ import pytest
 
 from semiseg.data.datamodule import SemiSegDataModule, load_class_names
 from semiseg.data.splits import SplitError
+from semiseg.errors import ConfigError
 
 
 def make(toy_root, **kwargs):
@@ -20,15 +21,33 @@ def make(toy_root, **kwargs):
     return dm
 
 
-def test_supervised_gets_only_the_labeled_stream(toy_root):
+def test_supervised_epoch_is_the_labeled_list_as_in_the_reference(toy_root):
     dm = make(toy_root, unlabeled=False)
     assert dm.unlabeled_set is None
     loader = dm.train_dataloader()
     batch = next(iter(loader))
     assert set(batch) == {"image", "mask"}
-    # The labeled list (10 images) is repeated to the unlabeled count (490): equal epochs.
+    # The public supervised.py iterates over the labeled list only: 10 images, batch 4, drop_last.
+    assert len(dm.labeled_set) == 10
+    assert len(loader) == 10 // 4
+
+
+def test_equal_step_epochs_are_an_explicit_choice(toy_root):
+    dm = make(toy_root, unlabeled=False, epoch_length="unlabeled")
+    # The labeled list (10 images) is repeated to the unlabeled count (490).
     assert len(dm.labeled_set) == 490
-    assert len(loader) == 490 // 4
+    assert len(dm.train_dataloader()) == 490 // 4
+    with pytest.raises(ConfigError, match="data.epoch_length='steps' is unknown"):
+        make(toy_root, unlabeled=False, epoch_length="steps")
+
+
+def test_labeled_list_is_repeated_in_file_order_and_truncated(toy_root):
+    # Our transcription of the public code: ids *= ceil(n_u / n_l); ids = ids[:n_u]. No shuffle
+    # before truncating (the sampler shuffles the repeated list each epoch).
+    dm = make(toy_root, unlabeled=True, num_strong=2, mix="same")
+    labeled, n_u = dm.files.labeled, len(dm.files.unlabeled)
+    expected = (labeled * -(-n_u // len(labeled)))[:n_u]
+    assert dm.labeled_set.samples == expected
 
 
 def test_semi_supervised_gets_paired_streams(toy_root):

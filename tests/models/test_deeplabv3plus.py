@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from semiseg.errors import ConfigError
 from semiseg.models import DeepLabV3Plus
+from semiseg.models.encoders import describe_init, imagenet_file, pretrained_file
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +72,47 @@ def test_pretrained_path(tmp_path):
     source = DeepLabV3Plus(num_classes=3, encoder="resnet18")
     torch.save({"model": source.state_dict()}, tmp_path / "full.pth")
     # A whole segmentation checkpoint carries head keys: not a backbone file.
-    with pytest.raises(RuntimeError, match="unexpected"):
+    with pytest.raises(ConfigError, match="unexpected"):
         DeepLabV3Plus(num_classes=3, encoder="resnet18", pretrained=str(tmp_path / "full.pth"))
     torch.save(source.backbone.state_dict(), tmp_path / "backbone.pth")
     model = DeepLabV3Plus(
         num_classes=3, encoder="resnet18", pretrained=str(tmp_path / "backbone.pth")
     )
     assert torch.equal(model.backbone.conv1[0].weight, source.backbone.conv1[0].weight)
+
+
+def test_imagenet_files_follow_the_public_layout(tmp_path):
+    assert imagenet_file("resnet101") == "resnet101.pth"
+    assert imagenet_file("resnet50") == "resnet50.pth"
+    assert imagenet_file("xception65") == imagenet_file("xception") == "xception.pth"
+    assert pretrained_file("resnet101", "scratch", tmp_path) is None
+    with pytest.raises(ConfigError) as err:
+        pretrained_file("resnet101", "imagenet", tmp_path / "pretrained")
+    message = str(err.value)
+    assert f"no ImageNet weights for resnet101 at {tmp_path / 'pretrained' / 'resnet101.pth'}" in (
+        message
+    )
+    assert "model.pretrained=scratch" in message and "\n" not in message
+    (tmp_path / "resnet101.pth").write_bytes(b"weights")
+    assert pretrained_file("resnet101", "imagenet", tmp_path) == tmp_path / "resnet101.pth"
+
+
+def test_describe_init_records_the_file_and_its_hash(tmp_path):
+    (tmp_path / "resnet18.pth").write_bytes(b"abc")
+    assert describe_init("resnet18", "scratch", tmp_path) == {"backbone": "scratch"}
+    # sha256("abc"), from the FIPS 180-2 test vectors
+    assert describe_init("resnet18", "imagenet", tmp_path) == {
+        "backbone": "imagenet",
+        "file": str(tmp_path / "resnet18.pth"),
+        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    }
+
+
+def test_imagenet_init_loads_from_the_folder(tmp_path):
+    source = DeepLabV3Plus(num_classes=3, encoder="resnet18")
+    torch.save(source.backbone.state_dict(), tmp_path / "resnet18.pth")
+    model = DeepLabV3Plus(
+        num_classes=3, encoder="resnet18", pretrained="imagenet", pretrained_dir=str(tmp_path)
+    )
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key

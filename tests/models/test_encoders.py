@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from semiseg.errors import ConfigError
 from semiseg.models.encoders import build_encoder, load_pretrained
 
 
@@ -67,7 +68,7 @@ def test_load_missing_key(tmp_path, encoder):
     state = reference_layout(encoder)
     del state["layer3.0.conv1.weight"]
     torch.save(state, tmp_path / "missing.pth")
-    with pytest.raises(RuntimeError, match=r"missing.pth.*1 missing \(layer3.0.conv1.weight\)"):
+    with pytest.raises(ConfigError, match=r"missing.pth.*1 missing \(layer3.0.conv1.weight\)"):
         load_pretrained(encoder, tmp_path / "missing.pth")
 
 
@@ -75,7 +76,7 @@ def test_load_unexpected_key(tmp_path, encoder):
     state = reference_layout(encoder)
     state["layer5.0.conv1.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.pth")
-    with pytest.raises(RuntimeError, match=r"1 unexpected \(layer5.0.conv1.weight\)"):
+    with pytest.raises(ConfigError, match=r"1 unexpected \(layer5.0.conv1.weight\)"):
         load_pretrained(encoder, tmp_path / "extra.pth")
 
 
@@ -83,7 +84,7 @@ def test_load_wrong_shape(tmp_path, encoder):
     state = reference_layout(encoder)
     state["conv1.0.weight"] = torch.zeros(64, 3, 7, 7)
     torch.save(state, tmp_path / "shape.pth")
-    with pytest.raises(RuntimeError, match=r"conv1\.0\.weight"):
+    with pytest.raises(ConfigError, match=r"conv1\.0\.weight"):
         load_pretrained(encoder, tmp_path / "shape.pth")
 
 

@@ -1,8 +1,13 @@
 """The LightningDataModule: a labeled stream and, for semi-supervised methods, a paired
 unlabeled stream (weak view, strong views, ignore mask, CutMix boxes, and the "mix" views).
 
-An epoch is one pass over the unlabeled list; the labeled list is repeated to that length, as the
-reference code does, so every method sees the same number of steps per epoch.
+Epoch length (`data.epoch_length`):
+- `reference` (default), as the public code: a semi-supervised epoch is one pass over the
+  unlabeled list, with the labeled list repeated (in file order, then truncated) to that length
+  and shuffled by the sampler; the supervised baseline's epoch is one pass over the labeled list
+  only, so its `max_epochs` are far fewer steps (Pascal 92 labels: 400 steps on 4 x 4 images).
+- `unlabeled`: every method's epoch is the unlabeled length, so equal epochs are equal steps
+  (the toy recipe's comparison, which counts steps anyway).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from semiseg.data import toy
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import SplitError
+from semiseg.errors import ConfigError
+
+EPOCH_LENGTHS = ("reference", "unlabeled")
 
 __all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
 
@@ -48,6 +56,7 @@ class SemiSegDataModule(L.LightningDataModule):
         num_strong: int = 2,
         mix: str | None = "same",
         dataset: Mapping | None = None,
+        epoch_length: str = "reference",
     ):
         super().__init__()
         self.root = Path(root)
@@ -60,6 +69,11 @@ class SemiSegDataModule(L.LightningDataModule):
         self.unlabeled = unlabeled
         self.num_strong = num_strong
         self.mix = mix
+        if epoch_length not in EPOCH_LENGTHS:
+            raise ConfigError(
+                f"data.epoch_length={epoch_length!r} is unknown: use one of {', '.join(EPOCH_LENGTHS)}"
+            )
+        self.epoch_length = epoch_length
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         self.files = None
         self.split_folder: Path | None = None  # the folder the split was read from
@@ -94,11 +108,12 @@ class SemiSegDataModule(L.LightningDataModule):
         # Unlabeled masks only feed the pseudo-label accuracy log: mapped, never checked.
         gt_reader = spec.mask_reader(num_classes, check=False)
 
-        # The epoch length is the unlabeled count even for the supervised baseline (which never
-        # loads an unlabeled image), so methods compare at equal steps.
-        epoch_length = max(len(files.labeled), len(files.unlabeled))
         self.labeled_set = LabeledDataset(
-            self.root, files.labeled, self.crop_size, length=epoch_length, read_mask=reader
+            self.root,
+            files.labeled,
+            self.crop_size,
+            length=self._labeled_length(files),
+            read_mask=reader,
         )
         self.unlabeled_set = None
         if self.unlabeled:
@@ -113,6 +128,14 @@ class SemiSegDataModule(L.LightningDataModule):
         self.val_set = ValDataset(self.root, files.val, read_mask=reader)
         self.split_folder = folder
         self.files = files
+
+    def _labeled_length(self, files) -> int:
+        """How many labeled samples one epoch draws (see the module docstring)."""
+        if self.unlabeled or self.epoch_length == "unlabeled":
+            # Longer labeled lists are kept whole (the V1 code would truncate them to the
+            # unlabeled length; Cityscapes 1/2 has 1488 labeled and 1487 unlabeled images).
+            return max(len(files.labeled), len(files.unlabeled))
+        return len(files.labeled)
 
     def _train_loader(self, dataset) -> DataLoader:
         # drop_last: BatchNorm after ASPP image pooling fails on a batch of one.

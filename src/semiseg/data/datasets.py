@@ -54,8 +54,9 @@ class LabeledDataset(Dataset):
         self.read_mask = read_mask or tf.load_mask
         samples = list(samples)
         if length is not None and length > len(samples):
-            # the reference repeats the labeled list to the unlabeled length: one epoch then
-            # visits every unlabeled image once and every labeled image about equally often
+            # As the public code: the list is repeated in file order and truncated (no shuffle
+            # first, so the first `length % n` images come once more per epoch: at most one
+            # extra visit); the sampler then shuffles the repeated list every epoch.
             samples = (samples * math.ceil(length / len(samples)))[:length]
         self.samples = samples
 

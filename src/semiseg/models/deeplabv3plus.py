@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.models.encoders import build_encoder, load_pretrained
+from semiseg.models.encoders import build_encoder, load_pretrained, pretrained_file
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -56,6 +56,7 @@ class DeepLabV3Plus(nn.Module):
         num_classes: int,
         encoder: str = "resnet101",
         pretrained: str | None = None,
+        pretrained_dir: str = "pretrained",
         output_stride: int = 16,
         deep_stem: bool = True,
         dilations=(6, 12, 18),
@@ -63,8 +64,10 @@ class DeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
-        if pretrained:
-            load_pretrained(self.backbone, pretrained)
+        # imagenet | scratch | a path (see encoders.pretrained_file); None is scratch
+        weights = pretrained_file(encoder, pretrained, pretrained_dir)
+        if weights is not None:
+            load_pretrained(self.backbone, weights)
         low_ch, high_ch = self.backbone.channels
         self.fp_dropout = fp_dropout
         self.head = ASPP(high_ch, dilations)

@@ -7,8 +7,16 @@ Its `channels` attribute is `(low_ch, high_ch)`.
 Names are timm model names by default (`resnet101`); `smp:<name>` selects a
 segmentation-models-pytorch encoder instead. Weights are never downloaded: everything is built
 with random init, and `load_pretrained` reads a local file.
+
+`model.pretrained` chooses the initialisation (`pretrained_file` turns it into a file):
+- `imagenet`: the ImageNet file of the public UniMatch code, `<pretrained_dir>/resnet50.pth`,
+  `resnet101.pth` (deep stem) or `xception.pth`, as its model code loads it (other encoders:
+  `<pretrained_dir>/<encoder>.pth`);
+- `scratch`: random initialisation, only when asked for (the papers never report it);
+- a path: any local state dict in the encoder's layout.
 """
 
+import hashlib
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -16,7 +24,56 @@ import timm
 import torch
 from torch import nn
 
+from semiseg.errors import ConfigError
+
 SMP_PREFIX = "smp:"
+# The public code's file names where they differ from the encoder's name.
+IMAGENET_FILES = {"xception65": "xception.pth", "xception": "xception.pth"}
+WEIGHTS_HELP = (
+    "put the ImageNet file published with the UniMatch code there (README: 'Pretrained "
+    "backbones'), give another file with model.pretrained=PATH, or train from random weights "
+    "with model.pretrained=scratch"
+)
+
+
+def imagenet_file(encoder: str) -> str:
+    """The file name of `encoder`'s ImageNet weights in the public code's `pretrained/` folder."""
+    name = encoder.removeprefix(SMP_PREFIX)
+    return IMAGENET_FILES.get(name, f"{name}.pth")
+
+
+def pretrained_file(encoder: str, pretrained, pretrained_dir="pretrained") -> Path | None:
+    """The weights file `model.pretrained` asks for (None: random init), checked to exist.
+
+    Called before any data is read, so a missing file costs the user nothing.
+    """
+    if pretrained is None or str(pretrained) == "scratch":
+        return None
+    if str(pretrained) == "imagenet":
+        path = Path(pretrained_dir) / imagenet_file(encoder)
+        if not path.is_file():
+            raise ConfigError(
+                f"model.pretrained=imagenet: no ImageNet weights for {encoder} at {path} "
+                f"(model.pretrained_dir={pretrained_dir}); {WEIGHTS_HELP}"
+            )
+        return path
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained: no such file: {path}; {WEIGHTS_HELP}")
+    return path
+
+
+def describe_init(encoder: str, pretrained, pretrained_dir="pretrained") -> dict:
+    """What results.json records of the initialisation: the file and its SHA-256, or scratch."""
+    path = pretrained_file(encoder, pretrained, pretrained_dir)
+    if path is None:
+        return {"backbone": "scratch"}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    kind = "imagenet" if str(pretrained) == "imagenet" else "file"
+    return {"backbone": kind, "file": str(path), "sha256": digest.hexdigest()}
 
 
 def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) -> nn.Module:
@@ -77,12 +134,12 @@ def _read_state_dict(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"model.pretrained: cannot read weights from {path}: {err}") from None
+        raise ConfigError(f"model.pretrained: cannot read weights from {path}: {err}") from None
     for key in ("state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"model.pretrained: {path} holds no state dict")
+        raise ConfigError(f"model.pretrained: {path} holds no state dict")
     state = {}
     for key, value in ckpt.items():
         for prefix in ("module.", "backbone."):
@@ -99,7 +156,7 @@ def _some(keys, n=5) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
-def load_pretrained(encoder: nn.Module, path) -> None:
+def load_pretrained(encoder: nn.Module, path) -> int:
     """Load local backbone weights into `encoder`, refusing any mismatch.
 
     The file may hold a plain state dict or one under `state_dict`/`model`; `module.` and
@@ -108,7 +165,7 @@ def load_pretrained(encoder: nn.Module, path) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained: no such file: {path}")
+        raise FileNotFoundError(f"model.pretrained: no such file: {path}; {WEIGHTS_HELP}")
     state = _read_state_dict(path)
     # An smp encoder keeps its weights in `body`, under the checkpoint's own names.
     target = encoder.body if isinstance(encoder, SmpEncoder) else encoder
@@ -117,7 +174,7 @@ def load_pretrained(encoder: nn.Module, path) -> None:
     missing = {k for k in expected if k not in state and not k.endswith("num_batches_tracked")}
     unexpected = set(state) - set(expected)
     if missing or unexpected:
-        raise RuntimeError(
+        raise ConfigError(
             f"model.pretrained: {path} does not match the encoder: {len(missing)} missing "
             f"({_some(missing)}), {len(unexpected)} unexpected ({_some(unexpected)})"
         )
@@ -127,8 +184,9 @@ def load_pretrained(encoder: nn.Module, path) -> None:
         if k in state and state[k].shape != v.shape
     ]
     if wrong:
-        raise RuntimeError(
+        raise ConfigError(
             f"model.pretrained: {path} has {len(wrong)} shape mismatches "
             f"(file vs encoder): {_some(wrong, 3)}"
         )
     target.load_state_dict(state, strict=False)
+    return len(state)

@@ -1,0 +1,205 @@
+"""The papers' recipes as this project resolves them, beside the public code's own values.
+
+    python -m semiseg.recipes      prints the recipe table of the README
+
+Each `experiment=*` config is composed for each official split, exactly as train.py would compose
+it, and its backbone, initialisation, crop, batch, learning rate, epochs and optimizer steps are
+read from the result. `REFERENCE` holds what the public UniMatch code runs (its configs, scripts,
+README and training logs). tests/test_recipes.py checks that the two agree and that the README
+shows this table, so neither can drift.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+
+from semiseg.data.splits import split_folders
+from semiseg.models.encoders import imagenet_file
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+README_BEGIN = "<!-- recipe-table:begin (python -m semiseg.recipes) -->"
+README_END = "<!-- recipe-table:end -->"
+
+PASCAL_CLASSIC = ["92", "183", "366", "732", "1464"]
+PASCAL_BLENDED = ["1/16", "1/8", "1/4", "u2pl_1_16", "u2pl_1_8", "u2pl_1_4"]
+CITYSCAPES = ["1/30", "1/16", "1/8", "1/4", "1/2"]
+COCO = ["1/512", "1/256", "1/128", "1/64", "1/32"]
+
+# experiment -> the official splits shown for it
+EXPERIMENTS = {
+    "unimatch_pascal": PASCAL_CLASSIC,
+    "fixmatch_pascal": PASCAL_CLASSIC,
+    "supervised_pascal": PASCAL_CLASSIC,
+    "unimatch_pascal_blended": PASCAL_BLENDED,
+    "fixmatch_pascal_blended": PASCAL_BLENDED,
+    "supervised_pascal_blended": PASCAL_BLENDED,
+    "unimatch_cityscapes": CITYSCAPES,
+    "fixmatch_cityscapes": CITYSCAPES,
+    "supervised_cityscapes": CITYSCAPES,
+    "unimatch_coco": COCO,
+    "fixmatch_coco": COCO,
+    "supervised_coco": COCO,
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One public run: `configs/<dataset>.yaml` on `gpus` GPUs (`scripts/train.sh`)."""
+
+    backbone: str
+    weights: str  # the file under pretrained/ its model code loads
+    crop: int
+    batch: int  # per GPU
+    gpus: int
+    lr: float
+    epochs: int
+    over_labeled: bool = False  # supervised.py: an epoch is one pass over the labeled list
+
+    def steps(self, n_labeled: int, n_unlabeled: int) -> int:
+        # DistributedSampler gives each GPU ceil(n / gpus) images; the loader drops the last
+        # incomplete batch; the poly schedule runs over epochs * len(loader) iterations.
+        n = n_labeled if self.over_labeled else n_unlabeled
+        return self.epochs * (math.ceil(n / self.gpus) // self.batch)
+
+
+def _reference(experiment: str, split: str) -> Reference:
+    dataset = experiment.split("_", 1)[1].removesuffix("_blended")
+    supervised = experiment.startswith("supervised")
+    # The public README: the supervised baseline doubles the batch (no lr change).
+    batch = 4 if supervised else 2
+    if dataset == "pascal":
+        if split.startswith("u2pl_"):  # U2PL's splits: logs show crop 513 on 2 GPUs x 4 images
+            return Reference("resnet101", "resnet101.pth", 513, 2 * batch, 2, 0.001, 80, supervised)
+        return Reference("resnet101", "resnet101.pth", 321, batch, 4, 0.001, 80, supervised)
+    if dataset == "cityscapes":
+        return Reference("resnet101", "resnet101.pth", 801, batch, 4, 0.005, 240, supervised)
+    if dataset == "coco":
+        return Reference("xception", "xception.pth", 513, batch, 4, 0.004, 30, supervised)
+    raise KeyError(experiment)
+
+
+@dataclass(frozen=True)
+class Row:
+    experiment: str
+    split: str
+    backbone: str
+    weights: str
+    crop: int
+    batch: int
+    lr_1: float
+    lr_4: float
+    epochs: int
+    steps_1: int
+    steps_4: int
+    reference: Reference
+    reference_steps: int
+
+
+def _steps(epochs: int, n: int, devices: int, batch: int) -> int:
+    return epochs * (math.ceil(n / devices) // batch)
+
+
+def compose_experiment(experiment: str):
+    """The config train.py composes for `experiment=<experiment>`."""
+    import semiseg.data  # noqa: F401  (registers the dataset configs' resolvers)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={experiment}"])
+
+
+def resolve(experiment: str, split: str, cfg=None) -> Row:
+    """The row of one experiment and split, from the config train.py would compose (the same
+    as composing with `split=<split>`: every split-dependent value is an interpolation)."""
+    cfg = (cfg or compose_experiment(experiment)).copy()
+    cfg.split = split
+    dataset, model = cfg.dataset, cfg.model
+    n_labeled = split_folders(split.removeprefix("u2pl_"), dataset.split_aliases)[0]
+    n_unlabeled = int(dataset.train_images) - n_labeled
+    semi = get_class(cfg.method._target_).uses_unlabeled
+    # The data module's epoch: see semiseg.data.datamodule (labeled repeated to the unlabeled
+    # length for semi-supervised methods; the labeled list alone for the supervised baseline).
+    if semi or cfg.data.epoch_length == "unlabeled":
+        n = max(n_labeled, n_unlabeled)
+    else:
+        n = n_labeled
+    batch, epochs = int(cfg.data.batch_size), int(cfg.trainer.max_epochs)
+
+    def lr(devices: int) -> float:
+        if not cfg.optim.scale_lr:
+            return float(cfg.optim.lr)
+        return float(cfg.optim.lr) * batch * devices / float(cfg.optim.reference_batch)
+
+    weights = {"imagenet": imagenet_file(model.encoder), "scratch": "none (scratch)"}.get(
+        str(model.pretrained), str(model.pretrained)
+    )
+    reference = _reference(experiment, split)
+    return Row(
+        experiment=experiment,
+        split=split,
+        backbone=str(model.encoder),
+        weights=weights,
+        crop=int(dataset.crop_size),
+        batch=batch,
+        lr_1=lr(1),
+        lr_4=lr(4),
+        epochs=epochs,
+        steps_1=_steps(epochs, n, 1, batch),
+        steps_4=_steps(epochs, n, 4, batch),
+        reference=reference,
+        reference_steps=reference.steps(n_labeled, n_unlabeled),
+    )
+
+
+def rows() -> list[Row]:
+    result = []
+    for experiment, splits in EXPERIMENTS.items():
+        cfg = compose_experiment(experiment)
+        result += [resolve(experiment, split, cfg) for split in splits]
+    return result
+
+
+def markdown_table(all_rows: list[Row] | None = None) -> str:
+    """One line per split and group of experiments that resolve alike (UniMatch and FixMatch
+    share their recipes)."""
+    header = (
+        "| experiment | split | backbone (init file) | crop | batch / device | lr on 1 / 4 devices "
+        "| epochs | steps on 1 / 4 devices | public code: backbone, crop, batch x GPUs, lr, "
+        "epochs, steps |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    grouped: dict[tuple, list[str]] = {}
+    for row in all_rows or rows():
+        ref = row.reference
+        cells = (
+            row.split,
+            f"{row.backbone} ({row.weights})",
+            str(row.crop),
+            str(row.batch),
+            f"{row.lr_1:g} / {row.lr_4:g}",
+            str(row.epochs),
+            f"{row.steps_1:,} / {row.steps_4:,}",
+            f"{ref.backbone}, {ref.crop}, {ref.batch} x {ref.gpus}, {ref.lr:g}, {ref.epochs}, "
+            f"{row.reference_steps:,}",
+        )
+        family = row.experiment.split("_", 1)[1]
+        grouped.setdefault((family, cells), []).append(row.experiment)
+    lines = [header]
+    for (_, cells), experiments in grouped.items():
+        lines.append("| " + " | ".join([", ".join(experiments), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(README_BEGIN)
+    print(markdown_table())
+    print(README_END)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
