@@ -186,3 +186,20 @@ def test_paper_recipe_needs_the_weights_then_loads_every_key(tmp_path):
         if "running_" in key or "num_batches" in key:
             continue  # BatchNorm statistics move in the training step, as they should
         assert torch.equal(backbone[key], value), key
+
+
+def test_a_weights_file_that_does_not_match_fails_in_one_line(tmp_path, toy_root):
+    state = reference_resnet_state(layers=(2, 2, 2, 2))  # a ResNet-18-sized bottleneck file
+    torch.save(state, tmp_path / "wrong.pth")
+    proc = run_script(
+        "train.py",
+        f"dataset.root={toy_root}",
+        "model.encoder=resnet18",
+        f"model.pretrained={tmp_path / 'wrong.pth'}",
+        *FAST,
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: model.pretrained: {tmp_path / 'wrong.pth'} does not match")
+    assert "Error in call to target" not in proc.stderr  # Hydra's wrapper is unwrapped

@@ -14,16 +14,26 @@ class ConfigError(ValueError):
 
 def exit_on_user_error(main: Callable) -> Callable:
     """Print user errors as one line and exit 2, instead of a traceback."""
+    from hydra.errors import InstantiationException
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
     from semiseg.data.splits import SplitError
+
+    user_errors = (ConfigError, SplitError, FileNotFoundError)
 
     @wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except (ConfigError, SplitError, FileNotFoundError) as err:
+        except user_errors as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+        except InstantiationException as err:
+            # Raised inside a `_target_` constructor (a weights file that does not match the
+            # encoder, say): Hydra wraps it in three lines; the user needs the cause.
+            if not isinstance(err.__cause__, user_errors):
+                raise
+            print(f"error: {one_line(err.__cause__)}", file=sys.stderr)
             sys.exit(2)
         except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
             # a `???` left in the config, e.g. dataset=custom without dataset.root

@@ -5,8 +5,9 @@ DeepLabV3+ decoder fuses and the last feature (stride 16 with output_stride=16) 
 Its `channels` attribute is `(low_ch, high_ch)`.
 
 Names are timm model names by default (`resnet101`); `smp:<name>` selects a
-segmentation-models-pytorch encoder instead. Weights are never downloaded: everything is built
-with random init, and `load_pretrained` reads a local file.
+segmentation-models-pytorch encoder instead; `xception65` (or `xception`) is the UniMatch
+reference's own Xception-65 (xception.py), not timm's aligned Xception of that name. Weights are
+never downloaded: everything is built with random init, and `load_pretrained` reads a local file.
 
 `model.pretrained` chooses the initialisation (`pretrained_file` turns it into a file):
 - `imagenet`: the ImageNet file of the public UniMatch code, `<pretrained_dir>/resnet50.pth`,
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from semiseg.errors import ConfigError
+from semiseg.models import xception
 
 SMP_PREFIX = "smp:"
 # The public code's file names where they differ from the encoder's name.
@@ -83,6 +85,8 @@ def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) ->
     parameter names match the public ImageNet checkpoints of the reference code. It is ignored
     for other models and for `smp:` encoders, which keep their own stem.
     """
+    if name in xception.NAMES:
+        return xception.Xception65(output_stride)
     if name.startswith(SMP_PREFIX):
         return SmpEncoder(name[len(SMP_PREFIX) :], output_stride)
     if not timm.is_model(name):
@@ -160,8 +164,9 @@ def load_pretrained(encoder: nn.Module, path) -> int:
     """Load local backbone weights into `encoder`, refusing any mismatch.
 
     The file may hold a plain state dict or one under `state_dict`/`model`; `module.` and
-    `backbone.` prefixes are stripped and `fc.*` keys ignored. Missing or unexpected keys and
-    shape mismatches raise one line naming the file and a few of the keys.
+    `backbone.` prefixes are stripped and `fc.*` keys ignored, as are keys containing one of the
+    encoder's `ignored_key_parts` if it has any. Missing or unexpected keys and shape mismatches
+    raise one line naming the file and a few of the keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -169,6 +174,9 @@ def load_pretrained(encoder: nn.Module, path) -> int:
     state = _read_state_dict(path)
     # An smp encoder keeps its weights in `body`, under the checkpoint's own names.
     target = encoder.body if isinstance(encoder, SmpEncoder) else encoder
+    # Bookkeeping entries an encoder's public file carries and its reference code skips.
+    ignored = getattr(target, "ignored_key_parts", ())
+    state = {k: v for k, v in state.items() if not any(part in k for part in ignored)}
     expected = target.state_dict()
     # BatchNorm's batch counter is not a weight; old checkpoints lack it.
     missing = {k for k in expected if k not in state and not k.endswith("num_batches_tracked")}
