@@ -42,20 +42,20 @@ class WandbPanels(Callback):
         if self.num_images <= 0 or trainer.datamodule is None:
             return
         labels = dict(enumerate(pl_module.class_names))
-        was_training = pl_module.model.training
-        pl_module.model.eval()
+        was_training = pl_module.eval_network.training
+        pl_module.eval_network.eval()
         try:
             self._log_validation_images(logger, pl_module, trainer.datamodule, labels, step)
             tau = getattr(pl_module, "tau", None)
             if tau is not None and getattr(trainer.datamodule, "unlabeled_set", None) is not None:
                 self._log_unlabeled_images(logger, pl_module, trainer.datamodule, labels, tau, step)
         finally:
-            pl_module.model.train(was_training)
+            pl_module.eval_network.train(was_training)
 
     def _probs(self, pl_module, image: torch.Tensor) -> torch.Tensor:
         cfg = pl_module.eval_cfg
         return predict(
-            pl_module.model,
+            pl_module.eval_network,
             image[None].to(pl_module.device),
             cfg["mode"],
             pl_module.crop_size,

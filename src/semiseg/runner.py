@@ -247,6 +247,7 @@ def _train(cfg: DictConfig) -> dict:
         "per_class_iou": module.last_per_class,
         "miou_convention": _convention(cfg.eval.absent_class),
         "eval_mode": cfg.eval.mode,
+        "eval_network": module.eval_network_name,
         "val_history": module.val_history,
         "world_size": trainer.world_size,
         "precision": str(trainer_args.get("precision")),
@@ -332,11 +333,24 @@ def load_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
-    trained = checkpoint["semiseg"]["config"]
+def model_from_checkpoint(checkpoint: dict, network: str | None = None) -> torch.nn.Module:
+    """The network a training run validated (or `network`: student | teacher), with its weights.
+
+    Checkpoints name their networks (`semiseg.networks`: name -> state_dict prefix); older ones
+    have only the student, under `model.`.
+    """
+    state = checkpoint["semiseg"]
+    trained = state["config"]
+    networks = state.get("networks", {"student": "model"})
+    name = network or state.get("eval_network", "student")
+    if name not in networks:
+        raise ConfigError(
+            f"eval.model={name}: this checkpoint holds {', '.join(networks)} "
+            f"(method {trained['method']['name']})"
+        )
     model_cfg = dict(trained["model"], pretrained="scratch")  # the checkpoint holds the weights
-    model = instantiate(model_cfg, num_classes=len(checkpoint["semiseg"]["class_names"]))
-    prefix = "model."
+    model = instantiate(model_cfg, num_classes=len(state["class_names"]))
+    prefix = networks[name] + "."
     weights = {
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
     }
@@ -357,7 +371,7 @@ def evaluate(cfg: DictConfig) -> dict:
     dataset = build_val_dataset(dataset_cfg, num_classes=len(class_names))
 
     device = _device(cfg.device)
-    model = model_from_checkpoint(checkpoint).to(device).eval()
+    model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
     confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
     pred_dir = out / "predictions"
     if cfg.save_predictions:
@@ -391,6 +405,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "seed": trained.get("seed"),
         "steps": int(checkpoint.get("global_step", 0)),
         "eval_mode": mode,
+        "eval_network": cfg.eval.get("model")
+        or checkpoint["semiseg"].get("eval_network", "student"),
         "val_miou": round(miou, 2),
         "per_class_iou": per_class,
         "miou_convention": _convention(cfg.eval.absent_class),

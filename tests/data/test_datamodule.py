@@ -1,5 +1,7 @@
 """The data module: which streams each kind of method gets, and the epoch length."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from semiseg.data.datamodule import SemiSegDataModule, load_class_names
@@ -76,3 +78,20 @@ def test_missing_root_is_named(tmp_path):
     dm = SemiSegDataModule(str(tmp_path / "nowhere"), str(tmp_path / "nowhere/splits"), "10", 32)
     with pytest.raises(SplitError, match="dataset.root .*nowhere does not exist"):
         dm.setup("fit")
+
+
+def test_ddp_streams_are_drawn_independently(toy_root):
+    dm = make(toy_root, unlabeled=True, num_strong=2, mix="same")
+    # Attached to a 2-process trainer (rank 0); only these two attributes are read.
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    loaders = dm.train_dataloader()
+    labeled, unlabeled = loaders["labeled"].sampler, loaders["unlabeled"].sampler
+    assert len(dm.labeled_set) == len(dm.unlabeled_set) == 490
+    for epoch in (0, 1):
+        labeled.set_epoch(epoch), unlabeled.set_epoch(epoch)
+        pairs = list(zip(labeled, unlabeled, strict=True))
+        # With one seed for both (Lightning's default sampler) every pair would be (j, j): the
+        # labeled image j mod 10 always drawn with unlabeled image j. Independent: about 1/490.
+        same = sum(a == b for a, b in pairs) / len(pairs)
+        assert same < 0.05, (epoch, same)
+    assert loaders["labeled"].batch_size == 4 and loaders["labeled"].drop_last

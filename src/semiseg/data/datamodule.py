@@ -12,11 +12,12 @@ Epoch length (`data.epoch_length`):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.data import toy
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
@@ -137,23 +138,40 @@ class SemiSegDataModule(L.LightningDataModule):
             return max(len(files.labeled), len(files.unlabeled))
         return len(files.labeled)
 
-    def _train_loader(self, dataset) -> DataLoader:
+    def _train_loader(self, dataset, stream: int) -> DataLoader:
         # drop_last: BatchNorm after ASPP image pooling fails on a batch of one.
+        sampler = self._distributed_sampler(dataset, stream)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=False,
             persistent_workers=self.num_workers > 0,
         )
 
+    def _distributed_sampler(self, dataset, stream: int) -> DistributedSampler | None:
+        """Under DDP, one sampler per stream with its own seed (`stream` 0 labeled, 1 unlabeled).
+
+        Lightning would give every loader a DistributedSampler with the same seed: with the
+        labeled list repeated to the unlabeled length, labeled image j mod n would then always be
+        drawn with unlabeled image j. Independent seeds draw the two streams independently, as
+        separate RandomSamplers do on one device. Lightning still calls set_epoch on them."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) + 1000 * stream
+        return DistributedSampler(
+            dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed
+        )
+
     def train_dataloader(self):
-        labeled = self._train_loader(self.labeled_set)
+        labeled = self._train_loader(self.labeled_set, stream=0)
         if self.unlabeled_set is None:
             return labeled
-        return {"labeled": labeled, "unlabeled": self._train_loader(self.unlabeled_set)}
+        return {"labeled": labeled, "unlabeled": self._train_loader(self.unlabeled_set, stream=1)}
 
     def val_dataloader(self) -> DataLoader:
         # Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each

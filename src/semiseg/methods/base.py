@@ -5,6 +5,14 @@ the per-iteration poly learning-rate decay, gradient clipping, validation (infer
 confusion matrix -> mIoU, exact under DDP), and what a checkpoint carries (validation history,
 best mIoU, every rank's random generators). A method subclass writes `training_losses(batch)` and
 nothing else; methods that step more than once per batch override `training_step`.
+
+Extension points for methods with more than one network (an EMA teacher, a projection head):
+- `networks()`: the networks a checkpoint can be evaluated with, by name (`student`, `teacher`),
+  as attribute paths of this module; `eval.model` chooses one, `default_eval_network` otherwise.
+  Validation, the W&B panels, the channels_last switch and eval.py all use `eval_network`.
+- `param_groups()`: the optimizer's parameter groups (anything outside them is not trained).
+- `after_optimizer_step()`: runs after every optimizer step that really updated the weights
+  (not after a step the 16-mixed GradScaler skipped), e.g. the EMA update of a teacher.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class SemiSegModule(L.LightningModule):
         channels_last: bool = False,
     ):
         super().__init__()
+        # Which network validation evaluates (`eval.model`): null = the method's default.
+        self.eval_choice = evaluation.get("model")
         self.automatic_optimization = False  # every method takes its own optimizer steps
         self.model = model
         self.class_names = list(class_names)
@@ -76,12 +86,40 @@ class SemiSegModule(L.LightningModule):
         return {"unlabeled": cls.uses_unlabeled, "num_strong": cls.num_strong_views, "mix": None}
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
+    # ------------------------------------------------------------------ networks
+    default_eval_network = "student"
+
+    def networks(self) -> dict[str, str]:
+        """Evaluable networks: name -> attribute path in this module (state_dict prefix)."""
+        return {"student": "model"}
+
+    @property
+    def eval_network_name(self) -> str:
+        name = self.eval_choice or self.default_eval_network
+        if name not in self.networks():
+            raise ConfigError(
+                f"eval.model={name!r}: method {self.method_name} evaluates one of "
+                f"{', '.join(self.networks())}"
+            )
+        return name
+
+    @property
+    def eval_network(self) -> nn.Module:
+        """The network validated, shown in the dashboards and saved for inference."""
+        return self.get_submodule(self.networks()[self.eval_network_name])
+
+    def param_groups(self) -> list[dict]:
+        """SGD groups as the papers: the backbone at `lr`, the rest of the model at
+        `lr * lr_multi`. A method with parameters outside `self.model` adds its own groups."""
         cfg = self.optim_cfg
-        groups = [
+        return [
             {"params": list(self.model.backbone_parameters()), "lr": cfg["lr"]},
             {"params": list(self.model.head_parameters()), "lr": cfg["lr"] * cfg["lr_multi"]},
         ]
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        groups = self.param_groups()
         for group in groups:
             group["initial_lr"] = group["lr"]
         return torch.optim.SGD(
@@ -99,13 +137,22 @@ class SemiSegModule(L.LightningModule):
             group["lr"] = group["initial_lr"] * factor
 
     def optimizer_step_with(self, loss: Tensor) -> None:
-        """One backward, one SGD step (clipping inside it, see below), then the poly update."""
+        """One backward, one SGD step (clipping inside it, see below), then the poly update
+        and, when the step really updated the weights, `after_optimizer_step`."""
         optimizer = self.optimizers()
         iteration = self.global_step  # optimizer steps taken before this one
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else None
         optimizer.step()
         self.poly_update(optimizer, iteration)
+        # The 16-mixed GradScaler skips a step with inf/NaN gradients and lowers its scale.
+        if scaler is None or scaler.get_scale() >= scale:
+            self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimizer step that changed the weights (e.g. an EMA update)."""
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradient clipping to `optim.clip_grad` (max norm; off when null).
@@ -154,12 +201,18 @@ class SemiSegModule(L.LightningModule):
 
     # ------------------------------------------------------------------ memory format
     def setup(self, stage: str) -> None:
-        if self.channels_last and not getattr(self, "_nhwc_hook", None):
-            # Weights and every input image (training, validation, partner forwards) in NHWC.
-            self.model.to(memory_format=torch.channels_last)
-            self._nhwc_hook = self.model.register_forward_pre_hook(
-                lambda module, args: tuple(_channels_last(a) for a in args)
-            )
+        if self.channels_last and not getattr(self, "_nhwc_hooks", None):
+            # Weights and every input image (training, validation, partner forwards) in NHWC,
+            # for every network of the method (a teacher predicts too).
+            self._nhwc_hooks = []
+            for path in dict.fromkeys(self.networks().values()):
+                network = self.get_submodule(path)
+                network.to(memory_format=torch.channels_last)
+                self._nhwc_hooks.append(
+                    network.register_forward_pre_hook(
+                        lambda module, args: tuple(_channels_last(a) for a in args)
+                    )
+                )
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -168,7 +221,7 @@ class SemiSegModule(L.LightningModule):
         # BatchNorm statistics drift. Validate every rank with rank 0's, the ones checkpointed,
         # so the mIoU of a checkpoint does not depend on the number of ranks.
         if self.trainer.world_size > 1:
-            broadcast_buffers(self.model)
+            broadcast_buffers(self.eval_network)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
@@ -176,7 +229,7 @@ class SemiSegModule(L.LightningModule):
         if mode == "center_crop":
             image, mask = center_crop(image, mask, self.crop_size)
         border = self.eval_cfg.get("window_border", "truncate")
-        probs = predict(self.model, image, mode, self.crop_size, self.num_classes, border)
+        probs = predict(self.eval_network, image, mode, self.crop_size, self.num_classes, border)
         self.confusion.update(probs.argmax(1), mask)
 
     def on_validation_epoch_end(self) -> None:
@@ -209,6 +262,9 @@ class SemiSegModule(L.LightningModule):
         checkpoint["semiseg"] = {
             "config": self.run_config,
             "class_names": self.class_names,
+            # eval.py loads the network validation used unless eval.model asks for another
+            "networks": self.networks(),
+            "eval_network": self.eval_network_name,
             "val_history": self.val_history,
             "best_miou": self.best_miou,
             "last_per_class": self.last_per_class,
