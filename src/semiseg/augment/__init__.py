@@ -1,0 +1,1 @@
+"""Batched augmentations that run inside the training step, on any device."""

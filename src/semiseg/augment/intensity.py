@@ -1,0 +1,233 @@
+"""The random intensity augmentations of iMAS and AugSeg, on image batches inside the training step.
+
+The public code runs them in DataLoader workers on the weak view as an 8-bit PIL image
+(imas/dataset/augmentations.py and augseg/dataset/augs_TIBA.py, `strong_img_aug`): per image,
+`random.choices` draws the ops WITH replacement from the list (uniformly), each with its own
+uniform magnitude. Here the same ops run on a whole batch (any device): the batch is turned back
+into 8-bit images (`to_uint8`), since posterize, solarize, equalize and autocontrast are defined on
+the 256 levels, and the torchvision tensor kernels used follow PIL's formulas for uint8.
+
+What the public samplers draw (u ~ U(0, 1) per op, times `strength`):
+- iMAS: 2 ops of 12 (identity, autocontrast, equalize, invert, blur, contrast, brightness, color,
+  sharpness, posterize, solarize, hue); `strength` 0.999: the "modifier" meant to carry the
+  hardness is a constant in the dataset (`modifer = 0.999`, the hardness lookup commented out),
+  so hardness does not change the ops, their number or magnitudes; it only blends the views in
+  the step (`hardness.blend_views`). Enhance factors in [0.1, 0.95].
+- AugSeg: k ~ U{1, 2, 3} ops of 11 (the same without invert), enhance factors in [0.05, 0.95].
+- Both: blur sigma 0.1 + 1.9u; enhance factor hi - (hi - lo)u (never above 1: they only weaken);
+  posterize to 8 - max(1, ceil(4u)) bits (4..7); solarize above threshold 256 - max(1, ceil(255u))
+  (1..255; iMAS clamps differently only at u = 0); hue shift +-0.5u, the sign a fair coin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from semiseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """ImageNet-normalised float (N, 3, H, W) -> the 8-bit image it came from."""
+    mean, std = IMAGENET_MEAN.to(images.device), IMAGENET_STD.to(images.device)
+    return (images * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def from_uint8(images: Tensor) -> Tensor:
+    """8-bit (N, 3, H, W) -> ImageNet-normalised float32, as the data pipeline's `normalize`."""
+    mean, std = IMAGENET_MEAN.to(images.device), IMAGENET_STD.to(images.device)
+    return images.float().div_(255).sub_(mean).div_(std)
+
+
+# Each op maps a uint8 batch (n, 3, H, W) and one parameter per image (n,) to a new uint8 batch.
+
+
+def _per_image(values: Tensor, images: Tensor) -> Tensor:
+    return values.to(images.device, torch.float32).view(-1, 1, 1, 1)
+
+
+def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
+    # PIL's ImageEnhance: degenerate + factor * (image - degenerate), truncated to 8 bits
+    f = _per_image(factor, images)
+    return (images * f + degenerate * (1 - f)).clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(images: Tensor) -> Tensor:
+    # torchvision's kernels floor the luma of 8-bit images before blending
+    return TF.rgb_to_grayscale(images.float()).floor_()
+
+
+def identity(images: Tensor, _: Tensor) -> Tensor:
+    return images.clone()
+
+
+def autocontrast(images: Tensor, _: Tensor) -> Tensor:
+    """Stretch each channel to 0..255: PIL's (x - lo) * 255 / (hi - lo), truncated, computed on
+    integers (PIL's float lookup table and TF.autocontrast's float division sometimes map the
+    maximum to 254)."""
+    x = images.to(torch.int32)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    span = x.amax(dim=(2, 3), keepdim=True) - lo
+    stretched = ((x - lo) * 255).div(span.clamp(min=1), rounding_mode="floor")
+    return torch.where(span > 0, stretched, x).to(torch.uint8)
+
+
+def equalize(images: Tensor, _: Tensor) -> Tensor:
+    return TF.equalize(images)
+
+
+def invert(images: Tensor, _: Tensor) -> Tensor:
+    return TF.invert(images)
+
+
+def contrast(images: Tensor, factor: Tensor) -> Tensor:
+    """Blend with the image's mean luma (as TF.adjust_contrast, one factor per image)."""
+    return _blend(images, _gray(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def brightness(images: Tensor, factor: Tensor) -> Tensor:
+    return _blend(images, torch.zeros((), device=images.device), factor)
+
+
+def color(images: Tensor, factor: Tensor) -> Tensor:
+    """Saturation: blend with the luma image (as TF.adjust_saturation)."""
+    return _blend(images, _gray(images), factor)
+
+
+def sharpness(images: Tensor, factor: Tensor) -> Tensor:
+    """Blend with PIL's SMOOTH-filtered image, border pixels kept (as TF.adjust_sharpness)."""
+    return _blend(images, TF.adjust_sharpness(images, 0.0).float(), factor)
+
+
+def posterize(images: Tensor, bits: Tensor) -> Tensor:
+    """Keep the `bits` high bits of every value (PIL's ImageOps.posterize)."""
+    drop = 8 - bits.to(images.device, torch.long).view(-1, 1, 1, 1)
+    mask = (255 - ((1 << drop) - 1)).to(torch.uint8)
+    return images & mask
+
+
+def solarize(images: Tensor, threshold: Tensor) -> Tensor:
+    """Invert the values >= threshold (PIL's ImageOps.solarize)."""
+    return torch.where(images >= _per_image(threshold, images), 255 - images, images)
+
+
+def blur(images: Tensor, sigma: Tensor) -> Tensor:
+    """Gaussian blur, one sigma per image: a separable kernel of 2 * ceil(3 * max sigma) + 1 taps
+    (at most 13 for sigma 2; fewer on images too small for them), reflect padding, rounded back
+    to 8 bits (TF.gaussian_blur's semantics; PIL's GaussianBlur approximates the same Gaussian
+    with box filters)."""
+    n, c, h, w = images.shape
+    radius = min(math.ceil(3 * float(sigma.max())), h - 1, w - 1)
+    sigma = sigma.to(images.device, torch.float32).view(-1, 1)
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, taps)
+    x = images.float().view(1, n * c, h, w)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    return x.view(n, c, h, w).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def hue(images: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue by `shift` turns (in [-0.5, 0.5]); torchvision takes one shift per call."""
+    shifts = shift.tolist()
+    return torch.stack([TF.adjust_hue(img, s) for img, s in zip(images, shifts, strict=True)])
+
+
+OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "identity": identity,
+    "autocontrast": autocontrast,
+    "equalize": equalize,
+    "invert": invert,
+    "blur": blur,
+    "contrast": contrast,
+    "brightness": brightness,
+    "color": color,
+    "sharpness": sharpness,
+    "posterize": posterize,
+    "solarize": solarize,
+    "hue": hue,
+}
+ENHANCE_OPS = ("contrast", "brightness", "color", "sharpness")
+
+
+@dataclass(frozen=True)
+class IntensityPolicy:
+    """Which ops, how many per image (uniform in [min_ops, max_ops]) and how strong."""
+
+    ops: tuple[str, ...]
+    min_ops: int
+    max_ops: int
+    enhance_range: tuple[float, float]
+    strength: float = 1.0
+
+
+IMAS_POLICY = IntensityPolicy(tuple(OPS), 2, 2, (0.1, 0.95), strength=0.999)
+AUGSEG_POLICY = IntensityPolicy(tuple(op for op in OPS if op != "invert"), 1, 3, (0.05, 0.95))
+
+
+def op_parameter(name: str, u: Tensor, coin: Tensor, policy: IntensityPolicy) -> Tensor:
+    """The op's parameter from its magnitude u in [0, strength) (see the module docstring)."""
+    if name == "blur":
+        return 0.1 + 1.9 * u
+    if name in ENHANCE_OPS:
+        lo, hi = policy.enhance_range
+        return hi - (hi - lo) * u
+    if name == "posterize":
+        return 8 - torch.ceil(4 * u).clamp(min=1)
+    if name == "solarize":
+        return 256 - torch.ceil(255 * u).clamp(min=1)
+    if name == "hue":
+        return torch.where(coin < 0.5, -0.5 * u, 0.5 * u)
+    return torch.zeros_like(u)
+
+
+def sample_plan(
+    n: int, policy: IntensityPolicy, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per image and slot: the op (an index into policy.ops, -1 = no op) and its parameter.
+
+    Drawn on the CPU (n x max_ops numbers), so a seeded generator gives the same plan on any
+    device. Ops are drawn uniformly with replacement, as `random.choices` in the public code.
+    """
+    slots = policy.max_ops
+    num_ops = torch.randint(policy.min_ops, slots + 1, (n, 1), generator=generator)
+    ops = torch.randint(len(policy.ops), (n, slots), generator=generator)
+    ops = ops.masked_fill(torch.arange(slots) >= num_ops, -1)
+    u = torch.rand(n, slots, generator=generator) * policy.strength
+    coin = torch.rand(n, slots, generator=generator)
+    params = torch.zeros(n, slots)
+    for index, name in enumerate(policy.ops):
+        chosen = ops == index
+        params[chosen] = op_parameter(name, u[chosen], coin[chosen], policy)
+    return ops, params
+
+
+def apply_plan(images: Tensor, ops: Tensor, params: Tensor, policy: IntensityPolicy) -> Tensor:
+    """Run each image's ops in slot order on a uint8 batch; returns a new batch.
+
+    Loops over slots and op kinds only: each op runs once per slot on the images that drew it.
+    """
+    out = images.clone()
+    for slot in range(ops.shape[1]):
+        for index, name in enumerate(policy.ops):
+            chosen = (ops[:, slot] == index).nonzero().flatten()
+            if len(chosen):
+                picked = chosen.to(images.device)
+                out[picked] = OPS[name](out[picked], params[chosen, slot])
+    return out
+
+
+def random_intensity(
+    images: Tensor, policy: IntensityPolicy, generator: torch.Generator | None = None
+) -> Tensor:
+    """The strong view of an ImageNet-normalised batch: new ops and magnitudes for every image."""
+    ops, params = sample_plan(images.shape[0], policy, generator)
+    return from_uint8(apply_plan(to_uint8(images), ops, params, policy))
