@@ -97,8 +97,9 @@ class UnlabeledDataset(Dataset):
         mix = "none" if mix is None else str(mix)
         if mix not in MIX_MODES:
             raise ValueError(f"unknown mix mode {mix!r}; choose one of {', '.join(MIX_MODES)}")
-        if num_strong not in (1, 2):
-            raise ValueError(f"num_strong must be 1 or 2, got {num_strong!r}")
+        if num_strong not in (0, 1, 2):
+            # 0: methods that make their strong views in the training step (iMAS, AugSeg)
+            raise ValueError(f"num_strong must be 0, 1 or 2, got {num_strong!r}")
         self.root = Path(root)
         self.samples = list(samples)
         self.crop_size = crop_size

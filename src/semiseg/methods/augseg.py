@@ -1,0 +1,46 @@
+"""AugSeg (Zhao et al., CVPR 2023): augmentations are what matter.
+
+The EMA teacher labels the weak view; the strong view gets k ~ U{1, 2, 3} random intensity ops
+with random magnitudes; then an adaptive CutMix injects boxes of LABELED images (their ground
+truth, confidence 1) into the unlabeled images that the teacher finds unreliable (probability
+1 - reliability), and mixes the unlabeled images among themselves (augment/mixing.py, as the
+public `cut_mix_label_adaptive` composes the two stages). `loss = loss_x + weight_u * loss_u`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from semiseg.augment.intensity import AUGSEG_POLICY, random_intensity
+from semiseg.augment.mixing import Mixed, label_injecting_cutmix
+from semiseg.methods.hardness import reliability
+from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
+from semiseg.methods.teacher_student import TeacherStudentModule
+
+
+class AugSeg(TeacherStudentModule):
+    def training_losses(self, batch):
+        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+        u = batch["unlabeled"]
+        n_x = x.shape[0]
+
+        # 1. Teacher pseudo-labels of the weak view, and how reliable each image's are.
+        conf, labels, logits_t = self.teacher_pseudo_labels(u["weak"])
+        rho = reliability(logits_t)
+
+        # 2. Random intensity augmentation, then the label-injecting CutMix.
+        strong = Mixed(random_intensity(u["weak"], AUGSEG_POLICY), labels, conf, u["ignore"])
+        strong = label_injecting_cutmix(strong, x, y, rho)
+
+        # 3. The student on labeled and strong images in one batch.
+        logits = self.model(torch.cat((x, strong.images)))
+        loss_x = self.labeled_loss(logits[:n_x], y)
+        loss_u = consistency_loss(logits[n_x:], strong.labels, strong.conf, strong.ignore, self.tau)
+        return {
+            "loss": loss_x + self.weight_u * loss_u,
+            "loss_x": loss_x,
+            "loss_u": loss_u,
+            "reliability": rho.mean(),
+            "mask_ratio": mask_ratio(conf, u["ignore"], self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], self.tau),
+        }

@@ -1,0 +1,69 @@
+"""What the teacher-student methods share (mean teacher, iMAS, AugSeg): an EMA teacher that makes
+the pseudo-labels and is the network evaluated and kept, as in the public iMAS and AugSeg code
+(both select their best checkpoint on the teacher's mIoU; `eval.model=student` to override).
+
+The teacher is a frozen copy of the student (methods/teacher.py), updated after every optimizer
+step that changed the weights (`after_optimizer_step`), with decay min(1 - 1/(t + 1), alpha) where
+t counts this method's own updates (checkpointed, so a resumed run continues the ramp exactly);
+parameters and BatchNorm statistics are averaged, as both public codes do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semiseg.methods.base import SemiSegModule
+from semiseg.methods.losses import pseudo_labels
+from semiseg.methods.teacher import EMATeacher
+
+
+class TeacherStudentModule(SemiSegModule):
+    uses_unlabeled = True
+    num_strong_views = 0  # views made by the data workers; iMAS and AugSeg make theirs in the step
+    default_eval_network = "teacher"
+
+    def __init__(
+        self,
+        *args,
+        tau: float = 0.95,
+        weight_u: float = 1.0,
+        ema_alpha: float = 0.999,
+        ema_buffers: bool = True,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.tau = tau
+        self.weight_u = weight_u
+        # Built before Lightning wraps anything in DDP: its parameters never require grad.
+        self.teacher = EMATeacher(self.model, ema_alpha, average_buffers=ema_buffers)
+        self.ema_updates = 0
+
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        return {"unlabeled": True, "num_strong": cls.num_strong_views, "mix": None}
+
+    def networks(self) -> dict[str, str]:
+        return {"student": "model", "teacher": "teacher.network"}
+
+    def after_optimizer_step(self) -> None:
+        decay = self.teacher.update(self.model, self.ema_updates)
+        self.ema_updates += 1
+        self.log("train/ema_decay", decay, on_step=True, on_epoch=False, batch_size=1)
+
+    @torch.no_grad()
+    def teacher_pseudo_labels(self, weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(conf, labels, logits) of the teacher on the weak view, in eval mode."""
+        logits = self.teacher(weak)
+        conf, labels = pseudo_labels(logits)
+        return conf, labels, logits
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["semiseg"]["ema_updates"] = self.ema_updates
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.ema_updates = int(checkpoint.get("semiseg", {}).get("ema_updates", 0))
