@@ -17,6 +17,7 @@ from semiseg.data import toy
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import SplitError
+from semiseg.distributed import worker_init
 
 __all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
 
@@ -124,6 +125,7 @@ class SemiSegDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=False,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,  # workers outlive a SIGTERM to the process group
         )
 
     def train_dataloader(self):
@@ -154,4 +156,5 @@ class SemiSegDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,
         )
