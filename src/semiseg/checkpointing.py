@@ -189,6 +189,7 @@ class RunCheckpoints(Checkpoint):
         self._rewind: str | None = None  # how to record the loops in a save: "batch", "validation"
         self._val_checks = 0  # validation batches at which every rank looks at the signal
         self._best_before = -math.inf
+        self._settled = False
 
     # -------------------------------------------------------------- state in the checkpoint
     def state_dict(self) -> dict:
@@ -210,7 +211,7 @@ class RunCheckpoints(Checkpoint):
         self.sigterm.install()
         self.saved_step = trainer.global_step  # a resumed run does not re-save its checkpoint
         if trainer.ckpt_path:
-            self._settle_best(trainer, pl_module)
+            self.settle_best(trainer, pl_module, Path(trainer.ckpt_path))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Step `global_step` is complete here, including the validation it may have triggered.
@@ -301,14 +302,17 @@ class RunCheckpoints(Checkpoint):
         trainer.strategy.barrier("semiseg.best_checkpoint")
 
     # -------------------------------------------------------------- best.ckpt after a resume
-    def _settle_best(self, trainer, pl_module) -> None:
-        """Make best.ckpt the checkpoint of the restored best validation (`best_step`)."""
+    def settle_best(self, trainer, pl_module, resumed: Path) -> None:
+        """Make best.ckpt the checkpoint of the restored best validation (`best_step`). Called
+        when training starts, and by the runner after `fit` (a run resumed at its last step
+        does not start training)."""
         best = getattr(pl_module, "best_miou", None)
-        if self.best_step is None or best is None:
+        if self._settled or self.best_step is None or best is None:
             return
+        self._settled = True
         found = None
         if trainer.is_global_zero:
-            found = self._find_best(Path(trainer.ckpt_path), trainer.global_step, best)
+            found = self._find_best(Path(resumed), best)
         found = trainer.strategy.broadcast(found, src=0)
         if found == "missing":
             # The weights of the best validation are gone (only last.ckpt was copied): best.ckpt
@@ -324,11 +328,11 @@ class RunCheckpoints(Checkpoint):
         elif found is not None:
             self._copy(Path(found), self.best_path, trainer)
 
-    def _find_best(self, resumed: Path, step: int, best: float) -> str | None:
+    def _find_best(self, resumed: Path, best: float) -> str | None:
         """None when best.ckpt is right already, else the file to copy there, or "missing"."""
         if _holds_best(self.best_path, self.best_step, best):
             return None
-        if step == self.best_step:  # saved right after the best validation: it is the one
+        if peek(resumed).get("global_step") == self.best_step:  # saved right after it: the one
             return str(resumed)
         sibling = resumed.parent / BEST
         if sibling != self.best_path and _holds_best(sibling, self.best_step, best):

@@ -247,6 +247,8 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
             f"{one_line(err)}; {checkpoints.path} holds step {checkpoints.saved_on_error}: fix "
             "or replace the file, then continue with the same command plus resume=auto"
         ) from None
+    if resume_from:  # a run resumed at its last step trains nothing: best.ckpt is settled here
+        checkpoints.settle_best(trainer, module, resume_from)
     if sigterm.agreed(trainer):  # during the last step: keep it, then stop
         checkpoints.save(trainer)
         raise Preempted(trainer.global_step, checkpoints.path)
