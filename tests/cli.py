@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,29 @@ TINY = [
     "trainer.val_check_interval=3",
     "trainer.enable_progress_bar=false",
 ]
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # predictable speed on a busy 2-core machine
+
+
+def start_train(*overrides, log):
+    """train.py in a process group of its own, as torchrun and SLURM start their workers."""
+    return subprocess.Popen(
+        [sys.executable, "train.py", *overrides],
+        cwd=REPO,
+        env={**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for(proc, log_path, text, timeout=300):
+    deadline = time.time() + timeout
+    while text not in log_path.read_text():
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.time() < deadline, f"no {text!r} within {timeout} s"
+        time.sleep(0.02)
 
 
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):

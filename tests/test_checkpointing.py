@@ -1,5 +1,6 @@
-"""LastCheckpoint: a run stopped by SIGTERM at any step resumes on the schedule of a run that was
-never stopped (steps, validations, logged step numbers). A tiny model, in-process."""
+"""RunCheckpoints: a run stopped by SIGTERM at any step or in the middle of a validation resumes
+on the schedule of a run that was never stopped (steps, validations, logged step numbers), and
+best.ckpt holds the weights of the best validation across resumes. A tiny model, in-process."""
 
 import signal
 import sys
@@ -11,7 +12,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from semiseg.checkpointing import LAST, LastCheckpoint, Preempted, resume_checkpoint
+from semiseg.checkpointing import (
+    BEST,
+    LAST,
+    AtomicCheckpointIO,
+    Preempted,
+    RunCheckpoints,
+    config_mismatch,
+    peek,
+    resume_checkpoint,
+)
 from semiseg.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent / "methods"))
@@ -44,11 +54,45 @@ class SigtermAt(Callback):
             signal.raise_signal(signal.SIGTERM)
 
 
-def _module():
+class SigtermInValidation(Callback):
+    """Deliver a real SIGTERM while the validation after step `step` is under way."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if trainer.global_step == self.step and batch_idx == 0:
+            signal.raise_signal(signal.SIGTERM)
+
+
+class Scripted(Recording):
+    """Validation mIoU scripted by step (50, 70, 60 at steps 4, 8, 12): the second is the best."""
+
+    SCORES = {4: 50.0, 8: 70.0, 12: 60.0}
+
+    def on_validation_epoch_end(self):
+        self.confusion.reset()
+        miou = self.SCORES[self.global_step]
+        self.best_miou = max(self.best_miou, miou)
+        self.val_history.append({"step": self.global_step, "miou": miou})
+
+
+class WeightsSeen(Callback):
+    """The weights each validation evaluated, by step."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_validation_end(self, trainer, pl_module):
+        state = pl_module.state_dict()
+        self.by_step[trainer.global_step] = {k: v.clone() for k, v in state.items()}
+
+
+def _module(cls=None):
     torch.manual_seed(0)
     optim = {"lr": 0.01, "lr_multi": 1.0, "momentum": 0.9, "weight_decay": 0.0,
              "poly_power": 0.9, "clip_grad": None}  # fmt: skip
-    return Recording(
+    return (cls or Recording)(
         model=TinyNet(),
         class_names=["a", "b"],
         optim=optim,
@@ -57,23 +101,23 @@ def _module():
     )
 
 
-def _fit(callbacks, ckpt_path=None):
+def _fit(callbacks, ckpt_path=None, max_steps=10, module_cls=None):
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=10,
+        max_steps=max_steps,
         val_check_interval=4,
         check_val_every_n_epoch=None,
         limit_val_batches=2,
         num_sanity_val_steps=0,
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # as the runner builds it
     )
     data = DataLoader(_batches(8), batch_size=2)  # 8 batches per epoch: the run crosses an epoch
     val = DataLoader(_batches(1), batch_size=1)
-    trainer.fit(_module(), data, val, ckpt_path=ckpt_path)
+    trainer.fit(_module(module_cls), data, val, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -87,16 +131,98 @@ def uninterrupted():
 @pytest.mark.parametrize("stop_at", [3, 4, 8, 9])  # plain steps, validated steps, epoch end
 def test_sigterm_then_resume_keeps_the_schedule(tmp_path, uninterrupted, stop_at):
     before, after = Trace(), Trace()
-    last = LastCheckpoint(tmp_path, every_n_steps=2)
+    last = RunCheckpoints(tmp_path, every_n_steps=2)
     with pytest.raises(Preempted) as stop:
         _fit([last, before, SigtermAt(stop_at)])
     assert stop.value.step == stop_at
-    assert signal.getsignal(signal.SIGTERM) is not last._on_signal  # handler given back
-    saved = torch.load(tmp_path / LAST, map_location="cpu", weights_only=False)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler given back
+    saved = torch.load(tmp_path / LAST, map_location="cpu", weights_only=True)
     assert saved["global_step"] == stop_at
-    _fit([LastCheckpoint(tmp_path), after], ckpt_path=tmp_path / LAST)
+    _fit([RunCheckpoints(tmp_path), after], ckpt_path=tmp_path / LAST)
     assert before.steps + after.steps == uninterrupted.steps
     assert before.validated + after.validated == uninterrupted.validated == [4, 8]
+
+
+@pytest.mark.parametrize("stop_at", [4, 8])
+def test_sigterm_during_validation_abandons_it_and_the_resumed_run_validates_again(
+    tmp_path, uninterrupted, stop_at
+):
+    before, after = Trace(), Trace()
+    with pytest.raises(Preempted) as stop:
+        _fit([RunCheckpoints(tmp_path), before, SigtermInValidation(stop_at)])
+    assert stop.value.step == stop_at
+    assert stop_at not in before.validated  # abandoned after its first image
+    assert peek(tmp_path / LAST)["global_step"] == stop_at
+    _fit([RunCheckpoints(tmp_path), after], ckpt_path=tmp_path / LAST)
+    assert before.steps + after.steps == uninterrupted.steps
+    assert before.validated + after.validated == [4, 8]
+    assert after.validated[0] == stop_at  # the whole validation, from its first image
+
+
+def _weights(path):
+    return {k: v for k, v in peek(path)["state_dict"].items()}
+
+
+def _assert_same_weights(saved, expected):
+    assert saved.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(saved[key], value), key
+
+
+@pytest.mark.parametrize("new_dir", [False, True])
+def test_best_ckpt_holds_the_best_validation_across_a_resume(tmp_path, new_dir):
+    """Scores 50, 70, 60: killed after the best (70), resumed, then 60 must not replace it."""
+    first, seen = tmp_path / "first", WeightsSeen()
+    with pytest.raises(Preempted):
+        _fit([RunCheckpoints(first), seen, SigtermAt(10)], max_steps=12, module_cls=Scripted)
+    second = tmp_path / "second" if new_dir else first  # resume=PATH into a new run directory
+    resumed = RunCheckpoints(second)
+    trainer = _fit([resumed, seen], ckpt_path=first / LAST, max_steps=12, module_cls=Scripted)
+    assert [h["miou"] for h in trainer.lightning_module.val_history] == [50.0, 70.0, 60.0]
+    best = peek(second / BEST)
+    assert best["global_step"] == 8 and best["semiseg"]["best_miou"] == 70.0
+    _assert_same_weights(_weights(second / BEST), seen.by_step[8])
+    assert resumed.best_step == 8
+
+
+def test_best_ckpt_restarts_when_the_best_weights_are_gone(tmp_path, capsys):
+    first = tmp_path / "first"
+    with pytest.raises(Preempted):
+        _fit([RunCheckpoints(first), SigtermAt(10)], max_steps=12, module_cls=Scripted)
+    (first / BEST).unlink()  # only last.ckpt was copied elsewhere
+    seen = WeightsSeen()
+    trainer = _fit(
+        [RunCheckpoints(tmp_path / "second"), seen],
+        ckpt_path=first / LAST,
+        max_steps=12,
+        module_cls=Scripted,
+    )
+    assert "no best.ckpt of step 8" in capsys.readouterr().out
+    assert trainer.lightning_module.best_miou == 60.0  # what best.ckpt holds now
+    assert peek(tmp_path / "second" / BEST)["semiseg"]["best_miou"] == 60.0
+    _assert_same_weights(_weights(tmp_path / "second" / BEST), seen.by_step[12])
+
+
+def test_elapsed_time_adds_up_over_segments(tmp_path):
+    with pytest.raises(Preempted):
+        _fit([RunCheckpoints(tmp_path, started=0.0), SigtermAt(3)])  # "started" long ago
+    earlier = peek(tmp_path / LAST)["callbacks"]["RunCheckpoints"]["elapsed_s"]
+    assert earlier > 1e9
+    resumed = RunCheckpoints(tmp_path)
+    _fit([resumed], ckpt_path=tmp_path / LAST)
+    assert resumed.elapsed_s() >= earlier
+
+
+def test_identity_keys_that_differ_are_named():
+    saved = {"method": {"name": "unimatch", "tau": 0.95}, "seed": 0, "split": "20",
+             "model": {"encoder": "resnet101", "pretrained": "x"}, "dataset": {"name": "toy"}}  # fmt: skip
+    same = {**saved, "model": {"encoder": "resnet101", "pretrained": None}, "trainer": {}}
+    assert config_mismatch(saved, same) == []
+    other = {**saved, "method": {"name": "fixmatch", "tau": 0.95}, "seed": 1}
+    assert config_mismatch(saved, other) == [
+        "method.name=unimatch there, fixmatch here",
+        "seed=0 there, 1 here",
+    ]
 
 
 def test_resume_argument(tmp_path):

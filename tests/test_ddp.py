@@ -30,13 +30,14 @@ def torchrun(*args: str, timeout: int = 600):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, toy_root):
+def ddp_run(tmp_path_factory):
+    # A fresh toy root, as on a new clone: rank 0 generates it while rank 1 waits.
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
     proc = torchrun(
         "train.py",
         "trainer=ddp",
         "method=unimatch",
-        f"dataset.root={toy_root}",
+        f"dataset.root={run_dir.parent / 'toy'}",
         *TINY,
         f"hydra.run.dir={run_dir}",
     )
@@ -52,8 +53,9 @@ def test_two_ranks_finish_and_write_results_once(ddp_run):
     # rank 0 alone writes results.json and says so
     assert proc.stdout.count("done: unimatch") == 1
     assert proc.stdout.count("learning rate:") == 1
+    assert proc.stdout.count("generating toy dataset") == 1  # one rank generated, the other read
     assert not list(run_dir.glob("results.json.tmp"))
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 3
     assert len(last["semiseg"]["rng"]) == 2  # each rank's random generators
     rank_states = [s["torch"] for s in last["semiseg"]["rng"]]

@@ -3,26 +3,24 @@
 import csv
 import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from cli import REPO, TINY, run_script
+from cli import ONE_THREAD, TINY, run_script, start_train, wait_for
 
-# 20 steps, validation (on 20 images) at 10 and 20, a periodic checkpoint every 4 steps.
+# 20 steps, validation (on all 100 images, as eval.py) at 10 and 20, a periodic checkpoint every
+# 4 steps, two DataLoader workers (a cluster's SIGTERM reaches them too).
 SETTINGS = [
     *TINY,
     "method=unimatch",
+    "data.num_workers=2",
     "trainer.max_steps=20",
     "trainer.val_check_interval=10",
-    "+trainer.limit_val_batches=20",
     "trainer.checkpoint_every=4",
     "trainer.log_every_n_steps=1",
 ]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # predictable speed on a busy 2-core machine
 
 
 def _lr_rows(run_dir):
@@ -39,26 +37,17 @@ def runs(tmp_path_factory, toy_root):
     tmp = tmp_path_factory.mktemp("resume")
     common = [f"dataset.root={toy_root}", *SETTINGS]
 
-    # 1. Start, wait for the first validation, then SIGTERM (what a cluster sends).
+    # 1. Start, wait for the first validation, then SIGTERM to the whole process group (what
+    #    torchrun and SLURM send), DataLoader workers included.
     killed = tmp / "killed"
     log = tmp / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "train.py", *common, f"hydra.run.dir={killed}"],
-            cwd=REPO,
-            env={**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 300
-        while "step 10: val mIoU" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "no validation within 300 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc = start_train(*common, f"hydra.run.dir={killed}", log=out)
+        wait_for(proc, log, "step 10: val mIoU")
+        os.killpg(proc.pid, signal.SIGTERM)
         returncode = proc.wait(timeout=300)
     interrupted = torch.load(
-        killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
 
     # 2. The same command with resume=auto.
@@ -107,9 +96,59 @@ def test_resumed_run_ends_like_an_uninterrupted_one(runs):
     )
     assert resumed["resumed_from"].endswith("last.ckpt") and whole["resumed_from"] is None
     last = torch.load(
-        runs["killed"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        runs["killed"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert last["global_step"] == 20
+    # every segment counts: the resumed run's wall time includes the time before the kill
+    elapsed = runs["interrupted"]["callbacks"]["RunCheckpoints"]["elapsed_s"]
+    assert resumed["wall_time_s"] >= elapsed > 0
+
+
+def _eval_miou(checkpoint, out_dir):
+    proc = run_script("eval.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={out_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out_dir / "results.json").read_text())["val_miou"]
+
+
+def test_best_ckpt_gives_the_best_val_miou_after_a_kill_and_resume(runs, tmp_path):
+    results = json.loads((runs["killed"] / "results.json").read_text())
+    best = runs["killed"] / "checkpoints" / "best.ckpt"
+    assert _eval_miou(best, tmp_path / "eval") == pytest.approx(results["best_val_miou"], abs=0.01)
+
+
+def test_resume_into_a_new_run_directory_keeps_best_ckpt(runs, tmp_path, toy_root):
+    """resume=PATH of a finished run into a new directory: nothing is left to train, and the new
+    directory's best.ckpt must still be the one of best_val_miou."""
+    new = tmp_path / "new"
+    proc = run_script(
+        "train.py",
+        f"dataset.root={toy_root}",
+        *SETTINGS,
+        f"resume={runs['whole'] / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={new}",
+        env=ONE_THREAD,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((new / "results.json").read_text())
+    best = new / "checkpoints" / "best.ckpt"
+    assert _eval_miou(best, tmp_path / "eval") == pytest.approx(results["best_val_miou"], abs=0.01)
+
+
+def test_resume_refuses_another_runs_checkpoint(runs, toy_root):
+    proc = run_script(
+        "train.py",
+        f"dataset.root={toy_root}",
+        *SETTINGS,
+        "method=fixmatch",
+        "seed=1",
+        f"hydra.run.dir={runs['whole']}",
+        "resume=auto",
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]  # one line, no traceback
+    assert "method.name=unimatch there, fixmatch here" in lines[0]
+    assert "seed=0 there, 1 here" in lines[0]
 
 
 def test_learning_rate_follows_the_poly_schedule_across_the_restart(runs):
@@ -124,6 +163,34 @@ def test_learning_rate_follows_the_poly_schedule_across_the_restart(runs):
     lr0 = rows[0][1]
     for step, lr in rows:
         assert lr == pytest.approx(lr0 * (1 - step / 20) ** 0.9, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_kill_9_right_after_a_resume_starts_keeps_the_earlier_metrics_rows(
+    runs, tmp_path, toy_root
+):
+    """Lightning deletes metrics.csv when the logger starts; the rows before the checkpoint must
+    be on disk again before the run goes on (a kill -9 then must not lose them)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "csv").mkdir()
+    shutil.copy(runs["whole"] / "checkpoints" / "last.ckpt", run / "checkpoints")
+    shutil.copy(runs["whole"] / "csv" / "metrics.csv", run / "csv")
+    before = _lr_rows(run)
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = start_train(
+            f"dataset.root={toy_root}",
+            *SETTINGS,
+            "trainer.max_steps=40",  # more steps than the checkpoint: a run extended
+            "resume=auto",
+            f"hydra.run.dir={run}",
+            log=out,
+        )
+        wait_for(proc, log, "resuming from")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert _lr_rows(run) == before and len(before) == 20
 
 
 def test_resume_auto_without_checkpoint_starts_afresh_and_bad_path_fails(tmp_path, toy_root):

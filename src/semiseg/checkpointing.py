@@ -1,136 +1,353 @@
-"""Checkpoints that survive crashes and preemption.
+"""Checkpoints that survive crashes, full disks and preemption.
 
-- `AtomicCheckpointIO` writes every checkpoint beside its target and renames it into place.
-- `LastCheckpoint` keeps `checkpoints/last.ckpt` current: after every validation, every
-  `checkpoint_every` optimizer steps, and on SIGTERM (what clusters send before preempting a job),
-  after which the run stops with exit status 143.
+- `AtomicCheckpointIO` writes every checkpoint beside its target, syncs it to disk and renames it
+  into place; a failed write (a full disk) leaves the previous checkpoint and no temporary file.
+- `RunCheckpoints` keeps `checkpoints/last.ckpt` current (after every validation, every
+  `checkpoint_every` optimizer steps, on SIGTERM, before a data read error stops the run) and
+  writes `checkpoints/best.ckpt` right after the validation that set the best mIoU.
+- `Sigterm` turns SIGTERM (what clusters send before preempting a job) into `Preempted`, which the
+  runner ends with exit status 143.
 - `resume_checkpoint` turns `resume=auto|PATH` into the checkpoint to continue from.
 
-All saves happen at a step boundary, when the previous step (and its validation, if one was due)
-is complete, so a resumed run continues exactly where the saved one stood.
+All saves happen at a step boundary or at the start of a validation, so a resumed run continues
+exactly where the saved one stood (an abandoned validation is run again from its first image).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import signal
+import sys
+import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
+import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from semiseg.errors import ConfigError
+from semiseg.data.splits import SplitError
+from semiseg.errors import ConfigError, FaultError
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write the checkpoint next to its target, then rename it into place.
+class CheckpointWriteError(FaultError):
+    """A checkpoint could not be written (a full or read-only disk); the previous one is kept."""
 
-    A run killed while saving keeps the previous last.ckpt/best.ckpt intact.
-    """
+
+def _write_atomic(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, sync it, rename it into place and sync
+    the folder: after a crash or power loss the old or the new file is there, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            writer = _Writer(f)
+            try:
+                write(writer)
+            except RuntimeError:  # torch's zip writer hides the OSError behind its own message
+                raise writer.error or sys.exc_info()[1] from None
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, RuntimeError) as err:  # torch reports some write errors as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {reason.splitlines()[0]}; {kept}. Free space "
+            "(or make the folder writable), then continue with the same command plus resume=auto"
+        ) from None
+
+
+class _Writer:
+    """A file's `write`, remembering the OSError it raised (a full disk)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as src:
+        _write_atomic(target, lambda f: shutil.copyfileobj(src, f, 16 << 20))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write the checkpoint next to its target, sync it, then rename it into place."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        _write_atomic(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+def peek(path: Path) -> dict:
+    """A checkpoint's entries without reading its weights into memory (and without running any
+    code a checkpoint file could carry)."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 class Preempted(Exception):
-    """Raised inside `trainer.fit` once the SIGTERM checkpoint is written."""
+    """SIGTERM ended the run; `path` is the checkpoint to continue from (None: none was written)."""
 
-    def __init__(self, step: int, path: Path):
-        super().__init__(f"stopped by SIGTERM at step {step}; checkpoint {path}")
+    def __init__(self, step: int | None = None, path: Path | None = None):
+        where = f"at step {step}" if step is not None else "before training"
+        super().__init__(f"stopped by SIGTERM {where}; checkpoint {path}")
         self.step = step
         self.path = path
 
 
-class LastCheckpoint(Callback):
-    """checkpoints/last.ckpt after each validation, every `every_n_steps` steps, and on SIGTERM.
+class Sigterm:
+    """The run's SIGTERM handler. Until `deferred`, a SIGTERM stops the run at once (there is
+    nothing to save yet); once training is set up it only records the signal, and the run stops
+    at the next safe point (see RunCheckpoints). Used as a context manager around the whole run.
 
-    Lightning's own SIGTERM handling stops without a checkpoint (and its handler runs a collective
-    inside the signal handler); this callback replaces the handler for the duration of `fit` with
-    one that only sets a flag. At the next step boundary the ranks agree (one tiny all-reduce),
-    all of them take part in the save, and `Preempted` ends `fit`.
+    Lightning's own handler stops without a checkpoint and runs a collective inside the signal
+    handler; RunCheckpoints puts this one back whenever Lightning has installed its own.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None):
-        self.path = Path(dirpath) / LAST
+    def __init__(self):
+        self.received = False
+        self.deferred = False
+        self._previous = None
+
+    def __enter__(self) -> Sigterm:
+        self._previous = self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def install(self):
+        try:
+            return signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave the handlers alone
+            return None
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        if not self.deferred:
+            raise Preempted()
+
+    def agreed(self, trainer) -> bool:
+        """Whether any rank received the signal (a collective under DDP: call it on all ranks)."""
+        if trainer.world_size > 1:
+            return trainer.strategy.reduce_boolean_decision(self.received, all=False)
+        return self.received
+
+
+class RunCheckpoints(Checkpoint):
+    """checkpoints/last.ckpt and checkpoints/best.ckpt, owned by the project (not ModelCheckpoint,
+    which Lightning runs after every other callback, so last.ckpt recorded its best score one
+    validation late and a resumed run could overwrite best.ckpt with a worse model).
+
+    best.ckpt is last.ckpt copied right after the validation that set the best mIoU, so it holds
+    exactly the weights of results.json's best_val_miou; the checkpoints record that step
+    (`best_step`), and a resumed run puts the matching file back in place if a kill came between
+    the two writes or the run continues in a new directory. The checkpoints also record the time
+    spent so far, so `wall_time_s` adds up every segment of a resumed run.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every_n_steps: int | None = None,
+        sigterm: Sigterm | None = None,
+        started: float | None = None,
+    ):
+        self.dirpath = Path(dirpath)
+        self.path = self.dirpath / LAST
+        self.best_path = self.dirpath / BEST
         self.every_n_steps = int(every_n_steps or 0)
+        self.sigterm = sigterm or Sigterm()
+        self.started = time.time() if started is None else started
+        self.earlier_s = 0.0  # time spent in the segments before this one (resumed runs)
+        self.best_step: int | None = None
         self.saved_step = -1
-        self.signal_received: int | None = None
-        self._previous_handler = None
-        self._at_batch_start = False
+        self.saved_on_error: int | None = None  # the step saved before a data error stopped it
+        self._rewind: str | None = None  # how to record the loops in a save: "batch", "validation"
+        self._val_checks = 0  # validation batches at which every rank looks at the signal
+        self._best_before = -math.inf
+        self._settled = False
+
+    # -------------------------------------------------------------- state in the checkpoint
+    def state_dict(self) -> dict:
+        return {"best_step": self.best_step, "elapsed_s": self.elapsed_s()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_step = state.get("best_step")
+        self.earlier_s = float(state.get("elapsed_s", 0.0))
+
+    def elapsed_s(self) -> float:
+        return self.earlier_s + time.time() - self.started
 
     # -------------------------------------------------------------- the signal
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.sigterm.deferred = True  # from here on a SIGTERM is acted on at a safe point
+
     def on_train_start(self, trainer, pl_module) -> None:
-        # Lightning installs its handlers just before the fit loop starts; replace them here.
+        # Lightning installs its handlers just before the loops start; put ours back.
+        self.sigterm.install()
         self.saved_step = trainer.global_step  # a resumed run does not re-save its checkpoint
-        self.signal_received = None
-        try:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
-        except ValueError:  # not the main thread: leave the handlers alone
-            self._previous_handler = None
+        if trainer.ckpt_path:
+            self.settle_best(trainer, pl_module, Path(trainer.ckpt_path))
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handler()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._restore_handler()
-
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signal_received = signum
-
-    # -------------------------------------------------------------- the saves
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Step `global_step` is complete here, including the validation it may have triggered.
-        stop = self.signal_received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = self.sigterm.agreed(trainer)
         step = trainer.global_step
         periodic = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
-        if not (stop or periodic):
-            return
-        # A checkpoint written at this step already (after its validation, which Lightning
-        # resumes natively) is the state to keep: it is not written twice.
-        self._at_batch_start = True
-        try:
-            self.save(trainer)
-        finally:
-            self._at_batch_start = False
+        if stop or periodic:
+            # A checkpoint written at this step already (after its validation) is not rewritten.
+            self.save(trainer, rewind="batch")
         if stop:
             raise Preempted(step, self.path)
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if not self._at_batch_start:
-            return
-        # Lightning counts the batch just fetched as "ready" before this hook; a restart does not
-        # undo that in its running total, and would shift the validation schedule by one step.
-        # Record the loop as it stood at the end of the previous step, which Lightning resumes
-        # exactly (the fetched batch is drawn again).
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-        if progress:
-            for counts in (progress["total"], progress["current"]):
-                counts["ready"] = counts["started"] = counts["completed"]
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.sigterm.install()
+        self._best_before = getattr(pl_module, "best_miou", -math.inf)
+        # Ranks may hold one validation image more than others: they look at the signal (a
+        # collective) only for the batches that every rank runs.
+        batches = trainer.num_sanity_val_batches if trainer.sanity_checking else None
+        batches = batches if batches is not None else trainer.num_val_batches
+        count = torch.tensor(float(min(batches, default=0)), device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+        self._val_checks = int(count.item()) if math.isfinite(count.item()) else 1 << 62
 
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx >= self._val_checks or not self.sigterm.agreed(trainer):
+            return
+        # Abandon the validation (on Cityscapes it can outlast the grace period before SIGKILL):
+        # the weights are those of a complete step, and a resumed run validates them again.
+        if trainer.sanity_checking:
+            raise Preempted(trainer.global_step, self.path if self.path.is_file() else None)
+        self.save(trainer, rewind="validation" if trainer.state.fn == "fit" else None)
+        raise Preempted(trainer.global_step, self.path)
+
+    # -------------------------------------------------------------- the saves
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking:
             return
-        self.save(trainer, force=True)  # the checkpoint now carries this validation
+        improved = getattr(pl_module, "best_miou", -math.inf) > self._best_before
+        if improved:
+            self.best_step = trainer.global_step
+        self.save(trainer, force=True)  # last.ckpt now carries this validation
+        if improved:
+            self._copy(self.path, self.best_path, trainer)
 
-    def save(self, trainer, force: bool = False) -> None:
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        # An unreadable image (found when loaded) stops the run between two steps: keep them.
+        # Under DDP the other ranks are not here to take part in a save.
+        if isinstance(exception, SplitError) and trainer.world_size == 1:
+            rewind = "validation" if trainer.validating and trainer.state.fn == "fit" else "batch"
+            self.save(trainer, rewind=rewind)
+            self.saved_on_error = trainer.global_step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        if self._rewind == "batch":
+            # Lightning counts the batch just fetched as "ready" before this hook; a restart does
+            # not undo that in its running total, and would shift the validation schedule by one
+            # step. Record the loop as it stood at the end of the previous step, which Lightning
+            # resumes exactly (the fetched batch is drawn again).
+            progress = loops.get("epoch_loop.batch_progress")
+            if progress:
+                for counts in (progress["total"], progress["current"]):
+                    counts["ready"] = counts["started"] = counts["completed"]
+        elif self._rewind == "validation":
+            # Record the validation as started and no image done: Lightning then runs it again
+            # from its first image when the run resumes (its partial confusion matrix is lost).
+            progress = loops.get("epoch_loop.val_loop.batch_progress")
+            if progress:
+                before = progress["total"]["completed"] - progress["current"]["completed"]
+                progress["current"].update(ready=1, started=1, processed=0, completed=0)
+                progress["total"].update(
+                    ready=before + 1, started=before + 1, processed=before, completed=before
+                )
+
+    def save(self, trainer, force: bool = False, rewind: str | None = None) -> None:
         if force or self.saved_step != trainer.global_step:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.path)
+            self._rewind = rewind
+            try:
+                trainer.save_checkpoint(self.path)
+            finally:
+                self._rewind = None
             self.saved_step = trainer.global_step
+
+    def _copy(self, source: Path, target: Path, trainer) -> None:
+        if trainer.is_global_zero:
+            copy_atomic(source, target)
+        trainer.strategy.barrier("semiseg.best_checkpoint")
+
+    # -------------------------------------------------------------- best.ckpt after a resume
+    def settle_best(self, trainer, pl_module, resumed: Path) -> None:
+        """Make best.ckpt the checkpoint of the restored best validation (`best_step`). Called
+        when training starts, and by the runner after `fit` (a run resumed at its last step
+        does not start training)."""
+        best = getattr(pl_module, "best_miou", None)
+        if self._settled or self.best_step is None or best is None:
+            return
+        self._settled = True
+        found = None
+        if trainer.is_global_zero:
+            found = self._find_best(Path(resumed), best)
+        found = trainer.strategy.broadcast(found, src=0)
+        if found == "missing":
+            # The weights of the best validation are gone (only last.ckpt was copied): best.ckpt
+            # and best_val_miou start again from the validations of this run.
+            if trainer.is_global_zero:
+                print(
+                    f"note: no best.ckpt of step {self.best_step} (mIoU {best:.2f}) next to "
+                    f"{trainer.ckpt_path}; best.ckpt and best_val_miou restart from here",
+                    flush=True,
+                )
+            pl_module.best_miou = -math.inf
+            self.best_step = None
+        elif found is not None:
+            self._copy(Path(found), self.best_path, trainer)
+
+    def _find_best(self, resumed: Path, best: float) -> str | None:
+        """None when best.ckpt is right already, else the file to copy there, or "missing"."""
+        if _holds_best(self.best_path, self.best_step, best):
+            return None
+        if peek(resumed).get("global_step") == self.best_step:  # saved right after it: the one
+            return str(resumed)
+        sibling = resumed.parent / BEST
+        if sibling != self.best_path and _holds_best(sibling, self.best_step, best):
+            return str(sibling)
+        return "missing"
+
+
+def _holds_best(path: Path, step: int, best: float) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        saved = peek(path)
+    except Exception:  # a foreign or broken file is not it
+        return False
+    return saved.get("global_step") == step and saved.get("semiseg", {}).get("best_miou") == best
 
 
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -149,3 +366,33 @@ def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
             f"resume={resume}: no checkpoint there; give a .ckpt file, a run directory, or auto"
         )
     return path
+
+
+# Keys of the run config that make a run what it is: resuming with other values would continue
+# another experiment under this one's name.
+IDENTITY_KEYS = ("method", "model", "dataset.name", "split", "seed")
+
+
+def config_mismatch(saved: dict, current: dict) -> list[str]:
+    """The identity keys (dotted, down to the leaves) whose values differ, as `key=saved/now`."""
+    differences: list[str] = []
+    for key in IDENTITY_KEYS:
+        _compare(key, _lookup(saved, key), _lookup(current, key), differences)
+    return differences
+
+
+def _lookup(cfg: dict, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _compare(key: str, saved, current, out: list[str]) -> None:
+    if key in ("model.pretrained", "model.pretrained_dir"):
+        return  # only the initial weights: the checkpoint replaces them
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for sub in sorted(saved.keys() | current.keys(), key=str):
+            _compare(f"{key}.{sub}", saved.get(sub), current.get(sub), out)
+    elif str(saved) != str(current):
+        out.append(f"{key}={saved} there, {current} here")

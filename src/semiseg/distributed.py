@@ -12,16 +12,21 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset, DistributedSampler
 
 from semiseg.errors import ConfigError
 
+T = TypeVar("T")
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
@@ -114,6 +119,58 @@ def shared_run_dir(out: Path) -> Path:
 
             shutil.rmtree(out, ignore_errors=True)
     return shared
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def in_rank_order(work: Callable[[], T]) -> T:
+    """`work()` on rank 0, then on every other node's local rank 0, then on the remaining ranks:
+    what the first one writes (toy data, generated splits) the others find done, and no two
+    processes write the same files at once, on shared or node-local disks. An error is raised
+    on every rank after all turns (the others meet it on their own turn, or find it fixed)."""
+    if _world() == 1:
+        return work()
+    rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
+    turn = 0 if rank == 0 else 1 if local_rank == 0 else 2
+    result, error = None, None
+    for current in range(3):
+        if current == turn:
+            try:
+                result = work()
+            except Exception as err:  # raised after the barriers, so no rank waits for ever
+                error = err
+        dist.barrier()
+    if error is not None:
+        raise error
+    return result
+
+
+def from_rank_zero(decide: Callable[[], T]) -> T:
+    """Rank 0's `decide()` on every rank (its error, too: raised on every rank)."""
+    if _world() == 1:
+        return decide()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (decide(), None)
+        except Exception as err:
+            box[0] = (None, err)
+    dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: torchrun and SLURM signal the whole process group, and
+    the main process needs its workers for the batch it fetches before it stops (it ends them
+    itself; they also leave when it dies). Lightning's seeding of workers is kept."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)  # the rank is this process's, as Lightning's own
 
 
 def seed_process(seed: int) -> None:

@@ -12,8 +12,12 @@ class ConfigError(ValueError):
     """A configuration value that cannot work."""
 
 
+class FaultError(RuntimeError):
+    """A fault outside the code that stops a run (a full disk): one line, exit status 1."""
+
+
 def exit_on_user_error(main: Callable) -> Callable:
-    """Print user errors as one line and exit 2, instead of a traceback."""
+    """Print user errors as one line and exit 2 (faults: exit 1), instead of a traceback."""
     from hydra.errors import InstantiationException
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
@@ -35,6 +39,9 @@ def exit_on_user_error(main: Callable) -> Callable:
                 raise
             print(f"error: {one_line(err.__cause__)}", file=sys.stderr)
             sys.exit(2)
+        except FaultError as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(1)
         except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
             # a `???` left in the config, e.g. dataset=custom without dataset.root
             found = re.search(r"Missing mandatory value: (\S+)", str(err))

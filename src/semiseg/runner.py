@@ -16,7 +16,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -28,21 +27,26 @@ from semiseg.checkpointing import (
     LAST,
     PREEMPTED_EXIT_CODE,
     AtomicCheckpointIO,
-    LastCheckpoint,
     Preempted,
+    RunCheckpoints,
+    Sigterm,
+    config_mismatch,
+    peek,
     resume_checkpoint,
 )
 from semiseg.dashboards import WandbPanels
 from semiseg.data.datamodule import build_val_dataset, load_class_names
-from semiseg.data.splits import split_name
+from semiseg.data.splits import SplitError, split_name
 from semiseg.distributed import (
     RankSeed,
+    from_rank_zero,
+    in_rank_order,
     init_process_group,
     launched_by_torchrun,
     resolve_devices,
     shared_run_dir,
 )
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
 from semiseg.models.encoders import describe_init
@@ -58,7 +62,7 @@ def run_dir() -> Path:
 def build_logger(cfg: DictConfig, resume_from: Path | None, multirun: bool):
     """The experiment logger of `cfg.logger` (or False), with the resolved config as its
     hyperparameters. W&B: grouped by sweep under -m, and a resumed run continues its W&B run.
-    CSV: a resumed run keeps the rows logged before its checkpoint (Lightning would delete them)."""
+    CSV: a resumed run keeps the rows logged before its checkpoint (Lightning deletes the file)."""
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return False
     logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
@@ -69,42 +73,54 @@ def build_logger(cfg: DictConfig, resume_from: Path | None, multirun: bool):
             logger_cfg["group"] = f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
         elif not logger_cfg.get("group"):
             logger_cfg["group"] = logger_cfg.get("job_type")
-        run_id = _peek(resume_from).get("semiseg", {}).get("wandb_run_id") if resume_from else None
+        run_id = peek(resume_from).get("semiseg", {}).get("wandb_run_id") if resume_from else None
         if run_id:
             logger_cfg["id"] = run_id
-    earlier_rows = _csv_rows_before(logger_cfg, resume_from) if resume_from else []
     logger = instantiate(logger_cfg)
+    if resume_from and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
+        _keep_csv_rows(logger, resume_from)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if earlier_rows and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
-        logger.experiment.metrics[:0] = earlier_rows  # written back with the next rows
     return logger
 
 
-def _peek(path: Path) -> dict:
-    """A checkpoint's entries without reading its weights into memory."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+def _keep_csv_rows(logger: CSVLogger, resume_from: Path) -> None:
+    """Keep the metrics.csv rows of the steps before the checkpoint (rows after it are re-run).
 
-
-def _csv_rows_before(logger_cfg: dict, resume_from: Path) -> list[dict]:
-    """The metrics.csv rows of the steps before the checkpoint (rows after it are re-run)."""
-    if not logger_cfg["_target_"].endswith("CSVLogger"):
-        return []
-    version = logger_cfg.get("version")
-    folder = Path(logger_cfg["save_dir"]) / logger_cfg.get("name", "lightning_logs")
-    path = (
-        folder / (version if isinstance(version, str) else f"version_{version}")
-    ) / "metrics.csv"
-    if not path.is_file():
-        return []
-    step = int(_peek(resume_from).get("global_step", 0))
-    with open(path, newline="") as f:
+    Lightning deletes metrics.csv when its writer starts. The rows go to a side file first, synced,
+    and are renamed back right after: a kill at any moment leaves them on disk (in the side file
+    if between the two, where the next resume finds them)."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    side = path.with_name(path.name + ".resume")
+    source = path if path.is_file() else side
+    if not source.is_file():
+        logger.experiment  # noqa: B018 (starts the writer, as log_hyperparams would)
+        return
+    step = int(peek(resume_from).get("global_step", 0))
+    with open(source, newline="") as f:
         rows = list(csv.DictReader(f))
     # Lightning logs a step's values under step index global_step - 1.
-    return [
-        {k: v for k, v in row.items() if v != ""}
-        for row in rows
-        if row.get("step", "") != "" and float(row["step"]) < step
-    ]
+    rows = [r for r in rows if r.get("step", "") != "" and float(r["step"]) < step]
+    header = sorted({k for r in rows for k, v in r.items() if v != ""})
+    if not header:  # nothing logged before the checkpoint
+        logger.experiment  # noqa: B018
+        side.unlink(missing_ok=True)
+        return
+    if source == path:
+        write_csv_atomic(side, header, rows)
+    logger.experiment  # noqa: B018 (Lightning deletes metrics.csv here)
+    os.replace(side, path)
+    logger.experiment.metrics_keys = list(header)  # later rows append under the same header
+
+
+def write_csv_atomic(path: Path, header: list[str], rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
@@ -147,12 +163,17 @@ def check_backbone_init(cfg: DictConfig, verbose: bool = True) -> dict:
 def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     """The data module (set up) and the method's LightningModule around a fresh model.
 
-    Data first: a bad root, split or file list fails here, before any model is built.
+    Data first: a bad root, split or file list fails here, before any model is built. Under
+    torchrun rank 0 generates what is missing (toy data, splits) while the others wait.
     """
     method_cls = get_class(cfg.method._target_)
     datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+
+    def prepare():
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+
+    in_rank_order(prepare)
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
@@ -179,33 +200,52 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig) -> dict:
+    """SIGTERM anywhere in the run ends it with exit status 143: at once during setup, at the
+    next step boundary or validation image once training is set up (see checkpointing)."""
     started = time.time()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with Sigterm() as sigterm:
+        try:
+            return _train_run(cfg, started, multirun, sigterm)
+        except Preempted as stop:
+            if rank_zero_only.rank == 0:
+                where = (
+                    f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+                    if multirun
+                    else f"hydra.run.dir={run_dir()}"
+                )
+                at = f"at step {stop.step}" if stop.step is not None else "during setup"
+                print(
+                    f"preempted: SIGTERM {at}; checkpoint {stop.path}. Continue with the same "
+                    f"command plus resume=auto (and {where})",
+                    flush=True,
+                )
+            finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+
+
+def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm) -> dict:
     cfg.split = split_name(cfg.split)
     trainer_args, own = trainer_arguments(cfg, multirun)
     init_process_group(trainer_args.get("accelerator", "auto"))
     out = shared_run_dir(run_dir())
-    resume_from = resume_checkpoint(cfg.get("resume"), out / "checkpoints")
+    # Rank 0 decides (a requeued job's ranks must not disagree about a file being there).
+    resume_from = from_rank_zero(lambda: resume_checkpoint(cfg.get("resume"), out / "checkpoints"))
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if resume_from:
+        check_same_run(cfg.get("resume"), resume_from, run_config)
     backbone_init = check_backbone_init(cfg)  # before any data is read
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule, module = build_data_and_method(cfg, channels_last=own["channels_last"])
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = run_config
 
     checkpoint_dir = out / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best",
-        monitor=cfg.checkpoint.monitor,
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
+    checkpoints = RunCheckpoints(
+        checkpoint_dir, every_n_steps=own["checkpoint_every"], sigterm=sigterm, started=started
     )
-    last = LastCheckpoint(checkpoint_dir, every_n_steps=own["checkpoint_every"])
     logger = build_logger(cfg, resume_from, multirun)
-    callbacks = [RankSeed(cfg.seed), last, best]
+    callbacks = [RankSeed(cfg.seed), checkpoints]
     if isinstance(logger, WandbLogger):
         callbacks.append(WandbPanels(num_images=int(cfg.logger.get("panel_images", 4))))
     trainer = instantiate(
@@ -219,22 +259,22 @@ def _train(cfg: DictConfig) -> dict:
     if resume_from and trainer.is_global_zero:
         print(f"resuming from {resume_from}")
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except Preempted as stop:
-        if trainer.is_global_zero:
-            where = (
-                f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"
-                if multirun
-                else f"hydra.run.dir={out}"
-            )
-            print(
-                f"preempted: SIGTERM at step {stop.step}; checkpoint {stop.path}. Continue with "
-                f"the same command plus resume=auto (and {where})",
-                flush=True,
-            )
-        finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    validate_final_weights(trainer, module, datamodule, checkpoint_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SplitError as err:  # an image found unreadable when loaded
+        if checkpoints.saved_on_error is None:
+            raise
+        raise SplitError(
+            f"{one_line(err)}; {checkpoints.path} holds step {checkpoints.saved_on_error}: fix "
+            "or replace the file, then continue with the same command plus resume=auto"
+        ) from None
+    if resume_from:  # a run resumed at its last step trains nothing: best.ckpt is settled here
+        checkpoints.settle_best(trainer, module, resume_from)
+    if sigterm.agreed(trainer):  # during the last step: keep it, then stop
+        checkpoints.save(trainer)
+        raise Preempted(trainer.global_step, checkpoints.path)
+    validate_final_weights(trainer, module, datamodule)
+    if sigterm.agreed(trainer):
+        raise Preempted(trainer.global_step, checkpoints.path)
 
     results = {
         "method": cfg.method.name,
@@ -253,7 +293,7 @@ def _train(cfg: DictConfig) -> dict:
         "precision": str(trainer_args.get("precision")),
         "init": backbone_init,
         "resumed_from": str(resume_from) if resume_from else None,
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(checkpoints.elapsed_s(), 1),  # every segment of a resumed run
         "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
     }
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
@@ -273,15 +313,31 @@ def finish_wandb(exit_code: int | None = None) -> None:
         wandb.run.finish(exit_code=exit_code)
 
 
-def validate_final_weights(trainer, module, datamodule, checkpoint_dir: Path) -> None:
+def validate_final_weights(trainer, module, datamodule) -> None:
     """Make the last validation and last.ckpt describe the final weights, also when max_steps
-    is not a multiple of val_check_interval (Lightning then stops without validating)."""
+    is not a multiple of val_check_interval (Lightning then stops without validating).
+    RunCheckpoints writes last.ckpt (and best.ckpt, if better) after it, as after any other."""
     if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
-        best_before = module.best_miou
+        if trainer.is_global_zero:
+            print(f"final validation at step {trainer.global_step}", flush=True)
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        if module.best_miou > best_before:
-            trainer.save_checkpoint(checkpoint_dir / BEST)
-        trainer.save_checkpoint(checkpoint_dir / LAST)
+
+
+def check_same_run(resume, resume_from: Path, run_config: dict) -> None:
+    """Refuse to continue another run's checkpoint (another method, model, dataset, split or
+    seed) under this run's settings."""
+    try:
+        saved = peek(resume_from).get("semiseg", {}).get("config")
+    except Exception as err:
+        raise ConfigError(f"resume={resume}: cannot read {resume_from}: {one_line(err)}") from None
+    if not saved:
+        raise ConfigError(f"resume={resume}: {resume_from} is not a semiseg training checkpoint")
+    differences = config_mismatch(saved, run_config)
+    if differences:
+        raise ConfigError(
+            f"resume={resume}: {resume_from} is another run ({'; '.join(differences)}): use a new "
+            "hydra.run.dir for this one, or resume with the checkpoint's settings"
+        )
 
 
 def scaled_lr(cfg: DictConfig, world_size: int, verbose: bool = True) -> float:
@@ -327,7 +383,12 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(
             f"ckpt_path {path} does not exist: give a .ckpt written by train.py"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a checkpoint, or one carrying code: never run it
+        raise ConfigError(
+            f"ckpt_path {path} cannot be read as a checkpoint: {one_line(err)}"
+        ) from None
     if "semiseg" not in checkpoint or not checkpoint["semiseg"].get("config"):
         raise ConfigError(f"{path} is not a semiseg training checkpoint (no 'semiseg' entry)")
     return checkpoint

@@ -23,6 +23,7 @@ from semiseg.data import toy
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import SplitError
+from semiseg.distributed import worker_init
 from semiseg.errors import ConfigError
 
 EPOCH_LENGTHS = ("reference", "unlabeled")
@@ -150,6 +151,7 @@ class SemiSegDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=False,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,  # workers outlive a SIGTERM to the process group
         )
 
     def _distributed_sampler(self, dataset, stream: int) -> DistributedSampler | None:
@@ -195,4 +197,5 @@ class SemiSegDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,
         )
