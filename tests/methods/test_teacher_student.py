@@ -1,0 +1,135 @@
+"""The teacher-student foundation in a real Trainer: the EMA teacher follows every optimizer step
+that changed the weights (and none the GradScaler skipped), stays out of the optimizer, and is the
+network validated; each method trains end to end through train.py and eval.py."""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import MixedPrecision
+from test_clipping import TinyNet, _batches
+from torch.utils.data import DataLoader
+
+from semiseg.methods.teacher_student import TeacherStudentModule
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli import TINY, run_eval, run_script  # noqa: E402
+
+
+class SupervisedTeacherStudent(TeacherStudentModule):
+    """The foundation alone: a plain labeled loss, the teacher updated by the base."""
+
+    def training_losses(self, batch):
+        return {"loss": self.labeled_loss(self.model(batch["image"]), batch["mask"])}
+
+
+class StudentAfterEachStep(Callback):
+    def __init__(self):
+        self.students = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.students.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+
+def _fit(module, steps, **trainer_kwargs):
+    recorder = StudentAfterEachStep()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, DataLoader(_batches(4), batch_size=2))
+    return recorder.students
+
+
+def _module(cls=SupervisedTeacherStudent, alpha=0.99):
+    torch.manual_seed(0)
+    optim = {"lr": 0.1, "lr_multi": 1.0, "momentum": 0.9, "weight_decay": 0.0,
+             "poly_power": 0.9, "clip_grad": None}  # fmt: skip
+    return cls(
+        model=TinyNet(),
+        class_names=["a", "b"],
+        optim=optim,
+        evaluation={"mode": "original"},
+        crop_size=16,
+        ema_alpha=alpha,
+    )
+
+
+def test_teacher_is_the_ema_of_the_students_after_each_step():
+    module = _module()
+    students = _fit(module, steps=3)
+    # decay 0, 1/2, 2/3 (min(1 - 1/(t + 1), 0.99)): worked out step by step
+    key = "backbone.weight"
+    expected = students[0][key]
+    expected = 0.5 * expected + 0.5 * students[1][key]
+    expected = (2 / 3) * expected + (1 / 3) * students[2][key]
+    assert module.ema_updates == 3
+    assert torch.allclose(module.teacher.network.state_dict()[key], expected, atol=1e-6)
+    assert not torch.equal(students[0][key], students[2][key])  # the student did move
+
+
+def test_teacher_stays_out_of_the_optimizer_and_the_graph():
+    module = _module()
+    _fit(module, steps=1)
+    optimized = {id(p) for group in module.optimizers().param_groups for p in group["params"]}
+    teacher = list(module.teacher.parameters())
+    assert teacher and not any(p.requires_grad for p in teacher)
+    assert not optimized & {id(p) for p in teacher}
+    assert module.networks() == {"student": "model", "teacher": "teacher.network"}
+    assert module.eval_network is module.teacher.network  # validated by default, as iMAS/AugSeg
+
+
+def test_no_teacher_update_for_a_step_the_grad_scaler_skipped():
+    class Overflowing(SupervisedTeacherStudent):
+        def training_losses(self, batch):
+            # the first loss x 1e10, x the scaler's initial 1e30: fp16 gradients overflow
+            losses = super().training_losses(batch)
+            return {"loss": losses["loss"] * (1e10 if self.global_step == 0 else 1.0)}
+
+    module = _module(Overflowing)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e30, backoff_factor=1e-40)
+    students = _fit(module, steps=3, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert scaler.get_scale() < 1e30  # the scaler did skip (and backed off)
+    assert torch.equal(students[0]["backbone.weight"], _module().model.backbone.weight)
+    assert module.ema_updates == 2  # steps 2 and 3 only; the ramp starts at the first real one
+    key = "backbone.weight"
+    expected = 0.5 * students[1][key] + 0.5 * students[2][key]
+    assert torch.allclose(module.teacher.network.state_dict()[key], expected, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["meanteacher", "imas", "augseg"])
+def test_method_trains_and_its_teacher_is_evaluated(tmp_path, toy_root, method):
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py", f"method={method}", f"dataset.root={toy_root}", *TINY, "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 3 and results["eval_network"] == "teacher"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["semiseg"]["ema_updates"] == 3
+    assert any(k.startswith("teacher.network.") for k in checkpoint["state_dict"])
+    # eval.py evaluates the teacher by default: the number training reported
+    proc = run_eval(run_dir, tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert evaluated["eval_network"] == "teacher"
+    assert evaluated["val_miou"] == pytest.approx(results["val_miou"], abs=0.01)
+    proc = run_eval(run_dir, tmp_path / "eval_student", "eval.model=student")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student = json.loads((tmp_path / "eval_student" / "results.json").read_text())
+    assert student["eval_network"] == "student"
