@@ -35,7 +35,7 @@ format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-compare: setup  ## supervised vs FixMatch vs UniMatch on one toy split: table + plot in outputs/compare (about 25 min)
+compare: setup  ## methods on one toy split (ARGS="methods=supervised,imas,augseg"): table + plot in outputs/compare (3 default methods: about 25 min)
 	$(PY) -m semiseg.compare $(ARGS)
 
 bench: setup  ## time training steps: ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"

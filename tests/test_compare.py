@@ -1,4 +1,4 @@
-from semiseg.compare import DEFAULT_SPLIT, markdown_table, with_defaults
+from semiseg.compare import DEFAULT_SPLIT, markdown_table, split_methods, with_defaults
 
 
 def test_default_split_only_when_none_is_given():
@@ -31,3 +31,12 @@ def test_table_gains_are_against_the_supervised_best():
     # 55.04 - 42.10 = 12.94
     assert table[3] == "| fixmatch | 10 | 1000 | 55.04 | 55.04 | +12.94 | 9.0 min |"
     assert table[4] == "| unimatch | - | - | missing | missing | - | - |"
+
+
+def test_methods_argument_is_taken_out_of_the_overrides():
+    methods, rest = split_methods(["methods=supervised,imas,augseg", "seed=1"], "unimatch")
+    assert methods == ["supervised", "imas", "augseg"] and rest == ["seed=1"]
+    assert split_methods(["seed=1"], "supervised,unimatch") == (
+        ["supervised", "unimatch"],
+        ["seed=1"],
+    )

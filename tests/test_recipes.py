@@ -32,7 +32,10 @@ def test_recipes_match_the_public_code(rows):
         assert row.lr_4 == pytest.approx(ref.lr), where
         assert row.lr_1 == pytest.approx(ref.lr / 4), where  # linear scaling to one device
         assert row.epochs == ref.epochs, where
-        assert row.steps_4 == row.reference_steps, where
+        # 2 GPUs x 8 images and 4 x 4 round the per-GPU share differently: at most a step an epoch
+        assert abs(row.steps_4 - row.reference_steps) <= (0 if ref.gpus == 4 else row.epochs), where
+        for key, ours, theirs in row.checks:  # weight decay, tau, loss weight, EMA decay, OHEM
+            assert ours == pytest.approx(theirs), (*where, key)
         assert row.steps_1 >= 4 * row.steps_4 - 4 * row.epochs, where
 
 

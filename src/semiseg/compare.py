@@ -1,7 +1,9 @@
 """Train supervised, FixMatch and UniMatch on the same split, seed and step budget, then write a
 Markdown table and a plot of val mIoU over steps.
 
-    python -m semiseg.compare [--out DIR] [--methods supervised,fixmatch,unimatch] [OVERRIDES ...]
+    python -m semiseg.compare [--out DIR] [methods=supervised,fixmatch,unimatch] [OVERRIDES ...]
+
+`methods=` (or `--methods`) lists any of supervised, fixmatch, unimatch, meanteacher, imas, augseg.
 
 Any train.py override can follow (e.g. split=20 trainer.max_steps=300). The runs go through
 train.py itself (Hydra multirun, one after another), so they are exactly what a user would run.
@@ -26,6 +28,18 @@ def with_defaults(overrides: list[str]) -> list[str]:
     if any(o.lstrip("+~").startswith("split=") for o in overrides):
         return list(overrides)
     return [f"split={DEFAULT_SPLIT}", *overrides]
+
+
+def split_methods(overrides: list[str], default: str) -> tuple[list[str], list[str]]:
+    """(methods, the other overrides): `methods=a,b` is this command's own argument."""
+    methods = default
+    rest = []
+    for item in overrides:
+        if item.startswith("methods="):
+            methods = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return [m for m in methods.split(",") if m], rest
 
 
 def run_sweep(out: Path, methods: list[str], overrides: list[str]) -> None:
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="supervised,fixmatch,unimatch")
     parser.add_argument("--report-only", action="store_true", help="only rebuild table and plot")
     args, overrides = parser.parse_known_args(argv)
-    methods = args.methods.split(",")
+    methods, overrides = split_methods(overrides, args.methods)
     out = args.out.resolve()
     if not args.report_only:
         run_sweep(out, methods, with_defaults(overrides))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from semiseg.data.splits import split_folders
 from semiseg.models.encoders import imagenet_file
@@ -30,6 +31,8 @@ PASCAL_CLASSIC = ["92", "183", "366", "732", "1464"]
 PASCAL_BLENDED = ["1/16", "1/8", "1/4", "u2pl_1_16", "u2pl_1_8", "u2pl_1_4"]
 CITYSCAPES = ["1/30", "1/16", "1/8", "1/4", "1/2"]
 COCO = ["1/512", "1/256", "1/128", "1/64", "1/32"]
+PASCAL_U2PL = ["u2pl_1_16", "u2pl_1_8", "u2pl_1_4"]
+CITYSCAPES_HALVES = ["1/16", "1/8", "1/4", "1/2"]
 
 # experiment -> the official splits shown for it
 EXPERIMENTS = {
@@ -45,6 +48,12 @@ EXPERIMENTS = {
     "unimatch_coco": COCO,
     "fixmatch_coco": COCO,
     "supervised_coco": COCO,
+    "augseg_pascal": PASCAL_CLASSIC,
+    "augseg_pascal_blended": PASCAL_U2PL,
+    "augseg_cityscapes": CITYSCAPES_HALVES,
+    "imas_pascal": PASCAL_CLASSIC,
+    "imas_pascal_blended": PASCAL_U2PL,
+    "imas_cityscapes": CITYSCAPES_HALVES,
 }
 
 
@@ -60,6 +69,8 @@ class Reference:
     lr: float
     epochs: int
     over_labeled: bool = False  # supervised.py: an epoch is one pass over the labeled list
+    weight_decay: float = 1e-4
+    hyper: tuple = ()  # (config key, public value) pairs the test checks too
 
     def steps(self, n_labeled: int, n_unlabeled: int) -> int:
         # DistributedSampler gives each GPU ceil(n / gpus) images; the loader drops the last
@@ -68,19 +79,55 @@ class Reference:
         return self.epochs * (math.ceil(n / self.gpus) // self.batch)
 
 
+# The public iMAS and AugSeg runs (U2PL code base): their configs and training logs; iMAS's
+# Pascal values are the paper's (its repository publishes Cityscapes configs only).
+TEACHER_STUDENT = {
+    ("augseg", "pascal"): Reference(
+        "resnet101", "resnet101.pth", 513, 8, 2, 0.001, 80,
+        hyper=(("method.tau", 0.95), ("method.weight_u", 1.0), ("method.ema_alpha", 0.999)),
+    ),
+    ("augseg", "cityscapes"): Reference(
+        "resnet101", "resnet101.pth", 800, 4, 4, 0.01, 240, weight_decay=5e-4,
+        hyper=(("method.tau", 0.0), ("method.weight_u", 1.0), ("method.ema_alpha", 0.996),
+               ("dataset.labeled_loss.min_kept", 100000)),
+    ),
+    ("imas", "pascal"): Reference(
+        "resnet101", "resnet101.pth", 513, 4, 4, 0.001, 80,
+        hyper=(("method.tau", 0.95), ("method.weight_u", 3.0), ("method.ema_alpha", 0.996)),
+    ),
+    ("imas", "cityscapes"): Reference(
+        "resnet50", "resnet50.pth", 769, 4, 4, 0.01, 240, weight_decay=5e-4,
+        hyper=(("method.tau", 0.7), ("method.weight_u", 3.0), ("method.ema_alpha", 0.996),
+               ("dataset.labeled_loss.min_kept", 100000)),
+    ),
+}  # fmt: skip
+
+
 def _reference(experiment: str, split: str) -> Reference:
-    dataset = experiment.split("_", 1)[1].removesuffix("_blended")
-    supervised = experiment.startswith("supervised")
+    method, dataset = experiment.split("_", 1)
+    dataset = dataset.removesuffix("_blended")
+    if method in ("imas", "augseg"):
+        return TEACHER_STUDENT[(method, dataset)]
+    supervised = method == "supervised"
     # The public README: the supervised baseline doubles the batch (no lr change).
     batch = 4 if supervised else 2
+    tau = () if supervised else (("method.tau", 0.0 if dataset == "cityscapes" else 0.95),)
     if dataset == "pascal":
         if split.startswith("u2pl_"):  # U2PL's splits: logs show crop 513 on 2 GPUs x 4 images
-            return Reference("resnet101", "resnet101.pth", 513, 2 * batch, 2, 0.001, 80, supervised)
-        return Reference("resnet101", "resnet101.pth", 321, batch, 4, 0.001, 80, supervised)
+            return Reference(
+                "resnet101", "resnet101.pth", 513, 2 * batch, 2, 0.001, 80, supervised, hyper=tau
+            )
+        return Reference(
+            "resnet101", "resnet101.pth", 321, batch, 4, 0.001, 80, supervised, hyper=tau
+        )
     if dataset == "cityscapes":
-        return Reference("resnet101", "resnet101.pth", 801, batch, 4, 0.005, 240, supervised)
+        return Reference(
+            "resnet101", "resnet101.pth", 801, batch, 4, 0.005, 240, supervised, hyper=tau
+        )
     if dataset == "coco":
-        return Reference("xception", "xception.pth", 513, batch, 4, 0.004, 30, supervised)
+        return Reference(
+            "xception", "xception.pth", 513, batch, 4, 0.004, 30, supervised, hyper=tau
+        )
     raise KeyError(experiment)
 
 
@@ -99,6 +146,7 @@ class Row:
     steps_4: int
     reference: Reference
     reference_steps: int
+    checks: tuple = ()  # (key, ours, public) for the reference's weight decay and `hyper` keys
 
 
 def _steps(epochs: int, n: int, devices: int, batch: int) -> int:
@@ -139,6 +187,10 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
         str(model.pretrained), str(model.pretrained)
     )
     reference = _reference(experiment, split)
+    checks = tuple(
+        (key, OmegaConf.select(cfg, key), value)
+        for key, value in (("optim.weight_decay", reference.weight_decay), *reference.hyper)
+    )
     return Row(
         experiment=experiment,
         split=split,
@@ -153,6 +205,7 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
         steps_4=_steps(epochs, n, 4, batch),
         reference=reference,
         reference_steps=reference.steps(n_labeled, n_unlabeled),
+        checks=checks,
     )
 
 
