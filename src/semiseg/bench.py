@@ -101,6 +101,7 @@ def main(overrides: list[str]) -> dict:
         _sync(device)
         t3 = time.perf_counter()
         optimizer.step()
+        module.after_optimizer_step()  # e.g. a teacher's EMA update: part of the step's cost
         _sync(device)
         t4 = time.perf_counter()
         if step >= bench["warmup"]:

@@ -35,7 +35,7 @@ class StudentAfterEachStep(Callback):
         self.students.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
 
 
-def _fit(module, steps, **trainer_kwargs):
+def _fit(module, steps, ckpt_path=None, callbacks=(), **trainer_kwargs):
     recorder = StudentAfterEachStep()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -46,10 +46,10 @@ def _fit(module, steps, **trainer_kwargs):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[recorder],
+        callbacks=[recorder, *callbacks],
         **trainer_kwargs,
     )
-    trainer.fit(module, DataLoader(_batches(4), batch_size=2))
+    trainer.fit(module, DataLoader(_batches(4), batch_size=2), ckpt_path=ckpt_path)
     return recorder.students
 
 
@@ -133,3 +133,25 @@ def test_method_trains_and_its_teacher_is_evaluated(tmp_path, toy_root, method):
     assert proc.returncode == 0, proc.stderr[-3000:]
     student = json.loads((tmp_path / "eval_student" / "results.json").read_text())
     assert student["eval_network"] == "student"
+
+
+class SaveAt(Callback):
+    def __init__(self, step, path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_resume_continues_the_teacher_exactly(tmp_path):
+    # Saved at the end of the first epoch (4 batches): the resumed run sees the same batches.
+    uninterrupted = _module()
+    _fit(uninterrupted, steps=6, callbacks=[SaveAt(4, tmp_path / "step4.ckpt")])
+    resumed = _module()
+    _fit(resumed, steps=6, ckpt_path=str(tmp_path / "step4.ckpt"))
+    assert resumed.ema_updates == uninterrupted.ema_updates == 6  # the ramp went on from t = 4
+    for network in ("model", "teacher.network"):
+        expected = uninterrupted.get_submodule(network).state_dict()
+        for key, value in resumed.get_submodule(network).state_dict().items():
+            assert torch.equal(value, expected[key]), (network, key)

@@ -51,7 +51,8 @@ class TeacherStudentModule(SemiSegModule):
     def after_optimizer_step(self) -> None:
         decay = self.teacher.update(self.model, self.ema_updates)
         self.ema_updates += 1
-        self.log("train/ema_decay", decay, on_step=True, on_epoch=False, batch_size=1)
+        if self._trainer is not None:  # make bench runs the step without a Trainer
+            self.log("train/ema_decay", decay, on_step=True, on_epoch=False, batch_size=1)
 
     @torch.no_grad()
     def teacher_pseudo_labels(self, weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
