@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot work."""
 
 
+class NonFiniteError(ConfigError):
+    """NaN or inf losses or weights: most often a learning rate too high for the batch."""
+
+
 def exit_on_user_error(main: Callable) -> Callable:
     """Print user errors as one line and exit 2, instead of a traceback."""
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
