@@ -87,6 +87,7 @@ def test_stream_shorter_than_a_batch_is_refused(toy_root, tmp_path, capsys, monk
     assert len(dm.train_dataloader()["labeled"]) == 1
 
 
+@pytest.mark.slow
 def test_train_py_refuses_a_split_smaller_than_a_batch(toy_root, tmp_path):
     labeled, unlabeled, val = _toy_lists(toy_root)
     tiny = _splits(tmp_path / "splits", labeled[:1], unlabeled[:1], val[:2])

@@ -3,7 +3,10 @@ training in one line, and no checkpoint is written with non-finite weights."""
 
 import csv
 import os
+import subprocess
+import sys
 
+import pytest
 import torch
 from cli import REPO, TINY, run_script
 
@@ -28,6 +31,7 @@ def _one_line_error(proc) -> str:
     return proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_is_skipped_and_the_run_goes_on(tmp_path, toy_root):
     proc = _train(
         tmp_path, toy_root, *POISONED, "+method.poison_batches=[1]", "trainer.log_every_n_steps=1"
@@ -53,6 +57,7 @@ def test_a_nan_loss_is_skipped_and_the_run_goes_on(tmp_path, toy_root):
     assert counts and max(counts) == 1.0
 
 
+@pytest.mark.slow
 def test_nan_losses_in_a_row_stop_the_run_in_one_line(tmp_path, toy_root):
     proc = _train(
         tmp_path,
@@ -69,6 +74,7 @@ def test_nan_losses_in_a_row_stop_the_run_in_one_line(tmp_path, toy_root):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_no_checkpoint_is_written_with_non_finite_weights(tmp_path, toy_root):
     # A weight decay near float32's limit: the first step (its loss finite) sends every
     # BatchNorm weight (1.0) to -inf; the periodic save after it must refuse them.
@@ -85,3 +91,30 @@ def test_no_checkpoint_is_written_with_non_finite_weights(tmp_path, toy_root):
     assert line.startswith("error: refusing to write a checkpoint at step 1: model.")
     assert "holds NaN or inf" in line
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_under_ddp_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path, toy_root):
+    # Rank 1 alone sees the NaN: if rank 0 stepped while rank 1 skipped, rank 0's backward would
+    # wait forever for rank 1's gradients (the timeout below ends it).
+    path = os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["train.py", "trainer=ddp", f"dataset.root={toy_root}", *TINY, f"hydra.run.dir={run}"]
+        + [*POISONED, "+method.poison_batches=[1]", "+method.poison_rank=1"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    # printed by rank 0, whose own loss was finite
+    assert "step 1: loss " in proc.stdout and "step skipped (1 in a row, 1 in all)" in proc.stdout
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    assert all(
+        v.isfinite().all() for v in checkpoint["state_dict"].values() if v.is_floating_point()
+    )
