@@ -12,7 +12,7 @@ from tqdm import tqdm
 from semiseg.data.splits import Sample, SplitError, SplitFiles
 
 SHOWN = 3  # examples named in a message
-SCAN_BAR_FROM = 500  # images; shorter scans take a moment and show no progress bar
+SCAN_BAR_FROM = 2000  # files; shorter scans take a moment and show no progress bar
 
 
 def world_size() -> int:

@@ -138,7 +138,7 @@ class SemiSegModule(L.LightningModule):
                 buffer.copy_(before)
         self.nonfinite_steps += 1
         self.nonfinite_in_a_row += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, batch_size=1)
         limit = int(self.optim_cfg.get("max_nonfinite_steps") or 0)
         self.print(
             f"step {self.global_step}: loss {float(loss.detach())} (on this or another rank): "
