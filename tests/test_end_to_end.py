@@ -96,6 +96,28 @@ def test_eval_matches_training_and_saves_predictions(supervised_run, toy_root, t
         assert np.array(pred).max() < len(results["per_class_iou"])
 
 
+def test_predictions_of_images_with_the_same_name_keep_apart(supervised_run, toy_root, tmp_path):
+    run_dir, _ = supervised_run
+    val = read_list(toy_root / "splits" / "val.txt", require_mask=True)
+    root = tmp_path / "root"
+    lines = []
+    for folder, sample in zip(("city_a", "city_b"), val[:2], strict=True):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "x.png").write_bytes((toy_root / sample.image).read_bytes())
+        (root / folder / "x_mask.png").write_bytes((toy_root / sample.mask).read_bytes())
+        lines.append(f"{folder}/x.png {folder}/x_mask.png\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("".join(lines))
+    eval_dir = tmp_path / "eval"
+    proc = run_eval(run_dir, eval_dir, f"dataset.root={root}")  # splits_dir moves with it
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = sorted(p.relative_to(eval_dir / "predictions") for p in eval_dir.rglob("*.png"))
+    assert [p.as_posix() for p in predictions] == ["city_a/x.png", "city_b/x.png"]
+    for folder, sample in zip(("city_a", "city_b"), val[:2], strict=True):
+        pred = Image.open(eval_dir / "predictions" / folder / "x.png")
+        assert pred.size == Image.open(toy_root / sample.image).size
+
+
 @pytest.mark.parametrize(
     "method, terms",
     [

@@ -73,6 +73,40 @@ def test_report_table_with_failed_and_missing_runs(tmp_path):
     assert (sweep / "report.png").stat().st_size > 1000
 
 
+def test_runs_differing_in_other_overrides_are_not_merged(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    best = {("0.9", 0): 50.0, ("0.9", 1): 52.0, ("0.95", 0): 60.0, ("0.95", 1): 64.0}
+    for n, ((tau, seed), value) in enumerate(best.items()):
+        # where the data lives and how the job was resumed do not make another run
+        extra = [f"dataset.root=/disk{seed}"] + (["resume=auto"] if seed else [])
+        overrides = ["method=unimatch", "split=10", f"seed={seed}", f"method.tau={tau}", *extra]
+        _job(sweep, f"{n}", overrides, _results("unimatch", "10", seed, value))
+    # a sweep over the encoder of the supervised baseline
+    _job(sweep, "r18", ["method=supervised", "split=10", "seed=0", "model.encoder=resnet18"],
+         _results("supervised", "10", 0, 30.0))  # fmt: skip
+    _job(sweep, "r50", ["method=supervised", "split=10", "seed=0", "model.encoder=resnet50"],
+         _results("supervised", "10", 0, 40.0))  # fmt: skip
+
+    markdown = report(sweep)
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| method | method.tau | model.encoder | 10 |"
+    assert lines[1:] == [
+        "| supervised | default | resnet18 | 30.00 (1/2; seed 1 missing) |",
+        "| supervised | default | resnet50 | 40.00 (1/2; seed 1 missing) |",
+        "| unimatch | 0.9 | default | 51.00 ± 1.41 |",
+        "| unimatch | 0.95 | default | 62.00 ± 2.83 |",
+    ]
+    with open(sweep / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["method.tau"], r["model.encoder"], r["mean"]) for r in rows] == [
+        ("supervised", "default", "resnet18", "30.0"),
+        ("supervised", "default", "resnet50", "40.0"),
+        ("unimatch", "0.9", "default", "51.0"),
+        ("unimatch", "0.95", "default", "62.0"),
+    ]
+
+
 def test_report_of_an_empty_folder_fails_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "semiseg.report", str(tmp_path)],

@@ -16,6 +16,10 @@ class FaultError(RuntimeError):
     """A fault outside the code that stops a run (a full disk): one line, exit status 1."""
 
 
+class NonFiniteError(ConfigError):
+    """NaN or inf losses or weights: most often a learning rate too high for the batch."""
+
+
 def exit_on_user_error(main: Callable) -> Callable:
     """Print user errors as one line and exit 2 (faults: exit 1), instead of a traceback."""
     from hydra.errors import InstantiationException

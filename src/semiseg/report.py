@@ -8,6 +8,11 @@ outputs/) and writes, next to them or into --out:
 - report.csv: the same numbers, one row per method and split, with the seeds behind them;
 - report.png: mIoU against the labeled count, one line per method, the std as error bars.
 
+Runs that differ in any other override (their `.hydra/overrides.yaml`, e.g. a sweep over
+method.tau or model.encoder) are not merged: each value gets its own row, and the override is a
+column of the table. Overrides that cannot change the result (paths, logging, workers, resume)
+are not compared.
+
 A run is a folder with Hydra's `.hydra/` record. One with a results.json holding a validation
 counts; one without (it failed, or has not finished) is listed as failed. When the sweep's
 multirun.yaml names the grid (method=..., split=..., seed=...), combinations that never started
@@ -27,6 +32,17 @@ from pathlib import Path
 import yaml
 
 GRID_KEYS = ("dataset", "method", "split", "seed")
+# Overrides that do not change what is trained: runs differing only in these are the same run.
+NOT_COMPARED = (
+    "resume",
+    "dataset.root",
+    "data.num_workers",
+    "logger",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every",
+)
+NOT_COMPARED_PREFIXES = ("hydra.", "logger.")
 METRIC_NAMES = {"best_val_miou": "best val mIoU", "val_miou": "last val mIoU"}
 
 
@@ -39,6 +55,8 @@ class Run:
     value: float | None  # None: failed or unfinished
     path: Path
     mtime: float = 0.0
+    overrides: dict[str, str] = field(default_factory=dict)
+    variant: tuple[str, ...] = ()  # values of the overrides that vary within the folder
 
 
 @dataclass
@@ -69,6 +87,7 @@ def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
         config = _load_yaml(hydra_dir / "config.yaml") or {}
         if "ckpt_path" in config:  # an eval.py run
             continue
+        overrides = _overrides(hydra_dir)
         results_path = run_dir / "results.json"
         results = _load_json(results_path) if results_path.is_file() else None
         if results is not None and "best_val_miou" in results:
@@ -86,17 +105,40 @@ def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
                 value=None if value is None else float(value),
                 path=run_dir,
                 mtime=mtime,
+                overrides=overrides,
             )
         )
+    keys = varying_keys(runs)
+    for run in runs:
+        run.variant = tuple(run.overrides.get(k, "default") for k in keys)
     return runs
+
+
+def _overrides(hydra_dir: Path) -> dict[str, str]:
+    """A job's command-line overrides, key -> value (`+key=v` as key, `~key` as deleted)."""
+    overrides = {}
+    for item in _load_yaml(hydra_dir / "overrides.yaml") or []:
+        key, _, value = str(item).partition("=")
+        overrides[key.lstrip("+~")] = "deleted" if key.startswith("~") else value
+    return overrides
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """The overrides, other than the grid keys, whose value is not the same in every run."""
+    keys = sorted({k for run in runs for k in run.overrides})
+    return [
+        k
+        for k in keys
+        if k not in GRID_KEYS
+        and k not in NOT_COMPARED
+        and not k.startswith(NOT_COMPARED_PREFIXES)
+        and len({run.overrides.get(k) for run in runs}) > 1
+    ]
 
 
 def _job_identity(hydra_dir: Path, config: dict) -> dict:
     """dataset, method, split and seed of a run without results: its overrides, else its config."""
-    overrides = {}
-    for item in _load_yaml(hydra_dir / "overrides.yaml") or []:
-        key, _, value = str(item).lstrip("+~").partition("=")
-        overrides[key] = value
+    overrides = _overrides(hydra_dir)
     method = overrides.get("method") or (config.get("method") or {}).get("name", "?")
     dataset = overrides.get("dataset") or (config.get("dataset") or {}).get("name", "?")
     split = overrides.get("split") or _resolve_split(hydra_dir / "config.yaml")
@@ -152,10 +194,12 @@ def _load_json(path: Path) -> dict | None:
 
 # ---------------------------------------------------------------------------- the table
 def build_table(runs: list[Run], grid: dict[str, list[str]]) -> dict[str, dict]:
-    """{dataset: {"methods": [...], "splits": [...], "cells": {(method, split): Cell}}}."""
+    """{dataset: {"keys": [...], "rows": [...], "splits": [...], "cells": {(row, split): Cell}}};
+    a row is (method, values of the varying `keys`)."""
+    keys = varying_keys(runs)
     latest: dict[tuple, Run] = {}
     for run in runs:  # a finished run beats a failed one; a later one beats an earlier one
-        key = (run.dataset, run.method, run.split, run.seed)
+        key = (run.dataset, (run.method, run.variant), run.split, run.seed)
         old = latest.get(key)
         if old is None or (run.value is not None, run.mtime) > (old.value is not None, old.mtime):
             latest[key] = run
@@ -166,21 +210,31 @@ def build_table(runs: list[Run], grid: dict[str, list[str]]) -> dict[str, dict]:
         methods = _ordered(grid.get("method"), [r.method for r in mine])
         splits = _ordered(grid.get("split"), [r.split for r in mine], numeric=True)
         seeds = _ordered(grid.get("seed"), [r.seed for r in mine], numeric=True)
+        found = sorted({(r.method, r.variant) for r in mine}, key=lambda row: row[1])
+        rows = []
+        for method in methods:  # a method of the grid that never ran still gets its row
+            rows += [row for row in found if row[0] == method] or [(method, ("",) * len(keys))]
         cells = {}
-        for method in methods:
+        for row in rows:
             for split in splits:
                 cell = Cell()
                 for seed in seeds:
-                    run = latest.get((dataset, method, split, seed))
+                    run = latest.get((dataset, row, split, seed))
                     if run is None:
                         cell.missing.append(seed)
                     elif run.value is None:
                         cell.failed.append(seed)
                     else:
                         cell.values[seed] = run.value
-                cells[(method, split)] = cell
-        tables[dataset] = {"methods": methods, "splits": splits, "cells": cells}
+                cells[(row, split)] = cell
+        tables[dataset] = {"keys": keys, "rows": rows, "splits": splits, "cells": cells}
     return tables
+
+
+def row_label(table: dict, row: tuple) -> str:
+    """The method, and the varying overrides of its row (`unimatch method.tau=0.9`)."""
+    method, values = row
+    return " ".join([method, *(f"{k}={v}" for k, v in zip(table["keys"], values, strict=True))])
 
 
 def _ordered(first: list[str] | None, found: list[str], numeric: bool = False) -> list[str]:
@@ -223,23 +277,25 @@ def to_markdown(tables: dict[str, dict], metric: str) -> str:
             f"**{dataset}**: {METRIC_NAMES[metric]} (%), mean ± std over {seeds} seed(s) "
             "(sample std; one value: no std)",
             "",
-            "| method | " + " | ".join(table["splits"]) + " |",
-            "|---|" + "---|" * len(table["splits"]),
+            "| " + " | ".join(["method", *table["keys"], *table["splits"]]) + " |",
+            "|---|" + "---|" * (len(table["keys"]) + len(table["splits"])),
         ]
-        for method in table["methods"]:
-            row = [cell_text(table["cells"][(method, s)]) for s in table["splits"]]
-            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        for method, values in table["rows"]:
+            row = [cell_text(table["cells"][((method, values), s)]) for s in table["splits"]]
+            lines.append("| " + " | ".join([method, *values, *row]) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def write_csv(tables: dict[str, dict], path: Path) -> None:
+    keys = next(iter(tables.values()))["keys"] if tables else []  # the same for every dataset
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
                 "dataset",
                 "method",
+                *keys,
                 "split",
                 "mean",
                 "std",
@@ -252,13 +308,14 @@ def write_csv(tables: dict[str, dict], path: Path) -> None:
             ]
         )
         for dataset, table in tables.items():
-            for method in table["methods"]:
+            for method, values in table["rows"]:
                 for split in table["splits"]:
-                    cell = table["cells"][(method, split)]
+                    cell = table["cells"][((method, values), split)]
                     writer.writerow(
                         [
                             dataset,
                             method,
+                            *values,
                             split,
                             "" if cell.mean is None else round(cell.mean, 4),
                             "" if cell.std is None else round(cell.std, 4),
@@ -283,11 +340,11 @@ def plot(tables: dict[str, dict], path: Path, metric: str) -> None:
         splits = table["splits"]
         numeric = all(_sort_key(s)[0] == 0 for s in splits)
         xs = [float(s) for s in splits] if numeric else list(range(len(splits)))
-        for method in table["methods"]:
+        for row in table["rows"]:
             points = [
-                (x, table["cells"][(method, s)])
+                (x, table["cells"][(row, s)])
                 for x, s in zip(xs, splits, strict=True)
-                if table["cells"][(method, s)].values
+                if table["cells"][(row, s)].values
             ]
             if not points:
                 continue
@@ -297,7 +354,7 @@ def plot(tables: dict[str, dict], path: Path, metric: str) -> None:
                 yerr=[c.std or 0.0 for _, c in points],
                 marker="o",
                 capsize=3,
-                label=method,
+                label=row_label(table, row),
             )
         if numeric and len(xs) > 1 and max(xs) / max(min(xs), 1e-9) > 4:
             ax.set_xscale("log")

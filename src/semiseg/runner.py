@@ -9,7 +9,8 @@ import csv
 import os
 import sys
 import time
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath
 
 import lightning as L
 import torch
@@ -371,9 +372,16 @@ def _eval_dataset_config(cfg: DictConfig, trained: dict) -> DictConfig:
     chose_dataset = any(o.split("=", 1)[0].lstrip("+~") == "dataset" for o in overrides)
     dataset = cfg.dataset if chose_dataset else OmegaConf.create(trained["dataset"])
     if not chose_dataset:
-        keys = [o for o in overrides if o.lstrip("+~").startswith("dataset.")]
-        dataset = OmegaConf.merge(dataset, OmegaConf.from_dotlist([k.lstrip("+") for k in keys]))
-        dataset = dataset.dataset if "dataset" in dataset else dataset
+        # `dataset.root=X` sets `root` of the checkpoint's dataset (and keeps its other keys)
+        keys = [o.lstrip("+") for o in overrides if o.lstrip("+~").startswith("dataset.")]
+        keys = [k.removeprefix("dataset.") for k in keys]
+        moved = OmegaConf.from_dotlist(keys)
+        # the checkpoint holds resolved paths: a splits_dir below the old root moves with it
+        old_root, old_splits = str(dataset.get("root", "")), str(dataset.get("splits_dir", ""))
+        if "root" in moved and "splits_dir" not in moved and old_root:
+            if Path(old_splits).is_relative_to(old_root):
+                moved.splits_dir = str(Path(moved.root) / Path(old_splits).relative_to(old_root))
+        dataset = OmegaConf.merge(dataset, moved)
     return dataset
 
 
@@ -435,8 +443,7 @@ def evaluate(cfg: DictConfig) -> dict:
     model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
     confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
     pred_dir = out / "predictions"
-    if cfg.save_predictions:
-        pred_dir.mkdir(parents=True, exist_ok=True)
+    pred_names = prediction_names([s.image for s in dataset.samples])
 
     for index in tqdm(range(len(dataset)), desc=f"eval ({mode})", unit="img"):
         item = dataset[index]
@@ -447,9 +454,9 @@ def evaluate(cfg: DictConfig) -> dict:
         pred = probs.argmax(1).cpu()
         confusion += confusion_matrix(pred, mask, len(class_names))
         if cfg.save_predictions:
-            Image.fromarray(pred[0].to(torch.uint8).numpy(), mode="L").save(
-                pred_dir / f"{item['name']}.png"
-            )
+            path = pred_dir / pred_names[index]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pred[0].to(torch.uint8).numpy(), mode="L").save(path)
 
     ious = iou_per_class(confusion)
     miou = 100.0 * mean_iou(confusion, absent=cfg.eval.absent_class)
@@ -476,6 +483,30 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def prediction_names(images: list[str]) -> list[Path]:
+    """Where each image's prediction goes under predictions/: its path below the folder that
+    all listed images share, as .png (Cityscapes: frankfurt/<name>.png; one folder: <name>.png),
+    so images with the same name in different folders keep apart. Images that differ only in
+    their extension keep it (x.jpg.png)."""
+    paths = [PurePosixPath(os.path.normpath(image).replace(os.sep, "/")) for image in images]
+    try:
+        common = os.path.commonpath([str(p.parent) for p in paths]) if paths else ""
+    except ValueError:  # absolute and relative paths mixed
+        common = ""
+    relative = [p.relative_to(common) if common not in ("", ".") else p for p in paths]
+    # never outside predictions/: no root, no '..'
+    relative = [
+        PurePosixPath(*[part if part != ".." else "_" for part in p.parts if part != "/"])
+        for p in relative
+    ]
+    names = [p.with_suffix(".png") for p in relative]
+    taken = Counter(names)
+    return [
+        Path(name if taken[name] == 1 else p.with_name(p.name + ".png"))
+        for name, p in zip(names, relative, strict=True)
+    ]
 
 
 def format_iou_table(per_class: dict, miou: float) -> str:

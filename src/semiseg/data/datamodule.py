@@ -20,6 +20,7 @@ import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.data import toy
+from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import SplitError
@@ -36,6 +37,7 @@ def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
     spec = DatasetSpec.from_config(dataset)
     spec.check_root()
     files = spec.load_val()
+    scan_images(spec.root, files, spec.check_images)
     reader = spec.mask_reader(num_classes)
     spec.verify_masks(files.val, reader)
     return ValDataset(spec.root, files.val, read_mask=reader)
@@ -103,6 +105,10 @@ class SemiSegDataModule(L.LightningDataModule):
                 f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
                 "semi-supervised methods need unlabeled images; use method=supervised"
             )
+        overlap = check_overlap(files, folder, self.splits_dir / "val.txt")
+        if overlap:
+            note_once(overlap)
+        scan_images(spec.root, files, spec.check_images)
         # Mask values and image/mask sizes: a bounded sample now, every mask again when loaded.
         reader = spec.mask_reader(num_classes)
         spec.verify_masks(files.labeled, reader)
@@ -128,6 +134,11 @@ class SemiSegDataModule(L.LightningDataModule):
                 read_mask=gt_reader,
             )
         self.val_set = ValDataset(self.root, files.val, read_mask=reader)
+        # What the loaders really yield per epoch (the labeled list may be repeated).
+        streams = {"labeled": len(self.labeled_set)}
+        if self.unlabeled_set is not None:
+            streams["unlabeled"] = len(self.unlabeled_set)
+        check_batches(streams, self.batch_size, world_size())
         self.split_folder = folder
         self.files = files
 

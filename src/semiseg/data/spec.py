@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from semiseg.data.checks import drop_missing_unlabeled_masks, note_once
 from semiseg.data.masks import MaskReader
 from semiseg.data.splits import (
     LAYOUT,
@@ -68,6 +69,7 @@ class DatasetSpec:
     image_dir: str = "images"
     mask_dir: str = "masks"
     check_masks: int = 200
+    check_images: int = 5000
     layout: str | None = None
     prepare: str | None = None
 
@@ -198,6 +200,9 @@ class DatasetSpec:
 
     def check_files(self, files: SplitFiles) -> None:
         files.apply_mask_fallback(self.mask_fallback, self.root)
+        dropped = drop_missing_unlabeled_masks(files, self.root)
+        if dropped:
+            note_once(dropped)
         hint = f"if the masks were never built, run: {self.prepare}" if self.prepare else None
         files.check_exists(self.root, hint=hint)
 

@@ -26,11 +26,29 @@ _color_jitter = T.ColorJitter(0.5, 0.5, 0.5, 0.25)
 
 
 def load_image(path: Path) -> Image.Image:
+    """An 8-bit RGB image. 16-bit grayscale is scaled to 0..255 (convert("RGB") would clip every
+    value above 255 to white); an alpha channel is dropped (the colours are the image, as
+    segmentation datasets store them); float images are refused."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
     except OSError as e:
         raise SplitError(f"cannot read image {path}: {e}") from None
+    if img.mode.startswith("I"):
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise SplitError(
+                f"image {path} has values {values.min()}..{values.max()}: only 8- and 16-bit "
+                "images are read; convert it to 8-bit RGB"
+            )
+        # 0..65535 onto 0..255, rounded (65535 / 255 = 257)
+        scaled = (values.astype(np.uint32) + 128) // 257
+        img = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        raise SplitError(
+            f"image {path} holds floating-point values (mode F): convert it to 8-bit RGB"
+        )
+    return img.convert("RGB")
 
 
 def load_mask(path: Path) -> Image.Image:

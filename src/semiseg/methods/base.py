@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, NonFiniteError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
 from semiseg.methods.losses import ohem_ce, supervised_ce
@@ -78,6 +78,10 @@ class SemiSegModule(L.LightningModule):
         self.last_per_class: dict[str, float] = {}
         # The resolved run config, stored in checkpoints so eval.py can rebuild the model.
         self.run_config: dict | None = None
+        # Steps skipped for a NaN or inf loss: in all, and in a row (see optimizer_step_with).
+        self.nonfinite_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._buffers_before: list[Tensor] = []
 
     # ------------------------------------------------------------------ data needs
     @classmethod
@@ -136,12 +140,22 @@ class SemiSegModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
-    def optimizer_step_with(self, loss: Tensor) -> None:
+    def optimizer_step_with(self, loss: Tensor) -> bool:
         """One backward, one SGD step (clipping inside it, see below), then the poly update
-        and, when the step really updated the weights, `after_optimizer_step`."""
+        and, when the step really updated the weights, `after_optimizer_step`.
+
+        A NaN or inf loss (on any rank) is not stepped: no backward, no optimizer step, and the
+        BatchNorm statistics its forwards changed are put back, so the model is exactly as
+        before. The step does not count: global_step and the poly schedule stay where they were
+        and the run still takes trainer.max_steps real steps. Returns whether it stepped.
+        """
         optimizer = self.optimizers()
         iteration = self.global_step  # optimizer steps taken before this one
         optimizer.zero_grad(set_to_none=True)
+        if not self._all_finite(loss):
+            self._skip_step(loss)
+            return False
+        self.nonfinite_in_a_row = 0
         self.manual_backward(loss)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = scaler.get_scale() if scaler is not None else None
@@ -150,9 +164,40 @@ class SemiSegModule(L.LightningModule):
         # The 16-mixed GradScaler skips a step with inf/NaN gradients and lowers its scale.
         if scaler is None or scaler.get_scale() >= scale:
             self.after_optimizer_step()
+        return True
 
     def after_optimizer_step(self) -> None:
         """Called after each optimizer step that changed the weights (e.g. an EMA update)."""
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:  # every rank skips, or none: DDP's steps stay in sync
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        return finite
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # The BatchNorm statistics before this step's forwards, for a skipped step to restore.
+        self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
+
+    def _skip_step(self, loss: Tensor) -> None:
+        with torch.no_grad():
+            for buffer, before in zip(self.model.buffers(), self._buffers_before, strict=True):
+                buffer.copy_(before)
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, batch_size=1)
+        limit = int(self.optim_cfg.get("max_nonfinite_steps") or 0)
+        self.print(
+            f"step {self.global_step}: loss {float(loss.detach())} (on this or another rank): "
+            f"step skipped ({self.nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all)"
+        )
+        if limit and self.nonfinite_in_a_row >= limit:
+            raise NonFiniteError(
+                f"stopped at step {self.global_step}: {self.nonfinite_in_a_row} non-finite "
+                f"losses in a row (optim.max_nonfinite_steps={limit}); lower optim.lr or set "
+                "optim.clip_grad, and check the input images; the checkpoints written so far "
+                "are kept"
+            )
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradient clipping to `optim.clip_grad` (max norm; off when null).
@@ -180,8 +225,8 @@ class SemiSegModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> None:
         losses = self.training_losses(batch)
-        self.optimizer_step_with(losses["loss"])
-        self.log_train(losses, batch_size=self.labeled_batch_size(batch))
+        if self.optimizer_step_with(losses["loss"]):
+            self.log_train(losses, batch_size=self.labeled_batch_size(batch))
 
     def labeled_batch_size(self, batch) -> int:
         labeled = batch["labeled"] if "labeled" in batch else batch
@@ -194,6 +239,7 @@ class SemiSegModule(L.LightningModule):
         groups = self.optimizers().param_groups
         logs["train/lr_backbone"] = groups[0]["lr"]
         logs["train/lr_head"] = groups[1]["lr"]
+        logs["train/nonfinite_steps"] = float(self.nonfinite_steps)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log(
             "loss", values["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size
@@ -259,6 +305,7 @@ class SemiSegModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called on every rank (Lightning dumps everywhere, rank 0 writes): gathering the ranks'
         # random generators is a collective that all of them take part in.
+        self._refuse_nonfinite_weights(checkpoint["state_dict"])
         checkpoint["semiseg"] = {
             "config": self.run_config,
             "class_names": self.class_names,
@@ -268,17 +315,36 @@ class SemiSegModule(L.LightningModule):
             "val_history": self.val_history,
             "best_miou": self.best_miou,
             "last_per_class": self.last_per_class,
+            "nonfinite_steps": self.nonfinite_steps,
             "rng": gather_rng_states(),
             "wandb_run_id": next(
                 (lg.version for lg in self.loggers if type(lg).__name__ == "WandbLogger"), None
             ),
         }
 
+    def _refuse_nonfinite_weights(self, state_dict: dict) -> None:
+        """A checkpoint with NaN or inf weights would replace a good one: stop instead, on every
+        rank (all of them save, so the check is a collective too)."""
+        bad = next(
+            (k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()),
+            None,
+        )
+        finite = bad is None
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise NonFiniteError(
+                f"refusing to write a checkpoint at step {self.global_step}: "
+                f"{bad or 'a weight on another rank'} holds NaN or inf; the checkpoints written "
+                "before are kept; lower optim.lr or set optim.clip_grad"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("semiseg", {})
         self.val_history = list(state.get("val_history", []))
         self.best_miou = state.get("best_miou", float("-inf"))
         self.last_per_class = dict(state.get("last_per_class", {}))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         trainer = self._trainer
         if trainer is None or not state.get("rng"):
             return

@@ -182,9 +182,16 @@ def generate(
             return Generated(folder, [], [], val, False, seed, created=False)
         raise SplitError(f"split {folder} already exists; pass --force to replace it")
     labeled, unlabeled = partition(pool, count, seed)
-    if val_written:
-        write_list(val_file, val)
-    write_split(splits_dir, count, labeled, unlabeled)
+    try:
+        if val_written:
+            write_list(val_file, val)
+        write_split(splits_dir, count, labeled, unlabeled)
+    except OSError as e:  # a read-only dataset folder, typically a shared one
+        raise SplitError(
+            f"cannot write the split files into {splits_dir} ({e.strerror or e}): set "
+            "dataset.splits_dir (or --splits-dir) to a writable folder; the images are still "
+            "read from the dataset root"
+        ) from None
     return Generated(folder, labeled, unlabeled, val, val_written, seed)
 
 
