@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+SLOW ?= 0
 # Never reach a model hub or W&B's servers from the make targets.
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
@@ -24,8 +25,8 @@ $(STAMP): pyproject.toml
 train: setup  ## train and evaluate with the defaults (toy dataset); ARGS="method=... split=..." to override
 	$(PY) train.py $(ARGS)
 
-test: setup  ## run the test suite (CPU only, a few minutes)
-	$(PY) -m pytest tests $(ARGS)
+test: setup  ## the test suite on the CPU (about 5 min); SLOW=1 adds the slow end-to-end and fault tests (CI, about 11 min)
+	$(PY) -m pytest tests $(if $(filter 1,$(SLOW)),,-m "not slow") $(ARGS)
 
 lint: setup  ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,9 @@ import pytest
 import torch
 from cli import REPO, TINY, run_script
 
+# real processes (train.py, torchrun) killed and resumed: part of CI (make test SLOW=1)
+pytestmark = pytest.mark.slow
+
 
 def torchrun(*args: str, timeout: int = 600):
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

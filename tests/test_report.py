@@ -142,6 +142,7 @@ def sweep(tmp_path_factory, toy_root):
     return sweep_dir, proc
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_job_and_reports_the_table(sweep):
     sweep_dir, proc = sweep
     assert len(list(sweep_dir.glob("*/.hydra"))) == 6

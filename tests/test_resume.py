@@ -10,6 +10,9 @@ import pytest
 import torch
 from cli import ONE_THREAD, TINY, run_script, start_train, wait_for
 
+# real processes (train.py, torchrun) killed and resumed: part of CI (make test SLOW=1)
+pytestmark = pytest.mark.slow
+
 # 20 steps, validation (on all 100 images, as eval.py) at 10 and 20, a periodic checkpoint every
 # 4 steps, two DataLoader workers (a cluster's SIGTERM reaches them too).
 SETTINGS = [
@@ -165,7 +168,6 @@ def test_learning_rate_follows_the_poly_schedule_across_the_restart(runs):
         assert lr == pytest.approx(lr0 * (1 - step / 20) ** 0.9, rel=1e-6)
 
 
-@pytest.mark.slow
 def test_kill_9_right_after_a_resume_starts_keeps_the_earlier_metrics_rows(
     runs, tmp_path, toy_root
 ):
