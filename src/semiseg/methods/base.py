@@ -89,7 +89,6 @@ class SemiSegModule(L.LightningModule):
         """Which streams the data module must yield for this method (read before building it)."""
         return {"unlabeled": cls.uses_unlabeled, "num_strong": cls.num_strong_views, "mix": None}
 
-    # ------------------------------------------------------------------ optimisation
     # ------------------------------------------------------------------ networks
     default_eval_network = "student"
 
@@ -112,6 +111,7 @@ class SemiSegModule(L.LightningModule):
         """The network validated, shown in the dashboards and saved for inference."""
         return self.get_submodule(self.networks()[self.eval_network_name])
 
+    # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict]:
         """SGD groups as the papers: the backbone at `lr`, the rest of the model at
         `lr * lr_multi`. A method with parameters outside `self.model` adds its own groups."""
