@@ -10,6 +10,7 @@ device); that combination is refused with the command to run instead.
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import random
 import signal
@@ -162,6 +163,24 @@ def from_rank_zero(decide: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return value
+
+
+def _end_loader_workers() -> None:
+    """DataLoader workers ignore SIGTERM (below), and at exit multiprocessing ends the daemonic
+    children still running (the workers of a persistent loader nobody shut down) with SIGTERM and
+    then waits for them: the process would never exit. Registered after multiprocessing's own exit
+    function, this runs first and ends them for good, as multiprocessing would have: daemonic
+    children never outlive their parent."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and hasattr(signal, "SIGCHLD"):
+        # torch's SIGCHLD handler would report each ended worker as a failure
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(timeout=10)
+
+
+atexit.register(_end_loader_workers)
 
 
 def worker_init(worker_id: int) -> None:
