@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from semiseg.errors import ConfigError
 
@@ -186,10 +187,31 @@ atexit.register(_end_loader_workers)
 def worker_init(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM: torchrun and SLURM signal the whole process group, and
     the main process needs its workers for the batch it fetches before it stops (it ends them
-    itself; they also leave when it dies). Lightning's seeding of workers is kept."""
+    itself; they also leave when it dies). Lightning's seeding of workers is kept.
+
+    SIGTERM is blocked from the fork until here (`SigtermSafeLoader`), so a signal that arrives
+    while a worker starts is ignored too, not fatal."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id)  # the rank is this process's, as Lightning's own
+
+
+class SigtermSafeLoader(DataLoader):
+    """A DataLoader whose workers are forked with SIGTERM blocked (unblocked by `worker_init`
+    once they ignore it). Without it, a SIGTERM to the process group in the few milliseconds
+    between a worker's fork and its `worker_init` kills the worker, and the main process then
+    fails with "DataLoader worker exited unexpectedly" instead of saving and exiting 143. The
+    main process gets the signal as soon as its workers are started."""
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+            return super()._get_iterator()
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def seed_process(seed: int) -> None:

@@ -24,7 +24,7 @@ from semiseg.data.checks import check_batches, check_overlap, note_once, scan_im
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import SplitError
-from semiseg.distributed import worker_init
+from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
 EPOCH_LENGTHS = ("reference", "unlabeled")
@@ -153,7 +153,7 @@ class SemiSegDataModule(L.LightningDataModule):
     def _train_loader(self, dataset, stream: int) -> DataLoader:
         # drop_last: BatchNorm after ASPP image pooling fails on a batch of one.
         sampler = self._distributed_sampler(dataset, stream)
-        return DataLoader(
+        return SigtermSafeLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=sampler is None,
@@ -201,7 +201,7 @@ class SemiSegDataModule(L.LightningDataModule):
                     f"{trainer.world_size} processes: every rank needs at least one"
                 )
             sampler = ShardSampler(self.val_set, trainer.world_size, trainer.global_rank)
-        return DataLoader(
+        return SigtermSafeLoader(
             self.val_set,
             batch_size=1,
             shuffle=False,
