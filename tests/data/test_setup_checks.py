@@ -10,6 +10,7 @@ from cli import TINY, run_script
 from layouts import custom_folders
 from omegaconf import OmegaConf
 from PIL import Image
+from test_dataset_errors import _fails  # setup() as train.py runs it: one error line, exit 2
 
 from semiseg.data import transforms as tf
 from semiseg.data.datamodule import SemiSegDataModule
@@ -49,15 +50,6 @@ def _datamodule(root, splits_dir, split="s", batch_size=2, unlabeled=True, **dat
     )
 
 
-def _fails(dm, capsys) -> str:
-    """setup() as train.py runs it: exit code 2 and one `error: ...` line on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        exit_on_user_error(dm.setup)("fit")
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ a split smaller than a batch
