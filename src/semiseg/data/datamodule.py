@@ -8,6 +8,11 @@ Epoch length (`data.epoch_length`):
   only, so its `max_epochs` are far fewer steps (Pascal 92 labels: 400 steps on 4 x 4 images).
 - `unlabeled`: every method's epoch is the unlabeled length, so equal epochs are equal steps
   (the toy recipe's comparison, which counts steps anyway).
+
+Domain adaptation (`source`, e.g. `train.py dataset=cityscapes source=gta5`): the labeled stream
+is every training image of the source dataset (read with the source's own label map), the
+unlabeled stream every training image of the split of `dataset` (its labeled and unlabeled lists
+together: the target's labels are never trained on) and validation is the val list of `dataset`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from semiseg.data import toy
 from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
-from semiseg.data.splits import SplitError
+from semiseg.data.splits import Sample, SplitError, SplitFiles
 from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
@@ -41,6 +46,54 @@ def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
     reader = spec.mask_reader(num_classes)
     spec.verify_masks(files.val, reader)
     return ValDataset(spec.root, files.val, read_mask=reader)
+
+
+def check_same_classes(source: DatasetSpec, target: DatasetSpec, names: list[str] | None) -> None:
+    """A source dataset must label the target's classes, in the same order."""
+    if not source.has_classes or names is None:
+        return
+    theirs = source.class_names()
+    if theirs != names:
+        differ = next(
+            (
+                f"class {i} is {a!r} there, {b!r} here"
+                for i, (a, b) in enumerate(zip(theirs, names, strict=False))
+                if a != b
+            ),
+            f"{len(theirs)} classes there, {len(names)} here",
+        )
+        raise SplitError(
+            f"source={source.name} labels other classes than dataset={target.name} ({differ}): "
+            "the source must label the target's classes in the same order (its label_map maps "
+            "them)"
+        )
+
+
+def check_source_overlap(
+    source: SplitFiles, target: SplitFiles, source_name: str, target_name: str
+) -> str | None:
+    """Source and target lists are relative to different roots: compare the files themselves.
+    A source image that is a target validation image fails; one that is also an unlabeled
+    target image is only reported."""
+    labeled = {_absolute(source.root, s) for s in source.labeled}
+    val = labeled & {_absolute(target.root, s) for s in target.val}
+    if val:
+        raise SplitError(
+            f"{len(val)} labeled images of source={source_name} are validation images of "
+            f"dataset={target_name} (e.g. {sorted(val)[0]}): validation images must not be "
+            "trained on; use another source or dataset"
+        )
+    shared = labeled & {_absolute(target.root, s) for s in target.unlabeled}
+    if shared:
+        return (
+            f"warning: {len(shared)} labeled images of source={source_name} are also unlabeled "
+            f"images of dataset={target_name} (e.g. {sorted(shared)[0]})"
+        )
+    return None
+
+
+def _absolute(root: Path | None, sample: Sample) -> str:
+    return os.path.normpath(os.path.abspath(Path(root) / sample.image))
 
 
 class SemiSegDataModule(L.LightningDataModule):
@@ -61,6 +114,7 @@ class SemiSegDataModule(L.LightningDataModule):
         mix: str | None = "same",
         dataset: Mapping | None = None,
         epoch_length: str = "reference",
+        source: Mapping | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -79,27 +133,45 @@ class SemiSegDataModule(L.LightningDataModule):
             )
         self.epoch_length = epoch_length
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
+        self.toy_domain = (dataset or {}).get("toy_domain") or toy.DEFAULT_DOMAIN
+        # the labeled images' dataset under domain adaptation (None: the split's labeled list)
+        self.source_spec = None
+        self.source_toy_domain = None
+        if source is not None:
+            self.source_spec = DatasetSpec.from_config(source, key="source")
+            if source.get("generate_toy"):
+                self.source_toy_domain = source.get("toy_domain") or toy.DEFAULT_DOMAIN
+        self.source_files: SplitFiles | None = None
         self.files = None
         self.split_folder: Path | None = None  # the folder the split was read from
         self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
         if self.generate_toy:
-            toy.ensure(self.root)
+            toy.ensure(self.root, domain=self.toy_domain)
+        if self.source_toy_domain is not None:
+            toy.ensure(self.source_spec.root, domain=self.source_toy_domain)
 
     def setup(self, stage: str | None = None) -> None:
         if self.files is not None:
             return
-        spec = self.spec
+        spec, source = self.spec, self.source_spec
         spec.check_root()
+        if source is not None:
+            source.check_root()
         num_classes = None
         if spec.has_classes:
             self.class_names = spec.class_names()
             num_classes = len(self.class_names)
+        if source is not None:
+            check_same_classes(source, spec, self.class_names)
         folder, note = spec.resolve_split(self.split)
         if note:
             print(note, flush=True)
         files = spec.load_files(folder)
+        if source is not None:
+            self._setup_adaptation(files, folder, num_classes)
+            return
         if self.unlabeled and not files.unlabeled:
             raise SplitError(
                 f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
@@ -141,6 +213,55 @@ class SemiSegDataModule(L.LightningDataModule):
         check_batches(streams, self.batch_size, world_size())
         self.split_folder = folder
         self.files = files
+
+    def _setup_adaptation(self, files: SplitFiles, folder: Path, num_classes: int | None) -> None:
+        """Labeled: the source dataset's training images; unlabeled: the split's images of the
+        target (`dataset`), its labeled list included; val: the target's val list."""
+        spec, source = self.spec, self.source_spec
+        source_files = source.load_source()
+        pool = list({s.image: s for s in (*files.labeled, *files.unlabeled)}.values())
+        target = SplitFiles(labeled=[], unlabeled=pool, val=files.val, root=spec.root)
+        message = check_source_overlap(source_files, target, source.name, spec.name)
+        if message:
+            note_once(message)
+        note_once(
+            f"domain adaptation: {len(source_files.labeled)} labeled images of {source.name} "
+            f"({source.root}), {len(pool)} unlabeled images of {spec.name} (split {folder.name}, "
+            f"labels unused), validation on {len(files.val)} images of {spec.name}"
+        )
+        scan_images(source.root, source_files, source.check_images)
+        scan_images(spec.root, target, spec.check_images)
+        source_reader = source.mask_reader(num_classes)
+        source.verify_masks(source_files.labeled, source_reader)
+        reader = spec.mask_reader(num_classes)
+        spec.verify_masks(target.val, reader)
+        gt_reader = spec.mask_reader(num_classes, check=False)
+
+        length = len(source_files.labeled)
+        if self.unlabeled or self.epoch_length == "unlabeled":
+            length = max(length, len(pool))
+        self.labeled_set = LabeledDataset(
+            source.root,
+            source_files.labeled,
+            self.crop_size,
+            length=length,
+            read_mask=source_reader,
+        )
+        self.unlabeled_set = None
+        if self.unlabeled:
+            self.unlabeled_set = UnlabeledDataset(
+                self.root, pool, self.crop_size, self.num_strong, self.mix, read_mask=gt_reader
+            )
+        self.val_set = ValDataset(self.root, target.val, read_mask=reader)
+        streams = {"labeled": len(self.labeled_set)}
+        if self.unlabeled_set is not None:
+            streams["unlabeled"] = len(self.unlabeled_set)
+        check_batches(streams, self.batch_size, world_size())
+        self.split_folder = folder
+        self.source_files = source_files
+        self.files = SplitFiles(
+            labeled=source_files.labeled, unlabeled=pool, val=files.val, root=spec.root
+        )
 
     def _labeled_length(self, files) -> int:
         """How many labeled samples one epoch draws (see the module docstring)."""

@@ -43,7 +43,36 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
     32: 17,  # motorcycle
     33: 18,  # bicycle
 }
-LABEL_MAPS = ("reduce_zero", "cityscapes_ids")
+# SYNTHIA (RAND-CITYSCAPES) class ids, the first channel of GT/LABELS/*.png -> Cityscapes
+# trainIds: the table of tools/convert_datasets/synthia.py in FST (usr922/FST) and DAFormer
+# ("mapping based on README.txt from SYNTHIA_RAND_CITYSCAPES"). 16 terrain, 18 truck and 20 train
+# do not occur in SYNTHIA (hence the 16-class protocol); 0 void, 13 parking slot, 14 road work
+# and 22 lane marking are ignored.
+SYNTHIA_ID_TO_TRAIN_ID = {
+    3: 0,  # road
+    4: 1,  # sidewalk
+    2: 2,  # building
+    21: 3,  # wall
+    5: 4,  # fence
+    7: 5,  # pole
+    15: 6,  # traffic light
+    9: 7,  # traffic sign
+    6: 8,  # vegetation
+    16: 9,  # terrain (absent from SYNTHIA)
+    1: 10,  # sky
+    10: 11,  # pedestrian -> person
+    17: 12,  # rider
+    8: 13,  # car
+    18: 14,  # truck (absent from SYNTHIA)
+    19: 15,  # bus
+    20: 16,  # train (absent from SYNTHIA)
+    12: 17,  # motorcycle
+    11: 18,  # bicycle
+}
+# GTA5's labels/*.png hold Cityscapes labelIds (palette PNGs: the index is the id), so GTA5 uses
+# `cityscapes_ids`; FST's tools/convert_datasets/gta.py applies the same 19-entry table.
+ID_TABLES = {"cityscapes_ids": CITYSCAPES_ID_TO_TRAIN_ID, "synthia_ids": SYNTHIA_ID_TO_TRAIN_ID}
+LABEL_MAPS = ("reduce_zero", *ID_TABLES)
 
 
 def label_map_table(spec) -> np.ndarray | None:
@@ -51,7 +80,8 @@ def label_map_table(spec) -> np.ndarray | None:
 
     - null: file values are the classes;
     - `reduce_zero`: 0 ("other") -> 255, v -> v - 1 (ADE20K's 150 classes from 1..150);
-    - `cityscapes_ids`: raw Cityscapes labelIds -> trainIds, others 255;
+    - `cityscapes_ids`: raw Cityscapes labelIds (also GTA5's) -> trainIds, others 255;
+    - `synthia_ids`: SYNTHIA RAND-CITYSCAPES class ids -> Cityscapes trainIds, others 255;
     - a mapping {file value: class}: listed values change, the others stay.
     """
     if spec is None or spec in ("none", "null", "identity"):
@@ -62,9 +92,9 @@ def label_map_table(spec) -> np.ndarray | None:
         table[0] = IGNORE
         table[IGNORE] = IGNORE
         return table
-    if spec == "cityscapes_ids":
+    if isinstance(spec, str) and spec in ID_TABLES:
         table[:] = IGNORE
-        for raw, train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
+        for raw, train_id in ID_TABLES[spec].items():
             table[raw] = train_id
         return table
     if isinstance(spec, Mapping):
@@ -86,22 +116,59 @@ def label_map_table(spec) -> np.ndarray | None:
     )
 
 
-def read_values(path: Path, colours: np.ndarray | None = None, num_classes: int | None = None):
-    """The raw per-pixel values of a mask file as a uint8 array."""
+def _is_16bit_colour(img: Image.Image) -> bool:
+    """A PNG with 16 bits per colour channel: PIL would keep only each value's high byte (class
+    ids below 256 would all read as 0), so these are decoded with torchvision instead."""
+    return img.mode in ("RGB", "RGBA") and any(
+        str(getattr(tile, "args", "") or "").endswith(";16B") for tile in img.tile
+    )
+
+
+def _read_16bit_channel(path: Path, channel: int) -> np.ndarray:
+    import torch
+    from torchvision.io import ImageReadMode, decode_png, read_file
+
+    try:
+        decoded = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except (OSError, RuntimeError) as e:
+        raise SplitError(f"cannot read mask {path}: {e}") from None
+    if channel >= decoded.shape[0]:
+        raise SplitError(
+            f"mask {path} has {decoded.shape[0]} channels, dataset.mask_channel is {channel}"
+        )
+    return decoded[channel].to(torch.int32).numpy()
+
+
+def read_values(
+    path: Path,
+    colours: np.ndarray | None = None,
+    num_classes: int | None = None,
+    channel: int | None = None,
+):
+    """The raw per-pixel values of a mask file as a uint8 array.
+
+    `channel`: the value is this channel of a colour mask (SYNTHIA's GT/LABELS: the class id in
+    the first channel of a 16-bit PNG, the instance id in the second).
+    """
     try:
         with Image.open(path) as img:
-            img.load()
+            wide = _is_16bit_colour(img)
+            if not wide:
+                img.load()
     except OSError as e:
         raise SplitError(f"cannot read mask {path}: {e}") from None
     mode = img.mode
-    if mode in ("L", "P", "1") or mode.startswith("I"):
-        values = np.asarray(img)
-        if values.size and (values.min() < 0 or values.max() > 255):
+    if wide:
+        if channel is None:
             raise SplitError(
-                f"mask {path} has values {values.min()}..{values.max()}; class indices must fit "
-                "in 0..255 (255 = ignore)"
+                f"mask {path} is a 16-bit colour PNG; set dataset.mask_channel to the channel "
+                "that holds the class (SYNTHIA: 0)"
             )
-        return values.astype(np.uint8, copy=False)
+        return _checked(path, _read_16bit_channel(path, channel))
+    if channel is not None and mode in ("RGB", "RGBA", "LA"):
+        return np.asarray(img)[..., channel]
+    if mode in ("L", "P", "1") or mode.startswith("I"):
+        return _checked(path, np.asarray(img))
     if mode == "LA":
         return np.asarray(img.getchannel("L"))
     if mode in ("RGB", "RGBA") and colours is not None:
@@ -111,6 +178,15 @@ def read_values(path: Path, colours: np.ndarray | None = None, num_classes: int 
         f"mask {path} has mode {mode}; masks must be single-channel or palette PNGs holding "
         "class indices (for RGB colour masks set dataset.palette to the class colours)"
     )
+
+
+def _checked(path: Path, values: np.ndarray) -> np.ndarray:
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise SplitError(
+            f"mask {path} has values {values.min()}..{values.max()}; class indices must fit "
+            "in 0..255 (255 = ignore)"
+        )
+    return values.astype(np.uint8, copy=False)
 
 
 class MaskReader:
@@ -126,8 +202,10 @@ class MaskReader:
         label_map=None,
         palette=None,
         check: bool = True,
+        channel: int | None = None,
     ):
         self.num_classes = num_classes
+        self.channel = channel
         self.label_map = label_map
         self.table = label_map_table(label_map)
         # colour decoding only when the config names the colours; a generated palette would
@@ -142,7 +220,7 @@ class MaskReader:
             self.valid = valid if self.table is None else valid[self.table]
 
     def values(self, path: Path) -> np.ndarray:
-        raw = read_values(path, self.colours, self.num_classes)
+        raw = read_values(path, self.colours, self.num_classes, self.channel)
         if self.valid is not None:
             bad = ~self.valid[raw]
             if bad.any():

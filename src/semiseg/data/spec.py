@@ -72,6 +72,8 @@ class DatasetSpec:
     check_images: int = 5000
     layout: str | None = None
     prepare: str | None = None
+    mask_channel: int | None = None  # colour masks: the channel holding the class (SYNTHIA: 0)
+    key: str = "dataset"  # the config key the messages name (`source` for a source dataset)
 
     @classmethod
     def from_config(cls, config: Mapping | DictConfig | None, **given) -> DatasetSpec:
@@ -98,7 +100,9 @@ class DatasetSpec:
         return load_class_names(self.classes, self.classes_file)
 
     def mask_reader(self, num_classes: int | None, check: bool = True) -> MaskReader:
-        return MaskReader(num_classes, self.label_map, self.palette, check=check)
+        return MaskReader(
+            num_classes, self.label_map, self.palette, check=check, channel=self.mask_channel
+        )
 
     # -- before anything is read ---------------------------------------------------------------
 
@@ -106,9 +110,13 @@ class DatasetSpec:
         if not self.root.is_dir():
             layout = self.layout or f"<root>/... and {LAYOUT}"
             raise SplitError(
-                f"dataset.root {self.root} does not exist: point it at the dataset "
-                f"(dataset.root=DIR); expected layout: {layout}"
+                f"{self.key}.root {self.root} does not exist: point it at the {self._what} "
+                f"({self.key}.root=DIR); expected layout: {layout}"
             )
+
+    @property
+    def _what(self) -> str:
+        return "dataset" if self.key == "dataset" else f"{self.name} dataset"
 
     def valid_splits(self) -> list[str]:
         """The paper splits named in the config, then any other folder under splits_dir."""
@@ -195,6 +203,36 @@ class DatasetSpec:
         files = SplitFiles(labeled=[], val=read_list(val_file, require_mask=True), root=self.root)
         if not files.val:
             raise SplitError(f"{val_file} lists no images; add '<image> <mask>' lines")
+        self.check_files(files)
+        return files
+
+    def load_source(self) -> SplitFiles:
+        """Every training image of a source dataset (domain adaptation: `source=gta5`), as the
+        labeled list: the images of its splits (the union of every split's labeled and unlabeled
+        lists) when `splits_dir` holds any, else every image under `image_dir` with a mask of the
+        same name (.png) under `mask_dir`. Images without a mask are left out."""
+        from semiseg.data.prepare.splits import pool_from_splits, scan_pairs
+
+        if available_splits(self.splits_dir):
+            pool = pool_from_splits(self.splits_dir)
+            where = f"the splits in {self.splits_dir}"
+        else:
+            for folder in (self.image_dir, self.mask_dir):
+                if not (self.root / folder).is_dir():
+                    raise SplitError(
+                        f"{self.key}.root {self.root} has no {folder}/ folder: {self.key}="
+                        f"{self.name} reads {self.layout or self.image_dir + '/ and ' + self.mask_dir + '/'}; "
+                        f"set {self.key}.root=DIR (or {self.key}.image_dir / {self.key}.mask_dir)"
+                    )
+            pool = scan_pairs(self.root, self.image_dir, self.mask_dir)
+            where = f"{self.root / self.image_dir}"
+        labeled = [s for s in pool if s.mask is not None]
+        if not labeled:
+            raise SplitError(
+                f"{self.key}={self.name}: none of the {len(pool)} images of {where} has a mask; "
+                "a source dataset gives the labeled images"
+            )
+        files = SplitFiles(labeled=labeled, root=self.root)
         self.check_files(files)
         return files
 

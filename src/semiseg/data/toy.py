@@ -7,6 +7,11 @@ Periods of 6-12 px stay visible at half scale. A ResNet-18 trained from scratch 
 from 480 labeled images (about 67 mIoU after 1000 steps); from 10-20 it overfits, and the ~500
 unlabeled images are there to help. Generation is deterministic for a seed and takes seconds.
 
+Domains (domain adaptation tests, `source=toy_shifted`): `shifted` draws other images of the
+same kind (shapes, textures, layout statistics) and then tints them warm with half the contrast:
+red over blue everywhere, as a game engine's colours differ from a camera's. The labels mean the
+same; only the colour statistics move.
+
 Layout (the split-file format of every other dataset):
     images/{train,val}_NNNN.png   RGB, sides 112..144 px
     masks/{train,val}_NNNN.png    single-channel class indices
@@ -42,6 +47,12 @@ NUM_VAL = 100
 SPLITS = (10, 20, 40)
 SIDE_RANGE = (112, 144)
 _OWN_NAMES = {"images", "masks", "splits", "classes.txt", VERSION_FILE}
+DEFAULT_DOMAIN = "default"
+# domain -> (key mixed into every image's generator, tint: image * scale + offset per channel)
+DOMAINS = {
+    DEFAULT_DOMAIN: ((), None),
+    "shifted": ((1,), (0.5, np.array([0.5, 0.3, 0.0], dtype=np.float32))),
+}
 
 
 # Shapes: (a, b) are pixel offsets from the centre in the object's rotated frame, r its size.
@@ -129,7 +140,7 @@ def _texture(texture, dx, dy, rng):
     return texture(u + rng.uniform(0, period), v + rng.uniform(0, period), period, rng)
 
 
-def _draw_image(rng):
+def _draw_image(rng, tint=None):
     h, w = (int(s) for s in rng.integers(SIDE_RANGE[0], SIDE_RANGE[1] + 1, size=2))
     dy, dx = np.ogrid[0:h, 0:w]
     dy, dx = dy.astype(np.float32), dx.astype(np.float32)
@@ -156,6 +167,9 @@ def _draw_image(rng):
         img[y0:y1, x0:x1][inside] = colour[inside]
         mask[y0:y1, x0:x1][inside] = cls
 
+    if tint is not None:
+        scale, offset = tint
+        img = img * scale + offset
     # lighting: a brightness ramp in a random direction, then sensor noise
     angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.8)
     ramp = (dx - w / 2) * np.cos(angle) + (dy - h / 2) * np.sin(angle)
@@ -164,7 +178,8 @@ def _draw_image(rng):
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
 
 
-def _write(root: Path, seed: int):
+def _write(root: Path, seed: int, domain: str = DEFAULT_DOMAIN):
+    key, tint = DOMAINS[domain]
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     lists = {}
@@ -172,7 +187,7 @@ def _write(root: Path, seed: int):
         samples = []
         for i in range(count):
             # one generator per image: any image can be regenerated on its own
-            img, mask = _draw_image(np.random.default_rng([seed, part_index, i]))
+            img, mask = _draw_image(np.random.default_rng([seed, part_index, i, *key]), tint)
             name = f"{part}_{i:04d}.png"
             Image.fromarray(img).save(root / "images" / name)
             Image.fromarray(mask).save(root / "masks" / name)
@@ -189,21 +204,33 @@ def _write(root: Path, seed: int):
     write_list(root / "splits" / "val.txt", lists["val"])
 
 
-def _stamp(seed: int) -> str:
-    return f"{VERSION} seed={seed}\n"
+def _stamp(seed: int, domain: str = DEFAULT_DOMAIN) -> str:
+    if domain == DEFAULT_DOMAIN:
+        return f"{VERSION} seed={seed}\n"
+    return f"{VERSION} seed={seed} domain={domain}\n"
 
 
-def is_current(root: Path, seed: int = 0) -> bool:
+def check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise SplitError(
+            f"unknown toy domain {domain!r} (dataset.toy_domain): use one of {', '.join(DOMAINS)}"
+        )
+
+
+def is_current(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> bool:
     try:
-        return (Path(root) / VERSION_FILE).read_text() == _stamp(seed)
+        return (Path(root) / VERSION_FILE).read_text() == _stamp(seed, domain)
     except OSError:
         return False
 
 
-def generate(root: Path, seed: int = 0, force: bool = False) -> Path:
+def generate(
+    root: Path, seed: int = 0, force: bool = False, domain: str = DEFAULT_DOMAIN
+) -> Path:
     """Write the toy dataset to `root` unless an identical one is already there."""
+    check_domain(domain)
     root = Path(root)
-    if not force and is_current(root, seed):
+    if not force and is_current(root, seed, domain):
         return root
     if root.exists():
         foreign = sorted({p.name for p in root.iterdir()} - _OWN_NAMES) if root.is_dir() else []
@@ -218,15 +245,15 @@ def generate(root: Path, seed: int = 0, force: bool = False) -> Path:
     # build beside the target and rename: an interrupted run leaves no half dataset behind
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp"))
     try:
-        _write(tmp, seed)
-        (tmp / VERSION_FILE).write_text(_stamp(seed))  # last: marks the dataset complete
+        _write(tmp, seed, domain)
+        (tmp / VERSION_FILE).write_text(_stamp(seed, domain))  # last: marks the dataset complete
         os.chmod(tmp, 0o755)
         if root.exists():
             shutil.rmtree(root)
         try:
             os.replace(tmp, root)
         except OSError:
-            if not is_current(root, seed):  # another process may have just finished first
+            if not is_current(root, seed, domain):  # another process may have just finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -234,6 +261,6 @@ def generate(root: Path, seed: int = 0, force: bool = False) -> Path:
     return root
 
 
-def ensure(root: Path, seed: int = 0) -> Path:
-    """Generate only when `root` lacks a complete toy dataset of this VERSION and seed."""
-    return generate(root, seed=seed, force=False)
+def ensure(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> Path:
+    """Generate only when `root` lacks a complete toy dataset of this VERSION, seed and domain."""
+    return generate(root, seed=seed, force=False, domain=domain)
