@@ -204,3 +204,68 @@ def custom_folders(root: Path, n_masked: int = 10, n_unmasked: int = 2) -> Path:
         if i < n_masked:
             _mask(root / "masks" / f"plant_{i:03d}.png", _regions(size, [0, 1, 2, 255], i))
     return root
+
+
+# GTA5 label ids chosen to cover the mapping: mapped ids and ids that become 255 (0 unlabeled,
+# 1 ego vehicle, 9 parking, 10 rail track, 15 bridge, 29 caravan, 30 trailer, 34 beyond the table).
+GTA5_IDS = [0, 1, 7, 8, 9, 10, 11, 15, 17, 21, 24, 26, 29, 30, 31, 33, 34]
+
+
+def gta5(root: Path, n: int = 4) -> Path:
+    """images/*.png and labels/*.png (palette PNGs whose index is the Cityscapes label id), as
+    the public GTA5 download; no split files."""
+    size = (64, 36)
+    table = palettes.voc()
+    for i in range(n):
+        _image(root / "images" / f"{i + 1:05d}.png", size, 400 + i)
+        path = root / "labels" / f"{i + 1:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        palettes.save_index_png(path, _regions(size, GTA5_IDS, 400 + i), table)
+    return root
+
+
+# SYNTHIA class ids: every id of its README table (0..22) except a few, so both mapped ids and
+# ignored ones (0 void, 13 parking slot, 14 road work, 22 lane marking) occur.
+SYNTHIA_IDS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 19, 21, 22]
+
+
+def save_png16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow cannot write one): values is (H, W, 3) of uint16."""
+    import struct
+    import zlib
+
+    h, w, channels = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def synthia_label(size: tuple[int, int], seed: int) -> np.ndarray:
+    """GT/LABELS content: class id in channel 0, an instance id (often > 255) in channel 1."""
+    w, h = size
+    label = np.zeros((h, w, 3), dtype=np.uint16)
+    label[..., 0] = _regions(size, SYNTHIA_IDS, seed)
+    label[..., 1] = (np.arange(w)[None, :] * 97 + seed) % 4000
+    return label
+
+
+def synthia(root: Path, n: int = 4) -> Path:
+    """RGB/*.png and GT/LABELS/*.png (16-bit, 3 channels), as SYNTHIA-RAND-CITYSCAPES is
+    downloaded; no split files."""
+    size = (80, 48)
+    for i in range(n):
+        name = f"{i:07d}.png"
+        _image(root / "RGB" / name, size, 500 + i)
+        save_png16(root / "GT" / "LABELS" / name, synthia_label(size, 500 + i))
+    return root

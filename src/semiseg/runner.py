@@ -49,7 +49,7 @@ from semiseg.distributed import (
 )
 from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import center_crop, predict
-from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
+from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.models.encoders import describe_init
 from semiseg.results import write_json_atomic
 
@@ -176,6 +176,7 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
 
     in_rank_order(prepare)
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
+    miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
         cfg.method,
@@ -280,6 +281,7 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
     results = {
         "method": cfg.method.name,
         "dataset": cfg.dataset.name,
+        "source": cfg.source.name if cfg.get("source") else None,  # domain adaptation
         "split": cfg.split,
         "seed": int(cfg.seed),
         "steps": int(trainer.global_step),
@@ -287,6 +289,7 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
         "best_val_miou": round(module.best_miou, 2) if module.val_history else None,
         "per_class_iou": module.last_per_class,
         "miou_convention": _convention(cfg.eval.absent_class),
+        **_subset_results(cfg.get("source"), cfg.dataset, module, cfg.eval.absent_class),
         "eval_mode": cfg.eval.mode,
         "eval_network": module.eval_network_name,
         "val_history": module.val_history,
@@ -358,6 +361,29 @@ def scaled_lr(cfg: DictConfig, world_size: int, verbose: bool = True) -> float:
     if verbose:
         print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
     return lr
+
+
+def miou_subsets(source, dataset, class_names: list[str]) -> dict[str, list[str]]:
+    """`miou_subsets` of the source dataset (SYNTHIA: miou16, miou13), else of the dataset: the
+    means results.json reports beside the mIoU. Every name must be a class."""
+    table = (source or {}).get("miou_subsets") or (dataset or {}).get("miou_subsets") or {}
+    subsets = {str(k): [str(c) for c in v] for k, v in table.items()}
+    for key, names in subsets.items():
+        unknown = [n for n in names if n not in class_names]
+        if unknown or not names:
+            raise ConfigError(
+                f"miou_subsets.{key} names {unknown or 'no class'}, not classes of this run "
+                f"({', '.join(class_names)})"
+            )
+    return subsets
+
+
+def _subset_results(source, dataset, module, absent: str) -> dict:
+    subsets = miou_subsets(source, dataset, list(module.class_names))
+    if not subsets:
+        return {}
+    last = subset_mious(module.last_per_class, subsets, absent) if module.val_history else None
+    return {"miou_subsets": last}
 
 
 def _convention(absent: str) -> str:
@@ -478,11 +504,19 @@ def evaluate(cfg: DictConfig) -> dict:
         "val_miou": round(miou, 2),
         "per_class_iou": per_class,
         "miou_convention": _convention(cfg.eval.absent_class),
+        **_eval_subsets(trained.get("source"), dataset_cfg, class_names, per_class, cfg),
         "num_images": len(dataset),
         "wall_time_s": round(time.time() - started, 1),
     }
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _eval_subsets(source, dataset_cfg, class_names, per_class, cfg) -> dict:
+    subsets = miou_subsets(source, dataset_cfg, class_names)
+    if not subsets:
+        return {}
+    return {"miou_subsets": subset_mious(per_class, subsets, cfg.eval.absent_class)}
 
 
 def prediction_names(images: list[str]) -> list[Path]:

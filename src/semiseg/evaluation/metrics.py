@@ -46,3 +46,20 @@ def mean_iou(confusion: torch.Tensor, absent: str = "zero") -> float:
     if absent == "skip":
         return iou.nanmean().item()
     raise ValueError(f"absent must be 'zero' or 'skip', not {absent!r}")
+
+
+def subset_mious(
+    per_class: dict[str, float | None], subsets: dict[str, list[str]], absent: str = "zero"
+) -> dict[str, float | None]:
+    """The mIoU over named class subsets (SYNTHIA -> Cityscapes: miou16, miou13), in percent,
+    from per-class IoUs in percent (None: a class in neither gt nor prediction, which counts 0
+    under absent="zero" and is left out under "skip")."""
+    out = {}
+    for name, classes in subsets.items():
+        values = [per_class.get(c) for c in classes]
+        if absent == "zero":
+            values = [0.0 if v is None else v for v in values]
+        else:
+            values = [v for v in values if v is not None]
+        out[name] = round(sum(values) / len(values), 2) if values else None
+    return out
