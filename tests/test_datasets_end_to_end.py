@@ -131,3 +131,40 @@ def test_hydra_underscore_split_is_explained_by_train_py(tmp_path):
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("error: unknown split '116' for pascal")
     assert "write split=1/16" in message
+
+
+def test_synthia_to_cityscapes_reports_the_16_and_13_class_means(tmp_path):
+    """SYNTHIA as downloaded (16-bit labels, no conversion) as the labeled source, the Cityscapes
+    layout as target: results.json and eval.py give mIoU16 and mIoU13 beside the 19-class mIoU."""
+    source = layouts.synthia(tmp_path / "synthia")
+    target = layouts.cityscapes(tmp_path / "cityscapes")
+    prepare("cityscapes", target)
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py",
+        "dataset=cityscapes",
+        f"dataset.root={target}",
+        "split=1/30",
+        "source=synthia",
+        f"source.root={source}",
+        "method=supervised",  # the source-only baseline
+        *TINY,
+        "trainer.check_val_every_n_epoch=null",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dataset"] == "cityscapes" and results["source"] == "synthia"
+    assert len(results["per_class_iou"]) == 19 and results["eval_mode"] == "sliding_window"
+    subsets = results["miou_subsets"]
+    assert set(subsets) == {"miou16", "miou13"}
+    per_class = {k: v or 0.0 for k, v in results["per_class_iou"].items()}
+    missing = ("terrain", "truck", "train")
+    assert subsets["miou16"] == pytest.approx(
+        sum(v for k, v in per_class.items() if k not in missing) / 16, abs=0.01
+    )
+    proc = run_eval(run_dir, tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert evaluated["miou_subsets"] == pytest.approx(subsets, abs=0.01)
