@@ -37,9 +37,7 @@ class Streams(Callback):
         self.val += blue_over_red(batch["image"])
 
 
-def test_labeled_batches_come_from_the_source_unlabeled_and_val_from_the_target(
-    tmp_path, toy_root
-):
+def test_labeled_batches_come_from_the_source_unlabeled_and_val_from_the_target(tmp_path, toy_root):
     source_root = tmp_path / "toy_shifted"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
@@ -123,8 +121,12 @@ def test_bad_source_stops_train_py_with_one_line(tmp_path, toy_root):
         f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: source.root {missing} does not exist: point it at the gta5 dataset "
-        "(source.root=DIR); expected layout: <root>/images/*.png and <root>/labels/*.png"
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: source.root {missing} does not exist: point it at the gta5 dataset "
+            "(source.root=DIR); expected layout: <root>/images/*.png and <root>/labels/*.png"
+        )
     )
     assert "Traceback" not in proc.stderr

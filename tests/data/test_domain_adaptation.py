@@ -245,3 +245,14 @@ def test_source_with_other_classes_fails(tmp_path, toy_root, capsys):
     message = _fails(datamodule(cfg), capsys)
     assert "source=gta5 labels other classes than dataset=toy" in message
     assert "class 0 is 'road' there, 'background' here" in message
+
+
+def test_source_images_without_a_label_are_left_out_with_a_note(tmp_path, capsys):
+    root = layouts.gta5(tmp_path / "gta5")
+    (root / "labels" / "00003.png").unlink()
+    spec = DatasetSpec.from_config(
+        compose_train("source=gta5", f"source.root={root}").source, key="source"
+    )
+    files = spec.load_source()
+    assert [s.image for s in files.labeled] == ["images/00001.png", "images/00002.png", "images/00004.png"]
+    assert "note: 1 images of" in capsys.readouterr().out

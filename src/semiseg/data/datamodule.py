@@ -13,6 +13,8 @@ Domain adaptation (`source`, e.g. `train.py dataset=cityscapes source=gta5`): th
 is every training image of the source dataset (read with the source's own label map), the
 unlabeled stream every training image of the split of `dataset` (its labeled and unlabeled lists
 together: the target's labels are never trained on) and validation is the val list of `dataset`.
+An epoch is then the longer of the two lists (GTA5's 24,966 images against Cityscapes' 2,975);
+the shorter stream starts again when it runs out (Lightning's max_size_cycle).
 """
 
 from __future__ import annotations

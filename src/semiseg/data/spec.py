@@ -232,6 +232,12 @@ class DatasetSpec:
                 f"{self.key}={self.name}: none of the {len(pool)} images of {where} has a mask; "
                 "a source dataset gives the labeled images"
             )
+        if len(labeled) < len(pool):
+            unlabeled = [s.image for s in pool if s.mask is None]
+            note_once(
+                f"note: {len(unlabeled)} images of {where} have no mask and are left out of the "
+                f"labeled source images (e.g. {', '.join(unlabeled[:3])})"
+            )
         files = SplitFiles(labeled=labeled, root=self.root)
         self.check_files(files)
         return files
