@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from distributions import CHI2_999, chi_square
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
@@ -225,22 +226,6 @@ def public_plan(policy_ops: tuple, k_low: int, k_high: int, rng: random.Random):
     ops = rng.choices(range(len(policy_ops)), k=k)
     bits = [8 - max(1, math.ceil(4 * rng.random())) for op in ops if policy_ops[op] == "posterize"]
     return k, ops, bits
-
-
-def chi_square(a: list[int], b: list[int]) -> float:
-    """Pearson's statistic for two samples of counts over the same cells (homogeneity)."""
-    total_a, total_b = sum(a), sum(b)
-    stat = 0.0
-    for x, y in zip(a, b, strict=True):
-        pooled = (x + y) / (total_a + total_b)
-        for observed, total in ((x, total_a), (y, total_b)):
-            expected = pooled * total
-            stat += (observed - expected) ** 2 / expected
-    return stat
-
-
-# Upper 0.1% points of the chi-square distribution, by degrees of freedom (statistics tables).
-CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 10: 29.59, 11: 31.26}
 
 
 @pytest.mark.parametrize("policy", [I.IMAS_POLICY, I.AUGSEG_POLICY], ids=["imas", "augseg"])

@@ -130,7 +130,7 @@ def test_training_step_of_each_method(toy_root, method):
 
 
 @pytest.mark.slow
-def test_mean_teacher_trains_and_its_teacher_is_evaluated(tmp_path, toy_root):
+def test_mean_teacher_trains_and_both_networks_are_evaluated(tmp_path, toy_root):
     run_dir = tmp_path / "run"
     proc = run_script(
         "train.py", "method=meanteacher", f"dataset.root={toy_root}", *TINY, "logger=none",
@@ -152,6 +152,10 @@ def test_mean_teacher_trains_and_its_teacher_is_evaluated(tmp_path, toy_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     student = json.loads((tmp_path / "eval_student" / "results.json").read_text())
     assert student["eval_network"] == "student"
+    # training validated the student too (eval.other_networks), with the same number
+    last = results["val_history"][-1]
+    assert set(last) == {"step", "miou", "miou_student"}
+    assert student["val_miou"] == pytest.approx(last["miou_student"], abs=0.01)
 
 
 class SaveAt(Callback):

@@ -261,13 +261,31 @@ class SemiSegModule(L.LightningModule):
                 )
 
     # ------------------------------------------------------------------ validation
+    def validated_networks(self) -> dict[str, str]:
+        """The networks each validation evaluates: the chosen one first (its mIoU is `val/miou`,
+        best checkpoint and results), then, with `eval.other_networks` (default true), the
+        method's other networks, logged as `val/miou_<name>` (a teacher-student method shows
+        whether its teacher leads or lags its student)."""
+        chosen = self.eval_network_name
+        names = [chosen]
+        if self.eval_cfg.get("other_networks", True):
+            names += [n for n in self.networks() if n != chosen]
+        return {n: self.networks()[n] for n in names}
+
     def on_validation_epoch_start(self) -> None:
+        # One confusion matrix per other network, made here (after every network exists).
+        others = list(self.validated_networks())[1:]
+        if others and not hasattr(self, "other_confusions"):
+            self.other_confusions = nn.ModuleDict(
+                {n: MulticlassConfusionMatrix(self.num_classes, ignore_index=255) for n in others}
+            ).to(self.device)
         # Parameters are equal on every rank (DDP averages gradients), but buffers are not
         # broadcast in training, as in the papers: without SyncBatchNorm (CPUs) each rank's
         # BatchNorm statistics drift. Validate every rank with rank 0's, the ones checkpointed,
         # so the mIoU of a checkpoint does not depend on the number of ranks.
         if self.trainer.world_size > 1:
-            broadcast_buffers(self.eval_network)
+            for path in dict.fromkeys(self.validated_networks().values()):
+                broadcast_buffers(self.get_submodule(path))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
@@ -275,12 +293,23 @@ class SemiSegModule(L.LightningModule):
         if mode == "center_crop":
             image, mask = center_crop(image, mask, self.crop_size)
         border = self.eval_cfg.get("window_border", "truncate")
-        probs = predict(self.eval_network, image, mode, self.crop_size, self.num_classes, border)
-        self.confusion.update(probs.argmax(1), mask)
+        for name, path in self.validated_networks().items():
+            network = self.get_submodule(path)
+            probs = predict(network, image, mode, self.crop_size, self.num_classes, border)
+            confusion = (
+                self.confusion if name == self.eval_network_name else self.other_confusions[name]
+            )
+            confusion.update(probs.argmax(1), mask)
 
     def on_validation_epoch_end(self) -> None:
         confusion = self.confusion.compute()  # summed over ranks under DDP
         self.confusion.reset()
+        others = {}
+        for name, metric in getattr(self, "other_confusions", {}).items():
+            others[name] = 100.0 * mean_iou(
+                metric.compute(), absent=self.eval_cfg.get("absent_class", "zero")
+            )
+            metric.reset()
         if self.trainer.sanity_checking:
             return
         miou = 100.0 * mean_iou(confusion, absent=self.eval_cfg.get("absent_class", "zero"))
@@ -290,16 +319,23 @@ class SemiSegModule(L.LightningModule):
             for name, iou in zip(self.class_names, ious, strict=True)
         }
         self.best_miou = max(self.best_miou, miou)
-        self.val_history.append({"step": int(self.global_step), "miou": round(miou, 2)})
+        entry = {"step": int(self.global_step), "miou": round(miou, 2)}
+        entry.update({f"miou_{n}": round(v, 2) for n, v in others.items()})
+        self.val_history.append(entry)
         # The confusion matrix is already summed over ranks: every rank logs the same numbers,
         # so no sync_dist (which would all-reduce once per call).
         self.log("val/miou", miou, prog_bar=True, sync_dist=False)
         self.log("val/best_miou", self.best_miou, sync_dist=False)
+        self.log_dict({f"val/miou_{n}": v for n, v in others.items()}, sync_dist=False)
         self.log_dict(
             {f"val_iou/{n}": v for n, v in self.last_per_class.items() if v is not None},
             sync_dist=False,
         )
-        self.print(f"step {self.global_step}: val mIoU {miou:.2f} (best {self.best_miou:.2f})")
+        also = "".join(f", {n} {v:.2f}" for n, v in others.items())
+        self.print(
+            f"step {self.global_step}: val mIoU {miou:.2f} ({self.eval_network_name}"
+            f"{also}; best {self.best_miou:.2f})"
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

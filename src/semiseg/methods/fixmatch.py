@@ -24,8 +24,7 @@ class FixMatch(WeakToStrongModule):
 
     def training_losses(self, batch):
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        mix = self.mix_views(u)
+        u, mix = self.unlabeled_views(batch["unlabeled"])
         box = u["box1"]
 
         if self.mix_partner != "flip":

@@ -25,8 +25,7 @@ class UniMatch(WeakToStrongModule):
 
     def training_losses(self, batch):
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        mix = self.mix_views(u)
+        u, mix = self.unlabeled_views(batch["unlabeled"])
         box1, box2 = u["box1"], u["box2"]
 
         # 1. Pseudo-labels of the partner batch (flip: taken from the weak forward below).

@@ -6,6 +6,11 @@ Partners (`mix_partner`):
 - `shuffle`: other unlabeled images, drawn at random by the data module.
 - `flip`: the batch itself in reverse order (`batch.flip(0)`, as UniMatch V2). No extra views
   are loaded and no extra forward runs: the partner's pseudo-labels are the weak view's.
+
+Strong views (`strong_views`):
+- `workers`: made per image by the DataLoader workers from the 8-bit crop (the public code).
+- `step`: the workers send weak views only; the strong views (same distributions,
+  `augment/strong.py`) and CutMix boxes are made here on the whole batch, on the model's device.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from semiseg.augment.mixing import unimatch_boxes
+from semiseg.augment.strong import unimatch_strong
 from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
 from semiseg.methods.losses import paste, pseudo_labels
 
 MIX_PARTNERS = ("same", "shuffle", "flip")
+STRONG_VIEWS = ("workers", "step")
 
 
 class WeakToStrongModule(SemiSegModule):
@@ -31,6 +39,7 @@ class WeakToStrongModule(SemiSegModule):
         tau: float = 0.95,
         mix_partner: str = "same",
         mix_forward_eval: bool = True,
+        strong_views: str = "workers",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -38,6 +47,12 @@ class WeakToStrongModule(SemiSegModule):
             raise ConfigError(
                 f"method.mix_partner '{mix_partner}' is unknown: use one of {', '.join(MIX_PARTNERS)}"
             )
+        if strong_views not in STRONG_VIEWS:
+            raise ConfigError(
+                f"method.strong_views '{strong_views}' is unknown: use one of "
+                f"{', '.join(STRONG_VIEWS)}"
+            )
+        self.strong_views = strong_views
         self.tau = tau
         self.mix_partner = mix_partner
         self.mix_forward_eval = mix_forward_eval
@@ -45,11 +60,24 @@ class WeakToStrongModule(SemiSegModule):
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
         partner = method_cfg.get("mix_partner", "same")
+        in_step = method_cfg.get("strong_views", "workers") == "step"
         return {
             "unlabeled": True,
-            "num_strong": cls.num_strong_views,
+            "num_strong": 0 if in_step else cls.num_strong_views,
             "mix": None if partner == "flip" else partner,
         }
+
+    def unlabeled_views(self, u: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(the unlabeled batch with its strong views and boxes, the partner batch's views)."""
+        if self.strong_views == "step":
+            u = dict(u)
+            n, size = u["weak"].shape[0], u["weak"].shape[-1]
+            for k in range(1, self.num_strong_views + 1):
+                u[f"strong{k}"] = unimatch_strong(u["weak"])
+                u[f"box{k}"] = unimatch_boxes(n, size, device=u["weak"].device)
+                if self.mix_partner != "flip":
+                    u[f"mix_strong{k}"] = unimatch_strong(u["mix_weak"])
+        return u, self.mix_views(u)
 
     def mix_views(self, u: dict) -> dict[str, Tensor]:
         """The partner batch's views: weak, strong1[, strong2], ignore."""

@@ -1,0 +1,88 @@
+"""UniMatch's strong view on a whole batch inside the training step (`method.strong_views=step`).
+
+The data workers make the same view per image from the 8-bit PIL crop (`data.transforms.
+strong_color`): ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8, grayscale with p 0.2, Gaussian blur
+with sigma ~ U(0.1, 2.0) with p 0.5. torchvision's ColorJitter draws, per call, an order of its
+four adjustments (a random permutation) and brightness, contrast, saturation ~ U(0.5, 1.5), hue
+~ U(-0.25, 0.25); on PIL images the three factors are ImageEnhance's blends, which the batched
+8-bit kernels of `augment.intensity` follow (there with one factor per image).
+
+Here every image draws its parameters from the same distributions (`strong_plan`) and they are
+applied in the same order (`apply_strong`) on the batch's device: only weak views leave the
+workers, the strong views are made where the model runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from semiseg.augment.intensity import blur, brightness, color, contrast, from_uint8, hue, to_uint8
+
+# ColorJitter's adjustments in its own index order (brightness, contrast, saturation, hue).
+JITTER_OPS = (brightness, contrast, color, hue)
+JITTER_RANGES = ((0.5, 1.5), (0.5, 1.5), (0.5, 1.5), (-0.25, 0.25))
+
+
+class StrongPlan(NamedTuple):
+    """The random parameters of a batch's strong views, one row per image."""
+
+    jitter: Tensor  # (N,) bool, p 0.8
+    order: Tensor  # (N, 4) a permutation of JITTER_OPS' indices
+    factors: Tensor  # (N, 4) brightness, contrast, saturation, hue
+    gray: Tensor  # (N,) bool, p 0.2
+    blur: Tensor  # (N,) bool, p 0.5
+    sigma: Tensor  # (N,) U(0.1, 2.0)
+
+
+def strong_plan(n: int, generator=None) -> StrongPlan:
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator)
+
+    return StrongPlan(
+        jitter=torch.rand(n, generator=generator) < 0.8,
+        order=torch.stack([torch.randperm(4, generator=generator) for _ in range(n)]),
+        factors=torch.stack([uniform(lo, hi) for lo, hi in JITTER_RANGES], dim=1),
+        gray=torch.rand(n, generator=generator) < 0.2,
+        blur=torch.rand(n, generator=generator) < 0.5,
+        sigma=uniform(0.1, 2.0),
+    )
+
+
+def color_jitter(images: Tensor, order: Tensor, factors: Tensor) -> Tensor:
+    """ColorJitter of uint8 images (N, 3, H, W), each in its own order with its own factors."""
+    out = images.clone()
+    for position in range(4):
+        for op_index, op in enumerate(JITTER_OPS):
+            chosen = (order[:, position] == op_index).nonzero().flatten()
+            if len(chosen):
+                index = chosen.to(images.device)
+                out[index] = op(out[index], factors[chosen, op_index])
+    return out
+
+
+def apply_strong(images: Tensor, plan: StrongPlan) -> Tensor:
+    """The strong views of uint8 images (N, 3, H, W) under `plan`: jitter, grayscale, blur."""
+    out = images.clone()
+    index = plan.jitter.nonzero().flatten()
+    if len(index):
+        where = index.to(out.device)
+        out[where] = color_jitter(out[where], plan.order[index], plan.factors[index])
+    index = plan.gray.nonzero().flatten()
+    if len(index):
+        where = index.to(out.device)
+        out[where] = TF.rgb_to_grayscale(out[where], num_output_channels=3)
+    index = plan.blur.nonzero().flatten()
+    if len(index):
+        where = index.to(out.device)
+        out[where] = blur(out[where], plan.sigma[index])
+    return out
+
+
+def unimatch_strong(images: Tensor, generator=None) -> Tensor:
+    """The strong view of each ImageNet-normalised image (N, 3, H, W): a new tensor."""
+    plan = strong_plan(images.shape[0], generator)
+    return from_uint8(apply_strong(to_uint8(images), plan))

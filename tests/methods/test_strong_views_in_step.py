@@ -1,0 +1,71 @@
+"""FixMatch and UniMatch with `method.strong_views=step`: the workers send weak views only and the
+strong views and CutMix boxes are made on the batch in the training step."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+
+from semiseg.errors import ConfigError
+from semiseg.runner import build_data_and_method
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli import REPO, TINY  # noqa: E402
+
+
+def _build(toy_root, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset.root={toy_root}", *TINY, *overrides])
+    return build_data_and_method(cfg)
+
+
+def _first_batch(datamodule):
+    return {k: next(iter(loader)) for k, loader in datamodule.train_dataloader().items()}
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
+def test_workers_send_weak_views_and_the_step_makes_the_rest(toy_root, method):
+    datamodule, module = _build(toy_root, f"method={method}", "method.strong_views=step")
+    batch = _first_batch(datamodule)
+    u = batch["unlabeled"]
+    assert not any(k.startswith(("strong", "box", "mix_strong")) for k in u), sorted(u)
+    assert {"weak", "ignore", "mix_weak", "mix_ignore"} <= set(u)
+
+    torch.manual_seed(0)
+    views, mix = module.unlabeled_views(u)
+    for k in range(1, module.num_strong_views + 1):
+        strong, box = views[f"strong{k}"], views[f"box{k}"]
+        assert strong.shape == u["weak"].shape and strong.dtype == torch.float32
+        assert box.shape == u["ignore"].shape and box.dtype == torch.bool
+        assert not torch.equal(strong, u["weak"])
+        assert mix[f"strong{k}"].shape == u["mix_weak"].shape
+    assert "strong1" not in u  # the batch itself is not written
+
+    module.train()
+    losses = module.training_losses(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+    assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
+
+
+def test_flip_partner_takes_the_batchs_own_strong_views_reversed(toy_root):
+    datamodule, module = _build(
+        toy_root, "method=unimatch", "method.strong_views=step", "method.mix_partner=flip"
+    )
+    u = _first_batch(datamodule)["unlabeled"]
+    assert "mix_weak" not in u
+    views, mix = module.unlabeled_views(u)
+    for key in ("weak", "strong1", "strong2", "ignore"):
+        assert torch.equal(mix[key], views[key].flip(0)), key
+
+
+def test_an_unknown_strong_views_value_is_a_config_error(toy_root):
+    with pytest.raises(InstantiationException) as err:  # train.py prints its cause in one line
+        _build(toy_root, "method=fixmatch", "method.strong_views=gpu")
+    assert isinstance(err.value.__cause__, ConfigError)
+    assert str(err.value.__cause__) == (
+        "method.strong_views 'gpu' is unknown: use one of workers, step"
+    )
