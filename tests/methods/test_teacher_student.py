@@ -178,3 +178,21 @@ def test_resume_continues_the_teacher_exactly(tmp_path):
         expected = uninterrupted.get_submodule(network).state_dict()
         for key, value in resumed.get_submodule(network).state_dict().items():
             assert torch.equal(value, expected[key]), (network, key)
+
+
+@pytest.mark.parametrize(
+    "method, paper_alpha", [("meanteacher", 0.999), ("imas", 0.996), ("augseg", 0.999)]
+)
+def test_the_toy_recipe_shortens_the_ema_horizon_and_nothing_else_does(method, paper_alpha):
+    """conf/method_recipe/toy_<method>.yaml: alpha 0.99 on the toy only; any other dataset keeps
+    the paper's value, and the command line still wins."""
+
+    def alpha(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose("train", overrides=[f"method={method}", *overrides]).method.ema_alpha
+
+    assert alpha() == 0.99
+    assert alpha("dataset=pascal") == paper_alpha
+    assert alpha("method.ema_alpha=0.5") == 0.5
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        assert "ema_alpha" not in compose("train", overrides=["method=unimatch"]).method
