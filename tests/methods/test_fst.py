@@ -191,7 +191,7 @@ class Reference:
                 self.restore(saved, everything)
             self.step(chunks[i + 1])
             params = [p.detach().clone() for p in self.student.parameters()]
-            total = params if total is None else [t + p for t, p in zip(total, params)]
+            total = params if total is None else [t + p for t, p in zip(total, params, strict=True)]
         with torch.no_grad():
             for p, t in zip(self.student.parameters(), total, strict=True):
                 p.copy_(t / K)
