@@ -251,6 +251,21 @@ def test_restore_all_makes_the_final_step_one_plain_step_from_the_start():
         assert torch.equal(states[0]["student"][key], value), key
 
 
+def test_k_0_is_the_baseline_one_step_one_ema_update():
+    module = _module(k=0)
+    reference = Reference(module)
+    _, states = _fit(module, steps=2)
+    for i, batch in enumerate(DataLoader(_samples(4), batch_size=2)):
+        reference.step(batch)
+        reference.ema()
+        reference.poly(i, 2)
+        for key, value in reference.student.state_dict().items():
+            assert torch.equal(states[i]["student"][key], value), (i, key)
+        for key, value in reference.teacher.state_dict().items():
+            assert torch.equal(states[i]["teacher"][key], value), (i, "teacher", key)
+    assert module.ema_updates == 2
+
+
 class Counting(FST):
     backwards = 0
 

@@ -16,7 +16,8 @@ EMA update; restore the parameters; loss with the teacher now ahead, backward, s
 update. Every forward draws its own CutMix. `variant=W` (FST-W, mmseg/models/uda/fst_w.py): K
 students, each from the remembered parameters, step once on a future batch of their own; the
 teacher takes one EMA step towards their average; restore, the real step on this iteration's
-batch, EMA update. The "future" batches are drawn with this one: the loaders yield (K + 1)
+batch, EMA update. `k=0` is the baseline without FST (one step, one EMA update: the public
+configs without `fst: True`). The "future" batches are drawn with this one: the loaders yield (K + 1)
 batches' worth of images per iteration (`data_requirements`), the first chunk is the present.
 
 Only the final step counts: global_step (so max_steps, checkpoint intervals, the poly schedule
@@ -94,8 +95,8 @@ class FST(TeacherStudentModule):
         super().__init__(*args, **kwargs)
         if variant not in ("D", "W"):
             raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
-        if int(k) < 1:
-            raise ConfigError(f"method.k={k}: at least one virtual step")
+        if int(k) < 0:
+            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for none")
         if base not in ("meanteacher", "cutmix"):
             raise ConfigError(f"method.base={base!r}: use meanteacher or cutmix")
         if restore not in ("parameters", "all"):
@@ -167,7 +168,9 @@ class FST(TeacherStudentModule):
         NonFiniteLoss everything is put back as it was before re-raising."""
         start = self._snapshot(optimizer)
         try:
-            if self.variant == "D":
+            if self.k == 0:
+                losses = self._without_fst(batch, step)
+            elif self.variant == "D":
                 losses = self._look_ahead(batch, step, start, optimizer)
             else:
                 losses = self._future_average(batch, step, start, optimizer)
@@ -175,6 +178,13 @@ class FST(TeacherStudentModule):
             self._restore(start, optimizer, everything=True)
             raise
         return {**losses, "ema_decay": self.last_decay}
+
+    def _without_fst(self, batch, step: Step) -> dict:
+        # The public baselines (the same configs without `fst: True`): one step, one EMA update.
+        losses = self.training_losses(batch)
+        step(losses["loss"], True)
+        self._ema_update()
+        return losses
 
     def _look_ahead(self, batch, step: Step, start: dict, optimizer) -> dict:
         for _ in range(self.k):
