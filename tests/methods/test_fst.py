@@ -348,6 +348,29 @@ def test_a_non_finite_loss_abandons_the_whole_iteration(where, monkeypatch):
     assert module.nonfinite_steps == 1 and module.nonfinite_in_a_row == 0
 
 
+@pytest.mark.slow
+def test_ddp_ranks_abandon_together_and_take_the_same_backward_passes(tmp_path):
+    """Two ranks (torchrun, gloo): a NaN on rank 1 alone abandons the iteration on both, before
+    any backward of that loss, so both take 1 + 2 (K + 1) backward passes and stay equal."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).parent / "fst_ddp_worker.py"), str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["backwards"] == 1 + 2 * (K + 1)
+        assert rank["global_step"] == 2 and rank["nonfinite_steps"] == 1
+        assert rank["ema_updates"] == 2 * (K + 2)
+    assert ranks[0]["params"] == ranks[1]["params"]  # gradients averaged at every step
+
+
 def test_resume_keeps_every_counter(tmp_path):
     class SaveAt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

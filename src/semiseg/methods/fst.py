@@ -17,8 +17,8 @@ update. Every forward draws its own CutMix. `variant=W` (FST-W, mmseg/models/uda
 students, each from the remembered parameters, step once on a future batch of their own; the
 teacher takes one EMA step towards their average; restore, the real step on this iteration's
 batch, EMA update. `k=0` is the baseline without FST (one step, one EMA update: the public
-configs without `fst: True`). The "future" batches are drawn with this one: the loaders yield (K + 1)
-batches' worth of images per iteration (`data_requirements`), the first chunk is the present.
+configs without `fst: True`). The "future" batches are drawn with this one: the loaders yield
+(K + 1) batches' worth of images per iteration (`data_requirements`); the first is the present.
 
 Only the final step counts: global_step (so max_steps, checkpoint intervals, the poly schedule
 and the validation interval) counts iterations. Virtual steps go through the same precision
@@ -33,9 +33,9 @@ puts those back too, so the final step is exactly one plain step from where the 
 The teacher: updated `min(1 - 1/(t + 1), alpha)` with t counting this method's own updates,
 K + 2 per iteration for D (the public order), 2 for W; BatchNorm statistics averaged
 (`ema_buffers`). Differences from the public semi-supervised code, on purpose: its ramp counts
-iterations (all updates of one iteration share one decay) and its teacher is reset to the
-student at every loss of the first epoch (`epoch == sup_only_epoch` with sup_only_epoch 0), so
-its look-ahead only starts in epoch 2; its teacher's BatchNorm statistics come from a second,
+iterations (all updates of one iteration share one decay; the UDA code's counts forwards, as
+here its updates) and its teacher is reset to the student at every loss of the first epoch
+(`epoch == sup_only_epoch`, 0), so its look-ahead only starts in the second; its teacher's BatchNorm statistics come from a second,
 train-mode teacher forward on the mixed batch, whose entropy it filters on; here the entropy is
 that of the eval-mode pseudo-label forward, mixed with the same box; padded pixels (the data
 module's ignore mask) are left out of the loss and of the percentile.
