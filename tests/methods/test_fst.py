@@ -506,6 +506,16 @@ def test_w_loaders_draw_k_plus_one_batches(toy_root):
     assert datamodule.batch_size == 2 * (K + 1) and module.variant == "W"
 
 
+def test_bench_times_the_whole_iteration(toy_root):
+    from semiseg import bench
+
+    report = bench.main(
+        ["method=fst", f"dataset.root={toy_root}", *TINY, "bench.steps=1", "bench.warmup=0"]
+    )
+    assert report["method"] == "fst"
+    assert report["forward_s"] > 0 and report["backward_s"] > 0 and report["optimizer_s"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["D", "W"])
 def test_fst_trains_on_the_toy_dataset(tmp_path, toy_root, variant):
