@@ -122,12 +122,8 @@ class FST(TeacherStudentModule):
 
         # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
         conf, labels, teacher_logits = self.teacher_pseudo_labels(u["weak"])
-        images, targets, uncertainty, ignore = (
-            u["weak"],
-            labels,
-            entropy(teacher_logits),
-            u["ignore"],
-        )
+        images, ignore = u["weak"], u["ignore"]
+        targets, uncertainty = labels, entropy(teacher_logits)
 
         # 2. With base=cutmix, one batch in two: image i with image i + 1's pixels, pseudo-labels,
         #    entropy and padding inside a box of half its area.
@@ -209,12 +205,13 @@ class FST(TeacherStudentModule):
                 if total is None:
                     total = [p.clone() for p in params]
                 else:
-                    torch._foreach_add_(total, params)
+                    for t, p in zip(total, params, strict=True):
+                        t.add_(p)
         # The teacher's EMA step towards the average of the K students (its buffers from the
         # last one), written into the student for the update and restored right after.
         with torch.no_grad():
-            torch._foreach_div_(total, float(self.k))
-            torch._foreach_copy_(list(self.model.parameters()), total)
+            for p, t in zip(self.model.parameters(), total, strict=True):
+                p.copy_(t.div_(self.k))
         self._ema_update()
         self._restore(start, optimizer)
         losses = self.training_losses(present)
@@ -254,7 +251,8 @@ class FST(TeacherStudentModule):
 
     @torch.no_grad()
     def _restore(self, start: dict, optimizer, everything: bool = False) -> None:
-        torch._foreach_copy_(list(self.model.parameters()), start["params"])
+        for p, saved in zip(self.model.parameters(), start["params"], strict=True):
+            p.copy_(saved)
         if self.restore == "all" or everything:
             for b, saved in zip(self.model.buffers(), start["buffers"], strict=True):
                 b.copy_(saved)
