@@ -3,8 +3,9 @@
 
 Composes the same config as train.py (any override works) and runs the method's own step outside
 Lightning, so each phase can be timed: data loading, forwards (all of them, the no-grad partner
-forward included), backward, optimizer step. Prints seconds per step, images per second and peak
-memory. A benchmark, not a test: nothing here asserts a speed.
+forward included), backward, optimizer step. A method with several optimizer steps per batch
+(FST: `module.iteration`) is timed over its whole iteration, its backward passes and optimizer
+steps summed. Prints seconds per step, images per second and peak memory. A benchmark, not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,33 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+
+
+def _iteration(module, batch, optimizer, autocast, device, t1: float) -> tuple[float, float]:
+    """A method's whole iteration (`module.iteration`, FST: K virtual steps and the real one),
+    its backward passes and optimizer steps timed inside its step callback; everything else
+    (forwards, EMA updates, snapshots) is counted as forward. Returns the t2, t3 that split the
+    time from t1 into forward, backward and optimizer as for a one-step method."""
+    spent = {"backward": 0.0, "optimizer": 0.0}
+
+    def step(loss, final):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=False):
+            loss.backward()
+        _sync(device)
+        middle = time.perf_counter()
+        optimizer.step()
+        _sync(device)
+        spent["backward"] += middle - start
+        spent["optimizer"] += time.perf_counter() - middle
+
+    with autocast:
+        module.iteration(batch, optimizer, step)
+    _sync(device)
+    forward = time.perf_counter() - t1 - spent["backward"] - spent["optimizer"]
+    return t1 + forward, t1 + forward + spent["backward"]
 
 
 def main(overrides: list[str]) -> dict:
@@ -92,16 +120,19 @@ def main(overrides: list[str]) -> dict:
         batch = _to(next_batch(), device)
         _sync(device)
         t1 = time.perf_counter()
-        with autocast:
-            loss = module.training_losses(batch)["loss"]
-        _sync(device)
-        t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        _sync(device)
-        t3 = time.perf_counter()
-        optimizer.step()
-        module.after_optimizer_step()  # e.g. a teacher's EMA update: part of the step's cost
+        if hasattr(module, "iteration"):  # several optimizer steps per batch (FST)
+            t2, t3 = _iteration(module, batch, optimizer, autocast, device, t1)
+        else:
+            with autocast:
+                loss = module.training_losses(batch)["loss"]
+            _sync(device)
+            t2 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync(device)
+            t3 = time.perf_counter()
+            optimizer.step()
+            module.after_optimizer_step()  # e.g. a teacher's EMA update: part of the step's cost
         _sync(device)
         t4 = time.perf_counter()
         if step >= bench["warmup"]:

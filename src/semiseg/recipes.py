@@ -54,6 +54,8 @@ EXPERIMENTS = {
     "imas_pascal": PASCAL_CLASSIC,
     "imas_pascal_blended": PASCAL_U2PL,
     "imas_cityscapes": CITYSCAPES_HALVES,
+    "fst_pascal": ["u2pl_1_16"],  # the splits of FST's published semi-supervised configs
+    "fst_cityscapes": ["1/8"],
 }
 
 
@@ -71,15 +73,19 @@ class Reference:
     over_labeled: bool = False  # supervised.py: an epoch is one pass over the labeled list
     weight_decay: float = 1e-4
     hyper: tuple = ()  # (config key, public value) pairs the test checks too
+    # Images the public loader draws an epoch when that is not the split's unlabeled list
+    # (FST's Cityscapes config: 2975 - n_sup with n_sup 744).
+    epoch_images: int | None = None
 
     def steps(self, n_labeled: int, n_unlabeled: int) -> int:
         # DistributedSampler gives each GPU ceil(n / gpus) images; the loader drops the last
         # incomplete batch; the poly schedule runs over epochs * len(loader) iterations.
         n = n_labeled if self.over_labeled else n_unlabeled
+        n = self.epoch_images or n
         return self.epochs * (math.ceil(n / self.gpus) // self.batch)
 
 
-# The public iMAS and AugSeg runs (U2PL code base): their configs and training logs; iMAS's
+# The public iMAS, AugSeg and FST runs (U2PL code base): their configs and training logs; iMAS's
 # Pascal values are the paper's (its repository publishes Cityscapes configs only).
 TEACHER_STUDENT = {
     ("augseg", "pascal"): Reference(
@@ -100,13 +106,27 @@ TEACHER_STUDENT = {
         hyper=(("method.tau", 0.7), ("method.weight_u", 3.0), ("method.ema_alpha", 0.996),
                ("dataset.labeled_loss.min_kept", 100000)),
     ),
+    # FST's semi_seg/experiments/{pascal/662/cutmix_fst, cityscapes/372/mt_fst}/config.yaml;
+    # train_semi.py multiplies the head's lr by 10 on both.
+    ("fst", "pascal"): Reference(
+        "resnet101", "resnet101.pth", 513, 4, 4, 0.001, 40,
+        hyper=(("method.k", 3), ("method.entropy_drop", 0.2), ("method.weight_u", 1.0),
+               ("method.ema_alpha", 0.99), ("optim.lr_multi", 10.0)),
+    ),
+    ("fst", "cityscapes"): Reference(
+        "resnet101", "resnet101.pth", 769, 2, 8, 0.01, 80, weight_decay=5e-4,
+        hyper=(("method.k", 3), ("method.entropy_drop", 0.0), ("method.weight_u", 1.0),
+               ("method.ema_alpha", 0.99), ("optim.lr_multi", 10.0),
+               ("dataset.labeled_loss.min_kept", 100000)),
+        epoch_images=2975 - 744,
+    ),
 }  # fmt: skip
 
 
 def _reference(experiment: str, split: str) -> Reference:
     method, dataset = experiment.split("_", 1)
     dataset = dataset.removesuffix("_blended")
-    if method in ("imas", "augseg"):
+    if method in ("imas", "augseg", "fst"):
         return TEACHER_STUDENT[(method, dataset)]
     supervised = method == "supervised"
     # The public README: the supervised baseline doubles the batch (no lr change).

@@ -177,3 +177,19 @@ def label_injecting_cutmix(
     return inject_then_mix(
         batch, labeled_images, labeled_masks, perm, labeled_box, inject, unlabeled_box
     )
+
+
+# FST's semi-supervised code (the U2PL code base: semi_seg/fst/dataset/augmentation.py,
+# `generate_cutout_mask` and `generate_unsup_data(mode="cutmix")`)
+
+
+def half_area_boxes(n: int, height: int, width: int, generator=None, device=None) -> Tensor:
+    """U2PL's CutMix box, one per image: area H * W / 2; width w uniform in
+    [W // 2 + 1, W - 1] (numpy's `randint(W / 2 + 1, W)`, whose float low is truncated),
+    height round(H * W / 2 / w) (half to even, as `np.round`), top-left corner uniform where the
+    box fits. Its caller mixes image i with image (i + 1) mod n inside the box."""
+    w = torch.randint(width // 2 + 1, width, (n,), generator=generator)
+    h = torch.round(height * width / 2 / w.double()).long()
+    left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - w + 1)).long()
+    top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - h + 1)).long()
+    return box_masks(top, top + h, left, left + w, height, width, device)

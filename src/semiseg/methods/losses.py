@@ -87,3 +87,45 @@ def pseudo_label_accuracy(labels: Tensor, conf: Tensor, gt: Tensor, tau: float) 
     if not scored.any():
         return torch.tensor(float("nan"), device=labels.device)
     return (labels[scored] == gt[scored]).float().mean()
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Per-pixel entropy of the softmax, -sum_c p log(p + 1e-10), without gradient (the U2PL
+    formula FST's `compute_unsupervised_loss` uses; the 1e-10 keeps p = 0 finite)."""
+    p = logits.detach().float().softmax(1)
+    return -(p * torch.log(p + 1e-10)).sum(1)
+
+
+def percentile(values: Tensor, q: float) -> Tensor:
+    """numpy's default (linear) percentile of a 1-D tensor, q in [0, 1]: the sorted values
+    interpolated at position q * (n - 1)."""
+    ordered = values.flatten().sort().values
+    position = q * (ordered.numel() - 1)
+    lo = int(position)
+    hi = min(lo + 1, ordered.numel() - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo)
+
+
+def entropy_filtered_ce(
+    logits: Tensor, labels: Tensor, pixel_entropy: Tensor, ignore: Tensor, drop: float
+) -> tuple[Tensor, Tensor]:
+    """FST's unsupervised loss (U2PL's `compute_unsupervised_loss`): cross-entropy on the
+    pseudo-labels, without the `drop` fraction of pixels with the highest teacher entropy.
+
+    Public formula, on the non-padded pixels (its pseudo-labels have no padding): threshold =
+    np.percentile(entropy, 100 * (1 - drop)) (linear); pixels with entropy >= threshold are
+    dropped, ties included, so slightly more than `drop` may go; the mean cross-entropy over the
+    kept pixels is multiplied by (pixels / kept pixels), i.e. up-weighted by 1 / keep ratio.
+    drop = 0 keeps every pixel (the public default, percentile 100, would still drop the
+    maximum-entropy pixels). Where nothing is kept (every entropy tied) the loss is 0; the public
+    code divides by zero there. Returns (loss, kept mask).
+    """
+    valid = ignore != IGNORE_INDEX
+    kept = valid
+    if drop > 0 and valid.any():
+        kept = valid & (pixel_entropy < percentile(pixel_entropy[valid], 1.0 - drop))
+    n_kept = kept.sum()
+    if n_kept == 0:
+        return logits.sum() * 0.0, kept
+    ce = F.cross_entropy(logits, labels.masked_fill(~kept, IGNORE_INDEX), ignore_index=IGNORE_INDEX)
+    return ce * (valid.sum() / n_kept), kept

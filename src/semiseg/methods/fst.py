@@ -1,0 +1,284 @@
+"""FST, "learning from the future" (NeurIPS 2022): the EMA teacher is moved ahead by virtual
+student steps before the student takes its real one, so the student learns pseudo-labels from a
+teacher "of the future".
+
+The loss is that of FST's semi-supervised code (semi_seg/train_semi.py, U2PL's mean teacher):
+the teacher (eval mode) labels the weak view; with `base=cutmix`, half of the batches (one draw
+per batch) are CutMixed, image i receiving a box of half the crop area from image i + 1, labels
+alike; the student learns the labeled images (CE, or OHEM) and the pseudo-labels on the weak or
+mixed view, without confidence threshold, the top `entropy_drop` of teacher entropy dropped
+(`losses.entropy_filtered_ce`). `base=meanteacher` is the same without CutMix: the student sees
+the image the teacher labelled.
+
+One iteration (`variant=D`, FST-D, `if cfg["trainer"].get("fst")` in train_semi.py): remember
+the student's parameters; K times (K = 3 there): EMA update, loss, backward, optimizer step;
+EMA update; restore the parameters; loss with the teacher now ahead, backward, step; EMA
+update. Every forward draws its own CutMix. `variant=W` (FST-W, mmseg/models/uda/fst_w.py): K
+students, each from the remembered parameters, step once on a future batch of their own; the
+teacher takes one EMA step towards their average; restore, the real step on this iteration's
+batch, EMA update. `k=0` is the baseline without FST (one step, one EMA update: the public
+configs without `fst: True`). The "future" batches are drawn with this one: the loaders yield
+(K + 1) batches' worth of images per iteration (`data_requirements`); the first is the present.
+
+Only the final step counts: global_step (so max_steps, checkpoint intervals, the poly schedule
+and the validation interval) counts iterations. Virtual steps go through the same precision
+path (the 16-mixed GradScaler unscales, steps and updates its scale; gradient clipping) but not
+through Lightning's step counter. All K + 1 steps use the iteration's learning rate (the public
+scheduler steps once per iteration).
+
+What `restore=parameters` (the public code) puts back is the parameters only: the optimizer's
+momentum and the BatchNorm statistics keep what the virtual steps did to them. `restore=all`
+puts those back too, so the final step is exactly one plain step from where the iteration began.
+
+The teacher: updated `min(1 - 1/(t + 1), alpha)` with t counting this method's own updates,
+K + 2 per iteration for D (the public order), 2 for W; BatchNorm statistics averaged
+(`ema_buffers`). Differences from the public semi-supervised code, on purpose: its ramp counts
+iterations (all updates of one iteration share one decay; the UDA code's counts forwards, as
+here its updates) and its teacher is reset to the student at every loss of the first epoch
+(`epoch == sup_only_epoch`, 0), so its look-ahead only starts in the second; its teacher's BatchNorm statistics come from a second,
+train-mode teacher forward on the mixed batch, whose entropy it filters on; here the entropy is
+that of the eval-mode pseudo-label forward, mixed with the same box; padded pixels (the data
+module's ignore mask) are left out of the loss and of the percentile.
+
+A NaN or inf loss on any rank, at any of the K + 1 steps, abandons the whole iteration on every
+rank (each rank then takes the same number of backward passes): student, BatchNorm statistics,
+optimizer state, teacher and its counter go back to where the iteration began, and it does not
+count (as `SemiSegModule.optimizer_step_with` does for one step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from semiseg.augment.mixing import half_area_boxes
+from semiseg.errors import ConfigError
+from semiseg.methods.losses import (
+    IGNORE_INDEX,
+    entropy,
+    entropy_filtered_ce,
+    paste,
+    pseudo_label_accuracy,
+)
+from semiseg.methods.teacher_student import TeacherStudentModule
+
+# step(loss, final): backward and optimizer step; `final` is the iteration's counted step.
+Step = Callable[[Tensor, bool], None]
+
+
+class NonFiniteLoss(Exception):
+    """A loss was NaN or inf on this or another rank: the iteration is abandoned."""
+
+    def __init__(self, loss: Tensor):
+        super().__init__(float(loss.detach()))
+        self.loss = loss
+
+
+class FST(TeacherStudentModule):
+    num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
+
+    def __init__(
+        self,
+        *args,
+        variant: str = "D",
+        k: int = 3,
+        base: str = "cutmix",
+        entropy_drop: float = 0.2,
+        cutmix_p: float = 0.5,
+        restore: str = "parameters",
+        batch_size: int | None = None,  # data.batch_size, read by data_requirements (FST-W)
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if variant not in ("D", "W"):
+            raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
+        if int(k) < 0:
+            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for none")
+        if base not in ("meanteacher", "cutmix"):
+            raise ConfigError(f"method.base={base!r}: use meanteacher or cutmix")
+        if restore not in ("parameters", "all"):
+            raise ConfigError(f"method.restore={restore!r}: use parameters or all")
+        if not 0.0 <= entropy_drop < 1.0:
+            raise ConfigError(f"method.entropy_drop={entropy_drop}: a fraction in [0, 1)")
+        self.variant, self.k, self.base = variant, int(k), base
+        self.entropy_drop, self.cutmix_p, self.restore = float(entropy_drop), cutmix_p, restore
+        self.last_decay = 0.0  # of the teacher's last EMA update, logged
+
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        needs = super().data_requirements(method_cfg)
+        if method_cfg.get("variant", "D") == "W":  # this iteration's batch and K future ones
+            needs["batch_size"] = int(method_cfg.batch_size) * (int(method_cfg.k) + 1)
+        return needs
+
+    # ------------------------------------------------------------------ the loss of one step
+    def training_losses(self, batch) -> dict[str, Tensor]:
+        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+        u = batch["unlabeled"]
+        n_x, n_u = x.shape[0], u["weak"].shape[0]
+
+        # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
+        conf, labels, teacher_logits = self.teacher_pseudo_labels(u["weak"])
+        images, ignore = u["weak"], u["ignore"]
+        targets, uncertainty = labels, entropy(teacher_logits)
+
+        # 2. With base=cutmix, one batch in two: image i with image i + 1's pixels, pseudo-labels,
+        #    entropy and padding inside a box of half its area.
+        if self.base == "cutmix" and float(torch.rand(())) < self.cutmix_p:
+            box = half_area_boxes(n_u, *images.shape[-2:], device=images.device)
+            partner = (torch.arange(n_u, device=images.device) + 1) % n_u
+            images, targets, uncertainty, ignore = (
+                paste(box, t, t[partner]) for t in (images, targets, uncertainty, ignore)
+            )
+
+        # 3. The student on labeled and unlabeled images in one batch.
+        logits = self.model(torch.cat((x, images)))
+        loss_x = self.labeled_loss(logits[:n_x], y)
+        loss_u, kept = entropy_filtered_ce(
+            logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
+        )
+        return {
+            "loss": loss_x + self.weight_u * loss_u,
+            "loss_x": loss_x,
+            "loss_u": loss_u,
+            "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], 0.0),
+        }
+
+    # ------------------------------------------------------------------ one iteration
+    def training_step(self, batch, batch_idx: int) -> None:
+        try:
+            losses = self.iteration(batch, self.optimizers().optimizer, self.lightning_step)
+        except NonFiniteLoss as bad:
+            self._skip_step(bad.loss)  # counted, logged; stops after max_nonfinite_steps in a row
+            return
+        self.nonfinite_in_a_row = 0
+        present = split_batch(batch, self.k + 1)[0] if self.variant == "W" else batch
+        self.log_train(losses, batch_size=self.labeled_batch_size(present))
+
+    def iteration(self, batch, optimizer: torch.optim.Optimizer, step: Step) -> dict:
+        """The K virtual steps and the real one; returns the real step's losses. On
+        NonFiniteLoss everything is put back as it was before re-raising."""
+        start = self._snapshot(optimizer)
+        try:
+            if self.k == 0:
+                losses = self._without_fst(batch, step)
+            elif self.variant == "D":
+                losses = self._look_ahead(batch, step, start, optimizer)
+            else:
+                losses = self._future_average(batch, step, start, optimizer)
+        except NonFiniteLoss:
+            self._restore(start, optimizer, everything=True)
+            raise
+        return {**losses, "ema_decay": self.last_decay}
+
+    def _without_fst(self, batch, step: Step) -> dict:
+        # The public baselines (the same configs without `fst: True`): one step, one EMA update.
+        losses = self.training_losses(batch)
+        step(losses["loss"], True)
+        self._ema_update()
+        return losses
+
+    def _look_ahead(self, batch, step: Step, start: dict, optimizer) -> dict:
+        for _ in range(self.k):
+            self._ema_update()
+            step(self.training_losses(batch)["loss"], False)
+        self._ema_update()
+        self._restore(start, optimizer)
+        losses = self.training_losses(batch)  # pseudo-labels of the teacher from the future
+        step(losses["loss"], True)
+        self._ema_update()
+        return losses
+
+    def _future_average(self, batch, step: Step, start: dict, optimizer) -> dict:
+        present, *futures = split_batch(batch, self.k + 1)
+        total = None
+        for i, future in enumerate(futures):
+            if i > 0:
+                self._restore(start, optimizer)
+            step(self.training_losses(future)["loss"], False)
+            with torch.no_grad():
+                params = [p.detach() for p in self.model.parameters()]
+                if total is None:
+                    total = [p.clone() for p in params]
+                else:
+                    for t, p in zip(total, params, strict=True):
+                        t.add_(p)
+        # The teacher's EMA step towards the average of the K students (its buffers from the
+        # last one), written into the student for the update and restored right after.
+        with torch.no_grad():
+            for p, t in zip(self.model.parameters(), total, strict=True):
+                p.copy_(t.div_(self.k))
+        self._ema_update()
+        self._restore(start, optimizer)
+        losses = self.training_losses(present)
+        step(losses["loss"], True)
+        self._ema_update()
+        return losses
+
+    def _ema_update(self) -> None:
+        self.last_decay = self.teacher.update(self.model, self.ema_updates)
+        self.ema_updates += 1
+
+    def lightning_step(self, loss: Tensor, final: bool) -> None:
+        """Backward and optimizer step through Lightning; only the final one moves global_step."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        if not self._all_finite(loss):  # a collective: every rank decides alike
+            raise NonFiniteLoss(loss)
+        self.manual_backward(loss)
+        if final:
+            iteration = self.global_step
+            optimizer.step()
+            self.poly_update(optimizer, iteration)
+        else:
+            # LightningOptimizer.step is this call between the loop's step-counter hooks.
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)
+
+    # ------------------------------------------------------------------ snapshots
+    @torch.no_grad()
+    def _snapshot(self, optimizer) -> dict:
+        return {
+            "params": [p.detach().clone() for p in self.model.parameters()],
+            "buffers": [b.detach().clone() for b in self.model.buffers()],
+            "optimizer": _copy_state(optimizer.state),
+            "teacher": [t.detach().clone() for t in self.teacher.network.state_dict().values()],
+            "ema_updates": self.ema_updates,
+        }
+
+    @torch.no_grad()
+    def _restore(self, start: dict, optimizer, everything: bool = False) -> None:
+        for p, saved in zip(self.model.parameters(), start["params"], strict=True):
+            p.copy_(saved)
+        if self.restore == "all" or everything:
+            for b, saved in zip(self.model.buffers(), start["buffers"], strict=True):
+                b.copy_(saved)
+            optimizer.state.clear()
+            optimizer.state.update(_copy_state(start["optimizer"]))
+        if everything:
+            teacher = self.teacher.network.state_dict().values()
+            for t, saved in zip(teacher, start["teacher"], strict=True):
+                t.copy_(saved)
+            self.ema_updates = start["ema_updates"]
+
+
+def split_batch(batch, parts: int) -> list:
+    """The batch (nested dicts of tensors) cut into `parts` equal chunks along dimension 0."""
+    if isinstance(batch, dict):
+        pieces = {k: split_batch(v, parts) for k, v in batch.items()}
+        return [{k: v[i] for k, v in pieces.items()} for i in range(parts)]
+    return list(batch.chunk(parts))
+
+
+def _copy_state(state: dict) -> dict:
+    return {
+        p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+        for p, s in state.items()
+    }
+
+
+def _no_closure() -> None:
+    return None
