@@ -224,7 +224,9 @@ def classmix_masks(labels: Tensor, ignore: Tensor, partner: Tensor, generator=No
 
 def classmix_with(batch: Mixed, partner: Tensor, generator=None) -> Mixed:
     """Image i with the pixels of half the classes of image partner[i] (see `classmix_masks`)."""
-    return cutmix_with(batch, classmix_masks(batch.labels, batch.ignore, partner, generator), partner)
+    return cutmix_with(
+        batch, classmix_masks(batch.labels, batch.ignore, partner, generator), partner
+    )
 
 
 def reco_mix(

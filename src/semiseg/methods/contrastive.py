@@ -133,7 +133,9 @@ def contrastive_loss(
         hard = members[k][own[members[k], c] < strong_threshold]
         if len(hard) == 0:
             continue
-        anchors = flat[hard[torch.randint(len(hard), (num_queries,), generator=generator).to(device)]]
+        anchors = flat[
+            hard[torch.randint(len(hard), (num_queries,), generator=generator).to(device)]
+        ]
         with torch.no_grad():
             # the other classes in the public order: k + 1, ..., then 0, ..., k - 1
             others = [present[(k + j) % len(present)] for j in range(1, len(present))]
@@ -149,8 +151,11 @@ def contrastive_loss(
             picks = starts[drawn] + (u * sizes[drawn]).long()
             negatives = flat[torch.cat(pools)[picks.to(device)]].view(num_queries, num_negatives, d)
             positive = prototypes[c].to(flat.dtype).expand(num_queries, 1, d)
-            candidates = torch.cat((positive, negatives), dim=1)
-        logits = F.cosine_similarity(anchors.unsqueeze(1), candidates, dim=2) / temperature
+            candidates = F.normalize(torch.cat((positive, negatives), dim=1), dim=2, eps=1e-8)
+        # cos(anchor, candidate) as unit vectors' dot products: the public cosine_similarity on
+        # (Q, 1 + K, D) broadcasts, 5x slower here and the same numbers for non-zero vectors
+        anchors = F.normalize(anchors, dim=1, eps=1e-8)
+        logits = torch.einsum("qd,qkd->qk", anchors, candidates) / temperature
         target = torch.zeros(num_queries, dtype=torch.long, device=device)
         total = total + F.cross_entropy(logits, target)
     return total / len(present)

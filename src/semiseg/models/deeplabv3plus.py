@@ -97,7 +97,9 @@ class DeepLabV3Plus(nn.Module):
     def decode(self, low, high, size):
         return upsample(self.classifier(self.fuse(self.features(low, high))), size)
 
-    def forward(self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None):
+    def forward(
+        self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None
+    ):
         low, high = self.backbone(x)
         if outputs is not None:
             if feature_perturbation:
