@@ -45,8 +45,9 @@ def confident_fraction(conf: Tensor, valid: Tensor, threshold: float) -> Tensor:
     cut out, as the public code fills it; in `mix` mode it also counts confident pixels whose two
     labels disagree, so the weight may exceed 1 there, as in the public code). An image without a
     usable label gets 0 (the public code divides by zero: "may be nan")."""
-    confident = (conf >= threshold).flatten(1).sum(1)
-    return confident / valid.flatten(1).sum(1).clamp(min=1)
+    confident = (conf >= threshold).flatten(1).sum(1).float()
+    usable = valid.flatten(1).sum(1)
+    return torch.where(usable > 0, confident / usable.clamp(min=1), 0.0)
 
 
 def weighted_pseudo_label_loss(logits: Tensor, labels: Tensor, valid: Tensor, weights: Tensor):
