@@ -158,12 +158,18 @@ def test_a_class_without_hard_pixels_adds_nothing_but_counts():
     assert rep.grad[0, :, 0, 1].abs().sum() == 0 and rep.grad[0, :, 0, 2].abs().sum() == 0
 
 
-def test_one_class_or_none_gives_a_zero_with_a_graph():
+def test_one_class_or_none_or_no_hard_pixel_gives_a_zero_with_a_graph():
     rep, labels, indicator, prototypes = _two_classes()
-    for only in (torch.tensor([[[0, 0, 255]]]), torch.tensor([[[255, 255, 255]]])):
-        loss = contrastive_loss(rep, only, indicator, prototypes, 0.8, 4, 3, 0.5)
+    easy = torch.ones_like(indicator)  # two classes, no hard pixel
+    cases = [
+        (torch.tensor([[[0, 0, 255]]]), indicator),
+        (torch.tensor([[[255, 255, 255]]]), indicator),
+        (labels, easy),
+    ]
+    for only, ind in cases:
+        loss = contrastive_loss(rep, only, ind, prototypes, 0.8, 4, 3, 0.5)
         assert loss.item() == 0.0
-        loss.backward()  # DDP needs the representation head in the graph
+        loss.backward()  # DDP needs the representation head in every backward
         assert torch.equal(rep.grad, torch.zeros_like(rep))
 
 

@@ -24,8 +24,11 @@ from semiseg.methods.losses import IGNORE_INDEX
 def prototype_similarity(rep: Tensor, prototypes: Tensor) -> Tensor:
     """(N, C, h, w): cosine similarity of each pixel's representation (N, D, h, w) to each class
     prototype (C, D). A zero prototype (a class never seen) has similarity 0 with everything, as
-    the public `F.normalize` gives."""
-    return torch.einsum("ndhw,cd->nchw", F.normalize(rep, dim=1), F.normalize(prototypes, dim=1))
+    the public `F.normalize` gives. In float32 even under autocast: a 0.97 threshold on a
+    softmax at T_r = 0.1 needs the cosines to better than bf16's 3 digits."""
+    with torch.autocast(rep.device.type, enabled=False):
+        rep, prototypes = F.normalize(rep.float(), dim=1), F.normalize(prototypes.float(), dim=1)
+        return torch.einsum("ndhw,cd->nchw", rep, prototypes)
 
 
 def representation_pseudo_labels(similarity: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -129,7 +132,8 @@ def contrastive_loss(
         return flat.sum() * 0.0
     members = [(labels == c).nonzero().flatten() for c in present]
     device = rep.device
-    total = flat.new_zeros(())
+    # a zero with a graph: the head must take part in every backward, anchors or not (DDP)
+    total = flat.sum() * 0.0
     for k, c in enumerate(present):
         hard = members[k][own[members[k], c] < strong_threshold]
         if len(hard) == 0:
