@@ -158,6 +158,18 @@ def test_a_class_without_hard_pixels_adds_nothing_but_counts():
     assert rep.grad[0, :, 0, 1].abs().sum() == 0 and rep.grad[0, :, 0, 2].abs().sum() == 0
 
 
+def test_a_class_without_pixels_is_neither_anchor_nor_negative():
+    """Class 2 has a prototype (right beside P0) but no pixel in the batch: the loss is the
+    two-class one, worked out in test_contrastive_loss_by_hand."""
+    rep, labels, indicator, prototypes = _two_classes()
+    prototypes = torch.cat((prototypes, torch.tensor([[1.0, 0.99]])))
+    indicator = torch.zeros(1, 3, 1, 3)
+    loss = contrastive_loss(rep, labels, indicator, prototypes, 0.8, 4, 3, 0.5)
+    l0 = -math.log(math.exp(math.sqrt(2)) / (math.exp(math.sqrt(2)) + 3))
+    l1 = -math.log(math.exp(2) / (math.exp(2) + 3))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+
+
 def test_one_class_or_none_or_no_hard_pixel_gives_a_zero_with_a_graph():
     rep, labels, indicator, prototypes = _two_classes()
     easy = torch.ones_like(indicator)  # two classes, no hard pixel

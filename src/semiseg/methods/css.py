@@ -110,7 +110,9 @@ class CSS(TeacherStudentModule):
         self.labeled_epoch_steps = None
 
     def on_fit_start(self) -> None:
-        # The public epoch: one pass of each rank's DistributedSampler share of the labeled list.
+        super().on_fit_start()
+        # The public epoch: one pass of each rank's DistributedSampler share of the labeled list
+        # (without a data module, as in unit tests, the ramp runs over the whole training).
         files = getattr(getattr(self.trainer, "datamodule", None), "files", None)
         if files is not None:
             per_rank = math.ceil(len(files.labeled) / self.trainer.world_size)
