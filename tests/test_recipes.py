@@ -39,7 +39,10 @@ def test_recipes_match_the_public_code(rows):
             assert abs(row.steps_4 - row.reference_steps) <= tolerance, where
         for key, ours, theirs in row.checks:  # weight decay, tau, loss weight, EMA decay, OHEM
             assert ours == pytest.approx(theirs), (*where, key)
-        assert row.steps_1 >= 4 * row.steps_4 - 4 * row.epochs, where
+        if ref.epochs is None:  # a fixed iteration count (CSS): the same steps on any devices
+            assert row.steps_1 == row.steps_4 == ref.iterations, where
+        else:
+            assert row.steps_1 >= 4 * row.steps_4 - 4 * row.epochs, where
 
 
 def test_steps_worked_by_hand(rows):
@@ -66,6 +69,10 @@ def test_steps_worked_by_hand(rows):
     # ceil(2603 / 4) = 651, // 4 = 162 x 80 = 12,960
     fst_cityscapes = by_key[("fst_cityscapes", "1/8")]
     assert (fst_cityscapes.reference_steps, fst_cityscapes.steps_4) == (11_120, 12_960)
+    # CSS: 80,000 iterations (ori_pseudo.py's --total_iter) at 4 x 8, lr 6.4e-3 for every layer
+    css = by_key[("css_pascal", "92")]
+    assert (css.steps_4, css.steps_1, css.epochs, css.crop) == (80_000, 80_000, None, 512)
+    assert by_key[("css_cityscapes", "1/8")].lr_4 == pytest.approx(0.0064)
 
 
 def test_setting_the_split_equals_composing_with_it():

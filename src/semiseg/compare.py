@@ -4,7 +4,8 @@ Markdown table and a plot of val mIoU over steps.
     python -m semiseg.compare [--out DIR] [methods=supervised,fixmatch,unimatch] [OVERRIDES ...]
 
 `methods=` (or `--methods`) lists any of supervised, fixmatch, unimatch, meanteacher, imas, augseg,
-fst (FST takes K + 1 optimizer steps per step counted, so about 4x the time).
+fst (FST takes K + 1 optimizer steps per step counted, so about 4x the time),
+css.
 
 Any train.py override can follow (e.g. split=20 trainer.max_steps=300). The runs go through
 train.py itself (Hydra multirun, one after another), so they are exactly what a user would run.

@@ -56,6 +56,8 @@ EXPERIMENTS = {
     "imas_cityscapes": CITYSCAPES_HALVES,
     "fst_pascal": ["u2pl_1_16"],  # the splits of FST's published semi-supervised configs
     "fst_cityscapes": ["1/8"],
+    "css_pascal": PASCAL_CLASSIC,
+    "css_cityscapes": CITYSCAPES,
 }
 
 
@@ -69,15 +71,18 @@ class Reference:
     batch: int  # per GPU
     gpus: int
     lr: float
-    epochs: int
+    epochs: int | None  # None: a fixed iteration count instead (`iterations`)
     over_labeled: bool = False  # supervised.py: an epoch is one pass over the labeled list
     weight_decay: float = 1e-4
     hyper: tuple = ()  # (config key, public value) pairs the test checks too
     # Images the public loader draws an epoch when that is not the split's unlabeled list
     # (FST's Cityscapes config: 2975 - n_sup with n_sup 744).
     epoch_images: int | None = None
+    iterations: int | None = None  # the public total_iter of an iteration-based recipe (CSS)
 
     def steps(self, n_labeled: int, n_unlabeled: int) -> int:
+        if self.iterations:
+            return self.iterations
         # DistributedSampler gives each GPU ceil(n / gpus) images; the loader drops the last
         # incomplete batch; the poly schedule runs over epochs * len(loader) iterations.
         n = n_labeled if self.over_labeled else n_unlabeled
@@ -122,12 +127,40 @@ TEACHER_STUDENT = {
     ),
 }  # fmt: skip
 
+# The public CSS runs: config/{VOC,CityScapes}_config_baseline.yaml and cross_label.py's defaults
+# (4 GPUs, strong threshold 0.8, un_threshold 0.97); 80,000 iterations from ori_pseudo.py.
+_CSS_HYPER = (
+    ("method.tau", 0.97),
+    ("method.ema_alpha", 0.99),
+    ("method.weak_threshold", 0.7),
+    ("method.strong_threshold", 0.8),
+    ("method.contrast_temperature", 0.5),
+    ("method.num_queries", 256),
+    ("method.num_negatives", 512),
+    ("method.prototype_alpha", 0.99),
+    ("method.rampdown_epochs", 200),
+    ("optim.lr_multi", 1.0),
+    ("model.output_stride", 8),
+)
+CSS = {
+    "pascal": Reference(
+        "resnet101", "resnet101.pth", 512, 8, 4, 0.0064, None, weight_decay=5e-4,
+        hyper=_CSS_HYPER, iterations=80_000,
+    ),
+    "cityscapes": Reference(
+        "resnet101", "resnet101.pth", 769, 4, 4, 0.0064, None, weight_decay=5e-4,
+        hyper=(*_CSS_HYPER, ("dataset.labeled_loss.min_kept", 200_000)), iterations=80_000,
+    ),
+}  # fmt: skip
+
 
 def _reference(experiment: str, split: str) -> Reference:
     method, dataset = experiment.split("_", 1)
     dataset = dataset.removesuffix("_blended")
     if method in ("imas", "augseg", "fst"):
         return TEACHER_STUDENT[(method, dataset)]
+    if method == "css":
+        return CSS[dataset]
     supervised = method == "supervised"
     # The public README: the supervised baseline doubles the batch (no lr change).
     batch = 4 if supervised else 2
@@ -161,7 +194,7 @@ class Row:
     batch: int
     lr_1: float
     lr_4: float
-    epochs: int
+    epochs: int | None  # None: the recipe fixes trainer.max_steps, on any number of devices
     steps_1: int
     steps_4: int
     reference: Reference
@@ -196,7 +229,9 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
         n = max(n_labeled, n_unlabeled)
     else:
         n = n_labeled
-    batch, epochs = int(cfg.data.batch_size), int(cfg.trainer.max_epochs)
+    batch = int(cfg.data.batch_size)
+    max_steps = int(cfg.trainer.max_steps or -1)
+    epochs = None if max_steps > 0 else int(cfg.trainer.max_epochs)
 
     def lr(devices: int) -> float:
         if not cfg.optim.scale_lr:
@@ -221,8 +256,8 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
         lr_1=lr(1),
         lr_4=lr(4),
         epochs=epochs,
-        steps_1=_steps(epochs, n, 1, batch),
-        steps_4=_steps(epochs, n, 4, batch),
+        steps_1=max_steps if epochs is None else _steps(epochs, n, 1, batch),
+        steps_4=max_steps if epochs is None else _steps(epochs, n, 4, batch),
         reference=reference,
         reference_steps=reference.steps(n_labeled, n_unlabeled),
         checks=checks,
@@ -254,9 +289,9 @@ def markdown_table(all_rows: list[Row] | None = None) -> str:
             str(row.crop),
             str(row.batch),
             f"{row.lr_1:g} / {row.lr_4:g}",
-            str(row.epochs),
+            str(row.epochs or "-"),
             f"{row.steps_1:,} / {row.steps_4:,}",
-            f"{ref.backbone}, {ref.crop}, {ref.batch} x {ref.gpus}, {ref.lr:g}, {ref.epochs}, "
+            f"{ref.backbone}, {ref.crop}, {ref.batch} x {ref.gpus}, {ref.lr:g}, {ref.epochs or '-'}, "
             f"{row.reference_steps:,}",
         )
         family = row.experiment.split("_", 1)[1]

@@ -1,5 +1,5 @@
-"""CutMix on whole batches inside the training step: box masks, iMAS's hard CutMix and AugSeg's
-label-injecting CutMix. Each returns new tensors (the inputs are never written) holding the mixed
+"""CutMix on whole batches inside the training step: box masks, iMAS's hard CutMix, AugSeg's
+label-injecting CutMix and ReCo's CutMix, ClassMix and CutOut (used by CSS). Each returns new tensors (the inputs are never written) holding the mixed
 images AND their labels, confidences and ignore masks (conventions of `methods/losses.py`).
 
 Random numbers are drawn on the CPU (a few per image) from `generator` (torch's global one if
@@ -180,7 +180,7 @@ def label_injecting_cutmix(
 
 
 # FST's semi-supervised code (the U2PL code base: semi_seg/fst/dataset/augmentation.py,
-# `generate_cutout_mask` and `generate_unsup_data(mode="cutmix")`)
+# `generate_cutout_mask` and `generate_unsup_data(mode="cutmix")`); ReCo's (CSS) is the same box
 
 
 def half_area_boxes(n: int, height: int, width: int, generator=None, device=None) -> Tensor:
@@ -193,3 +193,65 @@ def half_area_boxes(n: int, height: int, width: int, generator=None, device=None
     left = (torch.rand(n, generator=generator, dtype=torch.float64) * (width - w + 1)).long()
     top = (torch.rand(n, generator=generator, dtype=torch.float64) * (height - h + 1)).long()
     return box_masks(top, top + h, left, left + w, height, width, device)
+
+
+# ReCo's mixing (reco/module_list.py `generate_cut`, copied by CSS as `generate_cut_gather*`); its
+# CutMix and CutOut box is U2PL's `generate_cutout_mask(ratio=2)`: `half_area_boxes` above.
+
+
+def cutout(batch: Mixed, box: Tensor) -> Mixed:
+    """ReCo's CutOut: inside the box the image is 0 (the mean colour, after normalisation), the
+    label ignored and the confidence 0, as the public code writes -1, 0 and 0 there."""
+    inside = box.bool().to(batch.images.device)
+    return Mixed(
+        batch.images.masked_fill(inside.unsqueeze(1), 0.0),
+        batch.labels,
+        batch.conf.masked_fill(inside, 0.0),
+        batch.ignore.masked_fill(inside, IGNORE_INDEX),
+    )
+
+
+def classmix_masks(labels: Tensor, ignore: Tensor, partner: Tensor, generator=None) -> Tensor:
+    """ClassMix as ReCo's `generate_class_mask`: of the label values present in image
+    partner[i] (ignored pixels count as one more value, as ReCo's -1 does), floor(K / 2) drawn at
+    random; True where partner[i] holds one of them. With `cutmix_with(batch, mask, partner)`,
+    image i receives those classes of its partner: ReCo pastes image i's classes onto image
+    i + 1 instead, the same pairs seen from the other side."""
+    keys = labels.masked_fill(ignore == IGNORE_INDEX, IGNORE_INDEX)[partner.to(labels.device)]
+    masks = torch.zeros_like(keys, dtype=torch.bool)
+    for i, key in enumerate(keys):
+        values = torch.unique(key)
+        order = torch.randperm(len(values), generator=generator).to(values.device)
+        chosen = values[order[: len(values) // 2]]
+        masks[i] = torch.isin(key, chosen)
+    return masks
+
+
+def classmix_with(batch: Mixed, partner: Tensor, generator=None) -> Mixed:
+    """Image i with the pixels of half the classes of image partner[i] (see `classmix_masks`)."""
+    return cutmix_with(
+        batch, classmix_masks(batch.labels, batch.ignore, partner, generator), partner
+    )
+
+
+def reco_mix(
+    batches: tuple[Mixed, ...], mode: str, partner: Tensor, generator=None
+) -> tuple[Mixed, ...]:
+    """One ReCo mixing (`cutmix`, `classmix`, `cutout` or `none`) applied alike to several views
+    of the same images (CSS carries the logit- and the representation-space labels); the
+    ClassMix classes are the first batch's labels."""
+    first = batches[0]
+    n, _, h, w = first.images.shape
+    device = first.images.device
+    if mode == "none":
+        return batches
+    if mode == "cutout":
+        box = half_area_boxes(n, h, w, generator, device)
+        return tuple(cutout(b, box) for b in batches)
+    if mode == "cutmix":
+        mask = half_area_boxes(n, h, w, generator, device)
+    elif mode == "classmix":
+        mask = classmix_masks(first.labels, first.ignore, partner, generator)
+    else:
+        raise ValueError(f"mix mode '{mode}' is unknown: use cutmix, classmix, cutout or none")
+    return tuple(cutmix_with(b, mask, partner) for b in batches)

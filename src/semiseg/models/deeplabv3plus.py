@@ -49,6 +49,13 @@ class DeepLabV3Plus(nn.Module):
     forward(x) returns logits at the input size. forward(x, feature_perturbation=True) returns
     (logits, logits_fp): the decoder runs once on the features and their Dropout2d copies
     concatenated, so BatchNorm normalises both halves together as in UniMatch.
+
+    forward(x, outputs=(...)) returns a dict with the named outputs instead:
+    - "logits": as forward(x);
+    - "features": the decoder's concatenation (48 low-level + 256 ASPP channels, stride 4);
+    - "representation": the representation head on those features, stride 4 (only when built
+      with `representation_dim`: CSS's head, 304 -> 3x3 conv 256, BN, ReLU -> 1x1 conv dim, as
+      `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier).
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class DeepLabV3Plus(nn.Module):
         deep_stem: bool = True,
         dilations=(6, 12, 18),
         fp_dropout: float = 0.5,
+        representation_dim: int | None = None,
     ):
         super().__init__()
         self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
@@ -74,14 +82,29 @@ class DeepLabV3Plus(nn.Module):
         self.reduce = conv_bn_relu(low_ch, 48, 1)
         self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3))
         self.classifier = nn.Conv2d(256, num_classes, 1)
+        # Built only when a method asks for it (CSS), so other checkpoints keep their keys.
+        self.representation = (
+            nn.Sequential(conv_bn_relu(256 + 48, 256, 3), nn.Conv2d(256, representation_dim, 1))
+            if representation_dim
+            else None
+        )
+
+    def features(self, low, high):
+        """The decoder's concatenation of reduced low-level and upsampled ASPP features."""
+        high = upsample(self.head(high), low.shape[-2:])
+        return torch.cat([self.reduce(low), high], dim=1)
 
     def decode(self, low, high, size):
-        high = upsample(self.head(high), low.shape[-2:])
-        x = self.fuse(torch.cat([self.reduce(low), high], dim=1))
-        return upsample(self.classifier(x), size)
+        return upsample(self.classifier(self.fuse(self.features(low, high))), size)
 
-    def forward(self, x, feature_perturbation: bool = False):
+    def forward(
+        self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None
+    ):
         low, high = self.backbone(x)
+        if outputs is not None:
+            if feature_perturbation:
+                raise ValueError("outputs=... and feature_perturbation=True cannot be combined")
+            return self.named_outputs(self.features(low, high), x.shape[-2:], outputs)
         if not feature_perturbation:
             return self.decode(low, high, x.shape[-2:])
         # The perturbation is part of training the decoder, not a regulariser to switch off in
@@ -90,6 +113,21 @@ class DeepLabV3Plus(nn.Module):
         high = torch.cat([high, F.dropout2d(high, self.fp_dropout, training=True)])
         logits, logits_fp = self.decode(low, high, x.shape[-2:]).chunk(2)
         return logits, logits_fp
+
+    def named_outputs(self, features, size, outputs) -> dict[str, torch.Tensor]:
+        unknown = set(outputs) - {"logits", "features", "representation"}
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}: logits, features, representation")
+        result = {}
+        if "logits" in outputs:
+            result["logits"] = upsample(self.classifier(self.fuse(features)), size)
+        if "features" in outputs:
+            result["features"] = features
+        if "representation" in outputs:
+            if self.representation is None:
+                raise ValueError("this model has no representation head (representation_dim)")
+            result["representation"] = self.representation(features)
+        return result
 
     def backbone_parameters(self):
         return self.backbone.parameters()

@@ -1,0 +1,212 @@
+"""CSS (Wang et al., ICCV 2023): collaborative supervision from the logit and the representation
+space, on ReCo's contrastive learning. Transcribed from the public code (`Model_cross`,
+`Model_mix` in generalframeworks/networks/ddp_model.py, cross_label.py, mix_label.py and the
+losses in generalframeworks/loss/loss.py); the pure functions are in methods/contrastive.py.
+
+The EMA teacher labels the weak view twice: by its logits, and by its representation's cosine
+similarity to class prototypes (softmax at T_r). `label_mode=cross` learns the representation
+labels, each image weighted by its fraction of confident representation pixels (>= tau 0.97);
+`mix` learns the logit labels where the two spaces agree, weighted by the logit confidence.
+A ReCo contrastive loss (hard anchors: prototype softmax < 0.8) pulls the student's
+representations to their class prototypes, weighted exp(-5 (e / 200)^2) over labeled epochs.
+`loss = loss_x + weight_u * loss_u + omega * loss_contrast`.
+
+Where this follows the public code, beyond the first reading:
+- T_r is `rep_temperature` (0.1, `Model_cross`'s default); the scripts pass their contrastive
+  temperature 0.5 as T_r, where no pixel can reach 0.97 (contrastive.representation_pseudo_labels)
+  and the `cross` unsupervised loss is always 0. Set rep_temperature=0.5 for the scripts' runs.
+- The indicator of hard anchors is the STUDENT's representation against the prototypes before
+  this step's update, at T_r; the positives are the prototypes after it.
+- Prototypes: EMA (0.99) of the class means of the student's detached representations, labeled
+  pixels by their ground truth and unlabeled ones by the teacher's logit labels where confident
+  (>= 0.7). Sums and counts are all-reduced, so every rank holds the same prototypes (the public
+  code updates a class only on the ranks whose own batch shows it, so its ranks drift apart).
+  They are a buffer of this module, outside the networks: checkpointed, never broadcast with
+  the validated network's buffers, and changed only by a step that was taken.
+- The contrastive weight steps once per public epoch, one pass over the LABELED list (their
+  loop runs over the labeled loader), and is 0 after 200 of them: with 92 labels on 4 GPUs x 8
+  that is after 400 of 80,000 iterations. `rampdown_epochs=null` spreads it over all training.
+- In `mix` mode the public contrastive labels one-hot the disagreeing pixels' -1 as class 0
+  (`label_onehot` clamps with relu); here those pixels are left out of the contrastive loss.
+
+Where this differs (the recipe docs say so too): the strong view is the data workers' (colour
+jitter, grayscale, blur) and is mixed after its colour change, where ReCo jitters the mixed image
+and rescales it (0.5-1.5) after the teacher's forward; mixing stays within each rank's batch (the
+public code gathers all ranks' images first); the teacher predicts in eval mode (the public one
+runs in train mode, with batch statistics) and its BatchNorm statistics are averaged as the
+family's; confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,
+so its 0.97 threshold acts as 248/255 = 0.9725).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from semiseg.augment.mixing import Mixed, reco_mix
+from semiseg.errors import ConfigError
+from semiseg.methods.contrastive import (
+    class_sums,
+    confident_fraction,
+    contrastive_loss,
+    nearest,
+    prototype_similarity,
+    rampdown,
+    representation_pseudo_labels,
+    update_prototypes,
+    weighted_pseudo_label_loss,
+)
+from semiseg.methods.losses import IGNORE_INDEX, mask_ratio, pseudo_label_accuracy, pseudo_labels
+from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.models.deeplabv3plus import upsample
+
+BOTH = ("logits", "representation")
+
+
+class CSS(TeacherStudentModule):
+    num_strong_views = 1  # the data workers' strong view of each unlabeled image
+
+    def __init__(
+        self,
+        *args,
+        label_mode: str = "cross",
+        representation_dim: int = 256,
+        rep_temperature: float = 0.1,
+        weak_threshold: float = 0.7,
+        strong_threshold: float = 0.8,
+        contrast_temperature: float = 0.5,
+        num_queries: int = 256,
+        num_negatives: int = 512,
+        prototype_alpha: float = 0.99,
+        rampdown_epochs: float | None = 200,
+        mix_mode: str = "cutmix",
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
+        if label_mode not in ("cross", "mix"):
+            raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
+        head = getattr(self.model, "representation", None)
+        if head is None or head[-1].out_channels != representation_dim:
+            raise ConfigError(
+                f"method css needs a model with a {representation_dim}-d representation head "
+                "(model.representation_dim follows method.representation_dim by default)"
+            )
+        self.label_mode = label_mode
+        self.rep_temperature = rep_temperature
+        self.weak_threshold = weak_threshold
+        self.contrast = dict(
+            strong_threshold=strong_threshold,
+            num_queries=num_queries,
+            num_negatives=num_negatives,
+            temperature=contrast_temperature,
+        )
+        self.prototype_alpha = prototype_alpha
+        self.rampdown_epochs = rampdown_epochs
+        self.mix_mode = mix_mode
+        self.register_buffer("prototypes", torch.zeros(self.num_classes, representation_dim))
+        self._new_prototypes = None
+        self.labeled_epoch_steps = None
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # The public epoch: one pass of each rank's DistributedSampler share of the labeled list
+        # (without a data module, as in unit tests, the ramp runs over the whole training).
+        files = getattr(getattr(self.trainer, "datamodule", None), "files", None)
+        if files is not None:
+            per_rank = math.ceil(len(files.labeled) / self.trainer.world_size)
+            self.labeled_epoch_steps = max(1, per_rank // self.trainer.datamodule.batch_size)
+
+    def contrast_weight(self) -> float:
+        if self._trainer is None:  # semiseg.bench: the first epoch's weight
+            return 1.0
+        if self.rampdown_epochs is None or not self.labeled_epoch_steps:
+            return rampdown(self.global_step, self.total_steps)
+        return rampdown(self.global_step // self.labeled_epoch_steps, self.rampdown_epochs)
+
+    def training_losses(self, batch):
+        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+        u = batch["unlabeled"]
+        weak, ignore = u["weak"], u["ignore"]
+        padded = ignore == IGNORE_INDEX
+        n_u = weak.shape[0]
+
+        # 1. The teacher's labels of the weak view in both spaces (the cosines are upsampled to
+        #    the image before the softmax, as the public code). Padded pixels get confidence 0,
+        #    the public padding fill, so they never count as confident.
+        with torch.no_grad():
+            teacher = self.teacher(weak, outputs=BOTH)
+            conf_c, labels_c = pseudo_labels(teacher["logits"])
+            similarity = prototype_similarity(teacher["representation"], self.prototypes)
+            similarity = upsample(similarity, weak.shape[-2:])
+            conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
+        logit_space = Mixed(u["strong1"], labels_c, conf_c.masked_fill(padded, 0), ignore)
+        rep_space = Mixed(u["strong1"], labels_r, conf_r.masked_fill(padded, 0), ignore)
+
+        # 2. ReCo's mixing within the batch (image i with image i + 1), both spaces alike.
+        partner = torch.arange(n_u).roll(-1)
+        logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
+
+        # 3. The student, labeled and unlabeled images in separate forwards (separate BatchNorm
+        #    batches, as the public code).
+        out_x = self.model(x, outputs=BOTH)
+        out_u = self.model(logit_space.images, outputs=BOTH)
+        loss_x = self.labeled_loss(out_x["logits"], y)
+
+        # 4. The unsupervised loss: which labels, and whose confidence weighs each image.
+        usable = logit_space.ignore != IGNORE_INDEX
+        if self.label_mode == "cross":
+            target, conf = rep_space.labels, rep_space.conf
+        else:  # mix: the logit labels where both spaces agree
+            usable = usable & (logit_space.labels == rep_space.labels)
+            target, conf = logit_space.labels, logit_space.conf
+        weights = confident_fraction(conf, usable, self.tau)
+        loss_u = weighted_pseudo_label_loss(out_u["logits"], target, usable, weights)
+
+        # 5. The contrastive loss on all representations (stride 4): labeled pixels by ground
+        #    truth, unlabeled ones by the logit labels where confident (>= weak_threshold).
+        rep = torch.cat((out_x["representation"], out_u["representation"]))
+        contrast_u = logit_space.labels.masked_fill(
+            ~usable | (logit_space.conf < self.weak_threshold), IGNORE_INDEX
+        )
+        size = rep.shape[-2:]
+        labels = torch.cat((nearest(y, size), nearest(contrast_u, size)))
+        with torch.no_grad():
+            similarity = prototype_similarity(rep.detach(), self.prototypes)
+            indicator = (similarity / self.rep_temperature).softmax(1)
+        self._new_prototypes = self.updated_prototypes(rep, labels)
+        loss_c = contrastive_loss(rep, labels, indicator, self._new_prototypes, **self.contrast)
+        omega = self.contrast_weight()
+
+        learned_labels, learned_conf = (
+            (labels_r, conf_r) if self.label_mode == "cross" else (labels_c, conf_c)
+        )
+        return {
+            "loss": loss_x + self.weight_u * loss_u + omega * loss_c,
+            "loss_x": loss_x,
+            "loss_u": loss_u,
+            "loss_contrast": loss_c,
+            "contrast_weight": omega,
+            "image_weight": weights.mean(),
+            "mask_ratio": mask_ratio(conf_c, ignore, self.tau),
+            "rep_mask_ratio": mask_ratio(conf_r, ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(learned_labels, learned_conf, u["gt"], self.tau),
+        }
+
+    @torch.no_grad()
+    def updated_prototypes(self, rep, labels):
+        """This batch's class means folded into the prototypes, summed over all ranks."""
+        sums, counts = class_sums(rep, labels, self.num_classes)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            both = torch.cat((sums, counts.unsqueeze(1)), dim=1)
+            dist.all_reduce(both)
+            sums, counts = both[:, :-1], both[:, -1]
+        return update_prototypes(self.prototypes, sums, counts, self.prototype_alpha)
+
+    def after_optimizer_step(self) -> None:
+        # The prototypes move with the step that used them (none for a skipped step).
+        if self._new_prototypes is not None:
+            self.prototypes.copy_(self._new_prototypes)
+            self._new_prototypes = None
+        super().after_optimizer_step()
