@@ -14,10 +14,14 @@ CLIP = 0.5
 
 
 class TinyNet(nn.Module):
-    def __init__(self):
+    """A 3x3 conv backbone (optionally with BatchNorm statistics to move) and a 1x1 head."""
+
+    def __init__(self, classes: int = 2, batch_norm: bool = False):
         super().__init__()
         self.backbone = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Conv2d(4, 2, 1)
+        if batch_norm:
+            self.backbone = nn.Sequential(self.backbone, nn.BatchNorm2d(4))
+        self.head = nn.Conv2d(4, classes, 1)
 
     def forward(self, x):
         return self.head(torch.relu(self.backbone(x)))

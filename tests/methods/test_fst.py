@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
+from test_clipping import TinyNet
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -32,22 +33,9 @@ OPTIM = {"lr": LR, "lr_multi": 2.0, "momentum": 0.9, "weight_decay": 1e-3, "poly
          "clip_grad": None}  # fmt: skip
 
 
-class TinyBNNet(nn.Module):
+def TinyBNNet() -> nn.Module:  # noqa: N802 (used like the class it was)
     """A backbone with BatchNorm (statistics that the virtual steps move) and a 1x1 head."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
-        self.head = nn.Conv2d(4, 3, 1)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.backbone(x)))
-
-    def backbone_parameters(self):
-        return self.backbone.parameters()
-
-    def head_parameters(self):
-        return self.head.parameters()
+    return TinyNet(classes=3, batch_norm=True)
 
 
 def _samples(n, seed=0):
