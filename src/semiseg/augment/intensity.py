@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from semiseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from semiseg.errors import ConfigError
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -171,6 +172,40 @@ class IntensityPolicy:
 
 IMAS_POLICY = IntensityPolicy(tuple(OPS), 2, 2, (0.1, 0.95), strength=0.999)
 AUGSEG_POLICY = IntensityPolicy(tuple(op for op in OPS if op != "invert"), 1, 3, (0.05, 0.95))
+
+
+def policy_with(base: IntensityPolicy, overrides: dict | None, key: str) -> IntensityPolicy:
+    """`base` with the config's `ops`, `num_ops` ([min, max]) and `enhance_range` where given
+    (null keeps the paper's); `key` names the config entry in errors."""
+    overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    unknown = set(overrides) - {"ops", "num_ops", "enhance_range"}
+    if unknown:
+        raise ConfigError(
+            f"{key}.{sorted(unknown)[0]} is not an intensity setting: use ops, num_ops, enhance_range"
+        )
+    changes = {}
+    if "ops" in overrides:
+        ops = tuple(overrides["ops"])
+        bad = [op for op in ops if op not in OPS]
+        if bad or not ops:
+            raise ConfigError(
+                f"{key}.ops={list(ops)}: {bad[0] if bad else 'empty'} is not an op; "
+                f"choose from {', '.join(OPS)}"
+            )
+        changes["ops"] = ops
+    if "num_ops" in overrides:
+        lo, hi = (int(v) for v in overrides["num_ops"])
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"{key}.num_ops=[{lo}, {hi}]: give [min, max] with 1 <= min <= max")
+        changes["min_ops"], changes["max_ops"] = lo, hi
+    if "enhance_range" in overrides:
+        lo, hi = (float(v) for v in overrides["enhance_range"])
+        if not 0 <= lo <= hi:
+            raise ConfigError(
+                f"{key}.enhance_range=[{lo}, {hi}]: give [low, high] with 0 <= low <= high"
+            )
+        changes["enhance_range"] = (lo, hi)
+    return replace(base, **changes)
 
 
 def op_parameter(name: str, u: Tensor, coin: Tensor, policy: IntensityPolicy) -> Tensor:

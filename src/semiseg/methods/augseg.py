@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from semiseg.augment.intensity import AUGSEG_POLICY, random_intensity
+from semiseg.augment.intensity import AUGSEG_POLICY
 from semiseg.augment.mixing import Mixed, label_injecting_cutmix
 from semiseg.methods.hardness import reliability
 from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
-from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.teacher_student import IntensityAugmented
 
 
-class AugSeg(TeacherStudentModule):
+class AugSeg(IntensityAugmented):
+    paper_policy = AUGSEG_POLICY
+
     def training_losses(self, batch):
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         u = batch["unlabeled"]
@@ -29,7 +31,7 @@ class AugSeg(TeacherStudentModule):
         rho = reliability(logits_t)
 
         # 2. Random intensity augmentation, then the label-injecting CutMix.
-        strong = Mixed(random_intensity(u["weak"], AUGSEG_POLICY), labels, conf, u["ignore"])
+        strong = Mixed(self.strong_view(u), labels, conf, u["ignore"])
         strong = label_injecting_cutmix(strong, x, y, rho)
 
         # 3. The student on labeled and strong images in one batch.

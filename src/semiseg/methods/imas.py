@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import torch
 
-from semiseg.augment.intensity import IMAS_POLICY, random_intensity
+from semiseg.augment.intensity import IMAS_POLICY
 from semiseg.augment.mixing import Mixed, hard_cutmix, hard_cutmix_triggered
 from semiseg.methods.hardness import blend_views, easiness, easiness_weighted_loss
 from semiseg.methods.losses import mask_ratio, pseudo_label_accuracy, pseudo_labels
-from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.teacher_student import IntensityAugmented
 
 
-class IMAS(TeacherStudentModule):
+class IMAS(IntensityAugmented):
+    paper_policy = IMAS_POLICY
+
     def __init__(self, *args, cutmix_side=(0.1, 0.9), **kwargs):
         super().__init__(*args, **kwargs)
         self.cutmix_side = tuple(cutmix_side)
@@ -38,7 +40,7 @@ class IMAS(TeacherStudentModule):
         e = easiness(conf_s, labels_s, conf, labels, self.num_classes, self.tau)
 
         # 2. The strong view (2 random intensity ops), blended per image: e * strong + (1 - e) * weak.
-        strong = blend_views(random_intensity(weak, IMAS_POLICY), weak, e)
+        strong = blend_views(self.strong_view(u), weak, e)
 
         # 3. Hard CutMix of the weak views, with probability mean(e).
         views = [x, weak, strong]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from semiseg.augment.intensity import IntensityPolicy, policy_with, random_intensity
+from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
 from semiseg.methods.losses import pseudo_labels
 from semiseg.methods.teacher import EMATeacher
@@ -68,3 +70,29 @@ class TeacherStudentModule(SemiSegModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.ema_updates = int(checkpoint.get("semiseg", {}).get("ema_updates", 0))
+
+
+class IntensityAugmented(TeacherStudentModule):
+    """iMAS and AugSeg: the strong view is the weak view after random intensity ops, made in the
+    step (the public code; `intensity:` overrides the paper's ops, their number and the enhance
+    range), or `strong_view=workers`: the data workers' colour jitter, grayscale and blur of the
+    same crop (UniMatch's strong view), to measure what the intensity ops themselves bring."""
+
+    paper_policy: IntensityPolicy
+
+    def __init__(self, *args, strong_view: str = "intensity", intensity=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if strong_view not in ("intensity", "workers"):
+            raise ConfigError(f"method.strong_view={strong_view}: choose intensity or workers")
+        self.strong_source = strong_view
+        self.policy = policy_with(self.paper_policy, intensity, "method.intensity")
+
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        workers = method_cfg.get("strong_view", "intensity") == "workers"
+        return {"unlabeled": True, "num_strong": 1 if workers else 0, "mix": None}
+
+    def strong_view(self, u: dict) -> Tensor:
+        if self.strong_source == "workers":
+            return u["strong1"]
+        return random_intensity(u["weak"], self.policy)
