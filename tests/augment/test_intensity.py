@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from semiseg.augment import intensity as I
 from semiseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from semiseg.errors import ConfigError
 
 # One 2x2 RGB image; channel planes R, G, B.
 R = [[10, 200], [50, 100]]
@@ -259,3 +260,36 @@ def test_op_choice_distribution_matches_the_public_sampler(policy):
         ours_k = torch.bincount((ops >= 0).sum(1) - 1, minlength=3).tolist()
         public_k = np.bincount([k - 1 for k, _, _ in public], minlength=3).tolist()
         assert chi_square(ours_k, public_k) < CHI2_999[2]
+
+
+def test_policy_overrides_replace_only_what_they_name():
+    assert I.policy_with(I.AUGSEG_POLICY, None, "method.intensity") == I.AUGSEG_POLICY
+    assert I.policy_with(I.AUGSEG_POLICY, {"ops": None}, "method.intensity") == I.AUGSEG_POLICY
+    mild = I.policy_with(
+        I.AUGSEG_POLICY, {"ops": ["blur", "hue"], "num_ops": [2, 2]}, "method.intensity"
+    )
+    assert mild.ops == ("blur", "hue") and (mild.min_ops, mild.max_ops) == (2, 2)
+    assert mild.enhance_range == I.AUGSEG_POLICY.enhance_range
+    ops, params = I.sample_plan(500, mild, torch.Generator().manual_seed(0))
+    assert (ops >= 0).all() and set(ops.flatten().tolist()) == {0, 1}
+    ranged = I.policy_with(I.IMAS_POLICY, {"enhance_range": [0.5, 0.9]}, "method.intensity")
+    ops, params = I.sample_plan(2000, ranged, torch.Generator().manual_seed(0))
+    enhance = torch.isin(ops, torch.tensor([ranged.ops.index(n) for n in I.ENHANCE_OPS]))
+    assert params[enhance].min() >= 0.5 and params[enhance].max() <= 0.9
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"ops": ["blur", "blurr"]}, "method.intensity.ops=['blur', 'blurr']: blurr is not an op"),
+        ({"ops": []}, "method.intensity.ops=[]: empty is not an op"),
+        ({"num_ops": [0, 2]}, "method.intensity.num_ops=[0, 2]: give [min, max]"),
+        ({"num_ops": [3, 2]}, "method.intensity.num_ops=[3, 2]: give [min, max]"),
+        ({"enhance_range": [0.9, 0.5]}, "method.intensity.enhance_range=[0.9, 0.5]: give"),
+        ({"magnitude": 2}, "method.intensity.magnitude is not an intensity setting"),
+    ],
+)
+def test_bad_policy_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        I.policy_with(I.AUGSEG_POLICY, overrides, "method.intensity")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -69,3 +69,37 @@ def test_an_unknown_strong_views_value_is_a_config_error(toy_root):
     assert str(err.value.__cause__) == (
         "method.strong_views 'gpu' is unknown: use one of workers, step"
     )
+
+
+@pytest.mark.parametrize("method", ["imas", "augseg"])
+def test_intensity_methods_can_take_the_workers_strong_view(toy_root, method, monkeypatch):
+    datamodule, module = _build(toy_root, f"method={method}", "method.strong_view=workers")
+    batch = _first_batch(datamodule)
+    u = batch["unlabeled"]
+    assert "strong1" in u and not torch.equal(u["strong1"], u["weak"])
+    assert torch.equal(module.strong_view(u), u["strong1"])
+
+    # the step trains on that view: the intensity ops are never called
+    def no_intensity(*args):
+        raise AssertionError("random_intensity called with strong_view=workers")
+
+    monkeypatch.setattr("semiseg.methods.teacher_student.random_intensity", no_intensity)
+    module.train()
+    losses = module.training_losses(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+
+
+def test_intensity_methods_make_their_strong_view_in_the_step_by_default(toy_root):
+    datamodule, module = _build(
+        toy_root, "method=augseg", "method.intensity.ops=[invert]", "method.intensity.num_ops=[1,1]"
+    )
+    u = _first_batch(datamodule)["unlabeled"]
+    assert "strong1" not in u
+    assert module.policy.ops == ("invert",) and module.policy.max_ops == 1
+    # one invert: every 8-bit value v becomes 255 - v
+    from semiseg.augment.intensity import from_uint8, to_uint8
+
+    strong = module.strong_view(u)
+    assert torch.equal(to_uint8(strong), 255 - to_uint8(u["weak"]))
+    assert torch.allclose(from_uint8(255 - to_uint8(u["weak"])), strong)
