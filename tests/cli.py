@@ -66,3 +66,19 @@ def run_eval(run_dir: Path, eval_dir: Path, *overrides: str):
         "save_predictions=true",
         *overrides,
     )
+
+
+def setup_fails(datamodule, capsys) -> str:
+    """datamodule.setup("fit") as train.py runs it: exit code 2 and one `error: ...` line on
+    stderr, no traceback; returns that line."""
+    import pytest
+
+    from semiseg.errors import exit_on_user_error
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(datamodule.setup)("fit")
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err
+    return lines[0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from layouts import ade20k, custom_folders, pascal
 from omegaconf import OmegaConf
+from cli import setup_fails
 from PIL import Image
 
 from semiseg.data.datamodule import SemiSegDataModule, build_val_dataset
@@ -41,19 +42,10 @@ def _datamodule(name, root, split, **changes):
     )
 
 
-def _fails(dm, capsys) -> str:
-    """setup() as train.py runs it: exit code 2 and one `error: ...` line on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        exit_on_user_error(dm.setup)("fit")
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_missing_root_names_path_and_layout(tmp_path, capsys):
-    message = _fails(_datamodule("pascal", tmp_path / "VOC2012", "1/16"), capsys)
+    message = setup_fails(_datamodule("pascal", tmp_path / "VOC2012", "1/16"), capsys)
     assert f"dataset.root {tmp_path / 'VOC2012'} does not exist" in message
     assert "JPEGImages" in message and "SegmentationClass" in message
 
@@ -61,9 +53,9 @@ def test_missing_root_names_path_and_layout(tmp_path, capsys):
 def test_missing_split_file_names_path_and_layout(tmp_path, capsys):
     root = pascal(tmp_path / "voc")
     (root / "splits" / "val.txt").unlink()
-    message = _fails(_datamodule("pascal", root, "1/16"), capsys)
+    message = setup_fails(_datamodule("pascal", root, "1/16"), capsys)
     assert f"{root / 'splits' / 'val.txt'} not found" in message and "labeled.txt" in message
-    message = _fails(_datamodule("pascal", root, 92), capsys)
+    message = setup_fails(_datamodule("pascal", root, 92), capsys)
     assert "split 92 of pascal is not in" in message and "92/labeled.txt" in message
 
 
@@ -71,7 +63,7 @@ def test_missing_images_and_masks_name_the_first_few_and_count(tmp_path, capsys)
     root = pascal(tmp_path / "voc")
     for name in ("2007_000002", "2007_000003", "2007_000004", "2007_000005"):
         (root / "JPEGImages" / f"{name}.jpg").unlink()
-    message = _fails(_datamodule("pascal", root, "1/16"), capsys)
+    message = setup_fails(_datamodule("pascal", root, "1/16"), capsys)
     assert message.startswith("error: 4 files listed in the splits are missing")
     assert "JPEGImages/2007_000002.jpg, JPEGImages/2007_000003.jpg, JPEGImages/2007_000004.jpg" in (
         message
@@ -83,7 +75,7 @@ def test_missing_prepared_masks_say_which_command_builds_them(tmp_path, capsys):
 
     root = cityscapes(tmp_path / "cityscapes")
     (root / "splits" / "val.txt").write_text((root / "splits" / "1_30" / "labeled.txt").read_text())
-    message = _fails(_datamodule("cityscapes", root, "1/30"), capsys)
+    message = setup_fails(_datamodule("cityscapes", root, "1/30"), capsys)
     assert "_gtFine_labelTrainIds.png" in message
     assert f"run: python -m semiseg.data.prepare.cityscapes {root}" in message
 
@@ -94,7 +86,7 @@ def test_mask_value_outside_the_classes_names_file_and_value(tmp_path, capsys):
     values = np.asarray(Image.open(bad)).copy()
     values[0, 0] = 42
     Image.fromarray(values).save(bad)
-    message = _fails(_datamodule("pascal", root, "1/16"), capsys)
+    message = setup_fails(_datamodule("pascal", root, "1/16"), capsys)
     assert f"mask {bad} holds value 42" in message and "(0..20) nor 255" in message
 
 
@@ -115,14 +107,14 @@ def test_image_and_mask_of_different_sizes_name_both(tmp_path, capsys):
     root = pascal(tmp_path / "voc")
     mask = root / "SegmentationClass" / "2007_000006.png"  # a val mask
     Image.open(mask).crop((0, 0, 20, 32)).save(mask)
-    message = _fails(_datamodule("pascal", root, "1/16"), capsys)
+    message = setup_fails(_datamodule("pascal", root, "1/16"), capsys)
     assert f"image {root / 'JPEGImages' / '2007_000006.jpg'} is 40x32" in message
     assert f"its mask {mask} is 20x32" in message
 
 
 def test_unknown_split_lists_the_valid_ones(tmp_path, capsys):
     root = pascal(tmp_path / "voc")
-    message = _fails(_datamodule("pascal", root, 7), capsys)
+    message = setup_fails(_datamodule("pascal", root, 7), capsys)
     assert "unknown split '7' for pascal: valid splits are 92, 183, 366, 732, 1464, 662" in message
     assert "1/16=662" in message
 

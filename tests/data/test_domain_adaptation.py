@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from cli import setup_fails
 from PIL import Image
 
 import semiseg.data  # noqa: F401  (registers the config resolvers)
@@ -197,25 +198,17 @@ def test_source_images_that_are_target_val_images_fail(tmp_path, toy_root, capsy
         f"source.root={toy_root}",
         f"source.splits_dir={tmp_path / 'none'}",
     )
-    message = _fails(datamodule(cfg), capsys)
+    message = setup_fails(datamodule(cfg), capsys)
     assert "labeled images of source=toy are validation images of dataset=toy" in message
 
 
-def _fails(dm, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        exit_on_user_error(dm.setup)("fit")
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err
-    return lines[0]
 
 
 def test_missing_source_root_names_path_and_key(tmp_path, toy_root, capsys):
     missing = tmp_path / "gta"
     cfg = compose_train("dataset=toy", "source=gta5", f"dataset.root={toy_root}")
     cfg.source.root = str(missing)
-    message = _fails(datamodule(cfg), capsys)
+    message = setup_fails(datamodule(cfg), capsys)
     assert message.startswith(f"error: source.root {missing} does not exist")
     assert "(source.root=DIR)" in message and "<root>/labels/*.png" in message
 
@@ -233,7 +226,7 @@ def test_source_root_without_its_folder_names_folder_and_key(tmp_path, capsys):
         "split=1/30",
     )
     capsys.readouterr()
-    message = _fails(datamodule(cfg), capsys)
+    message = setup_fails(datamodule(cfg), capsys)
     assert f"source.root {root} has no GT/LABELS/ folder" in message
     assert "set source.root=DIR" in message
 
@@ -242,7 +235,7 @@ def test_source_with_other_classes_fails(tmp_path, toy_root, capsys):
     root = layouts.gta5(tmp_path / "gta5")
     cfg = compose_train("dataset=toy", "source=gta5", f"dataset.root={toy_root}")
     cfg.source.root = str(root)
-    message = _fails(datamodule(cfg), capsys)
+    message = setup_fails(datamodule(cfg), capsys)
     assert "source=gta5 labels other classes than dataset=toy" in message
     assert "class 0 is 'road' there, 'background' here" in message
 
