@@ -117,16 +117,22 @@ def cityscapes_target(tmp_path) -> Path:
     return root
 
 
-def test_gta5_source_cityscapes_target_streams(tmp_path, capsys):
-    source_root = layouts.gta5(tmp_path / "gta5")
+def source_to_cityscapes(tmp_path, source: str):
+    """(config, source root, target root) of `dataset=cityscapes source=<source>` on fixtures."""
+    source_root = getattr(layouts, source)(tmp_path / source)
     target_root = cityscapes_target(tmp_path)
     cfg = compose_train(
         "dataset=cityscapes",
-        "source=gta5",
+        f"source={source}",
         f"dataset.root={target_root}",
         f"source.root={source_root}",
         "split=1/30",
     )
+    return cfg, source_root, target_root
+
+
+def test_gta5_source_cityscapes_target_streams(tmp_path, capsys):
+    cfg, source_root, target_root = source_to_cityscapes(tmp_path, "gta5")
     dm = datamodule(cfg)
     dm.setup("fit")
     out = capsys.readouterr().out
@@ -156,15 +162,7 @@ def test_gta5_source_cityscapes_target_streams(tmp_path, capsys):
 
 
 def test_synthia_source_needs_no_conversion(tmp_path, capsys):
-    source_root = layouts.synthia(tmp_path / "synthia")
-    target_root = cityscapes_target(tmp_path)
-    cfg = compose_train(
-        "dataset=cityscapes",
-        "source=synthia",
-        f"dataset.root={target_root}",
-        f"source.root={source_root}",
-        "split=1/30",
-    )
+    cfg, source_root, target_root = source_to_cityscapes(tmp_path, "synthia")
     dm = datamodule(cfg, unlabeled=False)  # a source-only baseline: no unlabeled stream
     dm.setup("fit")
     assert dm.unlabeled_set is None and len(dm.source_files.labeled) == 4
