@@ -192,13 +192,14 @@ def run(cfg: DictConfig) -> dict:
         f"({mode}, crop {crop_size}, flip {flip}, scales {list(scales)}, {precision}) into "
         f"{output}"
     )
-    for rel, name in tqdm(
-        list(zip(relative, names, strict=True)), desc=f"predict ({mode})", unit="img"
-    ):
+    bar = tqdm(list(zip(relative, names, strict=True)), desc=f"predict ({mode})", unit="img")
+    for rel, name in bar:
         source = root / rel
         try:
             image = tf.load_image(source)
         except SplitError as err:
+            bar.leave = False  # on a terminal the error line replaces the bar
+            bar.close()
             raise SplitError(
                 f"{one_line(err)}; move it out of input={cfg.input} or convert it to PNG/JPEG, "
                 f"then run again (predictions so far are in {output})"
