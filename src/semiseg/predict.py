@@ -161,10 +161,10 @@ def run(cfg: DictConfig) -> dict:
     class_names = list(state["class_names"])
     num_classes = len(class_names)
     mode = cfg.eval.mode or dataset_cfg.eval_mode
-    if mode == "center_crop":
+    if mode not in ("original", "sliding_window"):
         raise ConfigError(
-            "eval.mode=center_crop scores a crop only; predict labels whole images: use "
-            "eval.mode=original or eval.mode=sliding_window"
+            f"eval.mode={mode}: predict labels whole images; use eval.mode=original or "
+            "eval.mode=sliding_window (center_crop scores a crop only)"
         )
     crop_size = int(cfg.eval.get("crop_size") or dataset_cfg.crop_size)
     palette_spec = cfg.get("palette")
@@ -173,7 +173,10 @@ def run(cfg: DictConfig) -> dict:
     if OmegaConf.is_config(palette_spec):
         palette_spec = OmegaConf.to_container(palette_spec)
     palette = palettes.resolve(palette_spec, num_classes)
-    alpha = float(cfg.alpha)
+    try:
+        alpha = float(cfg.alpha)
+    except (TypeError, ValueError):
+        alpha = -1.0
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={cfg.alpha}: give the mask's weight in the overlay, 0..1")
     index_format = str(cfg.index_format)
