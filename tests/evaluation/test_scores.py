@@ -1,5 +1,6 @@
 """Dice, precision, recall, pixel accuracy and Cohen's kappa from a confusion matrix."""
 
+import csv
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from semiseg.evaluation.metrics import (
     precision_per_class,
     recall_per_class,
 )
+from semiseg.evaluation.reports import plot_confusion, row_normalised, scores, write_confusion_csv
 
 # rows gt, columns pred. Class 2: in neither gt nor prediction. Class 3: predicted twice, never
 # in gt. Class 4: once in gt, never predicted.
@@ -110,3 +112,23 @@ def test_agrees_with_torchmetrics(seed):
     assert pixel_accuracy(confusion) == pytest.approx(accuracy, abs=1e-6)
     kappa = multiclass_cohen_kappa(pred, target, **args).item()
     assert cohen_kappa(confusion) == pytest.approx(kappa, abs=1e-5)
+
+
+def test_results_scores_csv_and_plot(tmp_path):
+    names = ["a", "b", "c", "d", "e"]
+    result = scores(CONFUSION, names, "zero")
+    assert result["per_class_dice"] == {"a": 62.5, "b": 66.67, "c": None, "d": 0.0, "e": 0.0}
+    assert result["mean_dice"] == pytest.approx(100 * 31 / 120, abs=0.01)
+    assert result["mean_recall"] == pytest.approx(100 * (5 / 8 + 3 / 5) / 5, abs=0.01)
+    assert result["pixel_accuracy"] == pytest.approx(100 * 8 / 14, abs=0.01)
+    assert result["cohen_kappa"] == 0.25
+    write_confusion_csv(tmp_path / "c.csv", CONFUSION, names)
+    with open(tmp_path / "c.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["gt \\ pred", *names]
+    assert rows[1] == ["a", "5", "1", "0", "2", "0"] and len(rows) == 6
+    normalised = row_normalised(CONFUSION)
+    assert normalised[0].tolist() == [5 / 8, 1 / 8, 0, 2 / 8, 0]
+    assert normalised[2].tolist() == [0.0] * 5  # a class absent from gt: an empty row
+    plot_confusion(tmp_path / "c.png", CONFUSION, names)
+    assert (tmp_path / "c.png").stat().st_size > 1000
