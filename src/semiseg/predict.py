@@ -167,6 +167,9 @@ def run(cfg: DictConfig) -> dict:
             "eval.mode=sliding_window (center_crop scores a crop only)"
         )
     crop_size = int(cfg.eval.get("crop_size") or dataset_cfg.crop_size)
+    border = str(cfg.eval.window_border)
+    if border not in ("align", "truncate"):
+        raise ConfigError(f"eval.window_border={border}: choose truncate or align")
     palette_spec = cfg.get("palette")
     if palette_spec is None:  # the checkpoint's dataset's colours
         palette_spec = dataset_cfg.get("palette")
@@ -189,6 +192,12 @@ def run(cfg: DictConfig) -> dict:
     network = cfg.eval.get("model") or state.get("eval_network", "student")
     model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
 
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"output {output} cannot be created ({err.strerror}): give a folder you can write to"
+        ) from None
     names = output_names(relative)
     print(
         f"predict: {len(relative)} image(s) from {root} with the {network} of {cfg.ckpt_path} "
@@ -210,7 +219,7 @@ def run(cfg: DictConfig) -> dict:
         tensor = tf.normalize(image)[None].to(device)
         with autocast:
             probs = tta_probabilities(
-                model, tensor, mode, crop_size, num_classes, cfg.eval.window_border, flip, scales
+                model, tensor, mode, crop_size, num_classes, border, flip, scales
             )
         index = probs.argmax(1)[0].numpy().astype(np.uint8)
         if "index" in kinds:
@@ -219,7 +228,7 @@ def run(cfg: DictConfig) -> dict:
             if index_format == "palette":
                 palettes.save_index_png(path, index, palette)
             else:
-                Image.fromarray(index, mode="L").save(path)
+                Image.fromarray(index).save(path)  # uint8 (H, W): mode "L"
         colour = palettes.colorize(index, palette)
         if "colour" in kinds:
             _save(output / "colour" / name, colour)
@@ -241,7 +250,6 @@ def run(cfg: DictConfig) -> dict:
         "palette": palette[:num_classes].tolist(),
         "wall_time_s": round(time.time() - started, 1),
     }
-    output.mkdir(parents=True, exist_ok=True)
     tmp = output / "predict.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, output / "predict.json")
