@@ -9,6 +9,7 @@ import torch
 from cli import TINY, run_eval, run_script
 from PIL import Image
 
+from semiseg.data import palettes
 from semiseg.data.splits import read_list
 
 RESULT_KEYS = {
@@ -92,8 +93,33 @@ def test_eval_matches_training_and_saves_predictions(supervised_run, toy_root, t
         pred = Image.open(
             eval_dir / "predictions" / (sample.image.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png")
         )
-        assert pred.mode == "L" and pred.size == image.size
+        assert pred.mode == "P" and pred.size == image.size  # class indices, toy's palette
         assert np.array(pred).max() < len(results["per_class_iou"])
+        embedded = np.array(pred.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        assert np.array_equal(embedded[:5], palettes.generated()[:5])
+
+    check_scores_and_confusion(eval_dir, results, toy_root)
+
+
+def check_scores_and_confusion(eval_dir, results, toy_root):
+    class_names = (toy_root / "classes.txt").read_text().split()
+    for name in ("dice", "precision", "recall"):
+        assert list(results[f"per_class_{name}"]) == class_names
+        assert 0.0 <= results[f"mean_{name}"] <= 100.0
+    assert 0.0 <= results["pixel_accuracy"] <= 100.0 and -1.0 <= results["cohen_kappa"] <= 1.0
+    with open(eval_dir / "confusion_matrix.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["gt \\ pred", *class_names]
+    assert [r[0] for r in rows[1:]] == class_names
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    # the CSV's diagonal over its total is the accuracy results.json reports
+    assert 100.0 * np.trace(counts) / counts.sum() == pytest.approx(
+        results["pixel_accuracy"], abs=0.01
+    )
+    inter = np.diag(counts)
+    iou = inter / np.maximum(counts.sum(0) + counts.sum(1) - inter, 1)
+    assert 100.0 * iou.mean() == pytest.approx(results["val_miou"], abs=0.01)
+    assert Image.open(eval_dir / "confusion_matrix.png").size[0] > 100
 
 
 def test_predictions_of_images_with_the_same_name_keep_apart(supervised_run, toy_root, tmp_path):
@@ -111,7 +137,8 @@ def test_predictions_of_images_with_the_same_name_keep_apart(supervised_run, toy
     eval_dir = tmp_path / "eval"
     proc = run_eval(run_dir, eval_dir, f"dataset.root={root}")  # splits_dir moves with it
     assert proc.returncode == 0, proc.stderr[-3000:]
-    predictions = sorted(p.relative_to(eval_dir / "predictions") for p in eval_dir.rglob("*.png"))
+    pred_dir = eval_dir / "predictions"
+    predictions = sorted(p.relative_to(pred_dir) for p in pred_dir.rglob("*.png"))
     assert [p.as_posix() for p in predictions] == ["city_a/x.png", "city_b/x.png"]
     for folder, sample in zip(("city_a", "city_b"), val[:2], strict=True):
         pred = Image.open(eval_dir / "predictions" / folder / "x.png")

@@ -20,7 +20,6 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
 from semiseg.checkpointing import (
@@ -36,6 +35,7 @@ from semiseg.checkpointing import (
     resume_checkpoint,
 )
 from semiseg.dashboards import WandbPanels
+from semiseg.data import palettes
 from semiseg.data.datamodule import build_val_dataset, load_class_names
 from semiseg.data.splits import SplitError, split_name
 from semiseg.distributed import (
@@ -50,6 +50,7 @@ from semiseg.distributed import (
 from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
+from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
 from semiseg.models.encoders import describe_init
 from semiseg.results import write_json_atomic
 
@@ -464,6 +465,7 @@ def evaluate(cfg: DictConfig) -> dict:
     crop_size = int(dataset_cfg.crop_size)
 
     dataset = build_val_dataset(dataset_cfg, num_classes=len(class_names))
+    palette = palettes.resolve(dataset_cfg.get("palette"), len(class_names))
 
     device = _device(cfg.device)
     model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
@@ -482,7 +484,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.save_predictions:
             path = pred_dir / pred_names[index]
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pred[0].to(torch.uint8).numpy(), mode="L").save(path)
+            palettes.save_index_png(path, pred[0].to(torch.uint8).numpy(), palette)
 
     ious = iou_per_class(confusion)
     miou = 100.0 * mean_iou(confusion, absent=cfg.eval.absent_class)
@@ -507,7 +509,16 @@ def evaluate(cfg: DictConfig) -> dict:
         **_eval_subsets(trained.get("source"), dataset_cfg, class_names, per_class, cfg),
         "num_images": len(dataset),
         "wall_time_s": round(time.time() - started, 1),
+        **scores(confusion, class_names, cfg.eval.absent_class),
+        "confusion_matrix": {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"},
     }
+    print(
+        f"pixel accuracy {results['pixel_accuracy']}, mean Dice {results['mean_dice']}, "
+        f"mean precision {results['mean_precision']}, mean recall {results['mean_recall']}, "
+        f"Cohen's kappa {results['cohen_kappa']}; confusion matrix in {out}"
+    )
+    write_confusion_csv(out / "confusion_matrix.csv", confusion, class_names)
+    plot_confusion(out / "confusion_matrix.png", confusion, class_names)
     write_json_atomic(out / "results.json", results)
     return results
 

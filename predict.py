@@ -1,0 +1,18 @@
+"""Label images with a checkpoint: python predict.py ckpt_path=RUN/checkpoints/best.ckpt
+input=DIR_OR_FILE output=DIR [tta.flip=true tta.scales=[0.75,1.0,1.25]] [precision=bf16]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from semiseg.errors import exit_on_user_error
+from semiseg.predict import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""predict.py on a user's images: a tiny trained checkpoint, nested folders, TTA, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli import TINY, run_script
+from PIL import Image
+from torch import nn
+
+from semiseg.data import palettes
+from semiseg.data import transforms as tf
+from semiseg.errors import ConfigError
+from semiseg.evaluation.inference import predict
+from semiseg.predict import find_images, output_names, tta_probabilities
+from semiseg.runner import load_checkpoint, model_from_checkpoint
+
+# (relative input path, toy training image it is a copy of): the same name in two folders, and
+# a JPEG one level deeper
+INPUTS = [("a/x.png", 0), ("b/x.png", 1), ("c/d/y.jpg", 2)]
+OUTPUTS = ["a/x.png", "b/x.png", "c/d/y.png"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, toy_root):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = run_script(
+        "train.py",
+        f"dataset.root={toy_root}",
+        *TINY,
+        "method=supervised",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return varied(run_dir / "checkpoints" / "last.ckpt", toy_root)
+
+
+def varied(path, toy_root):
+    """The checkpoint with its classifier replaced by random weights centred on the mean
+    feature of a toy image, so that predictions vary across an image and with its flip
+    (after 3 training steps the model predicts background everywhere)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["state_dict"]
+    generator = torch.Generator().manual_seed(0)
+    shape = weights["model.classifier.weight"].shape
+    weights["model.classifier.weight"] = 3.0 * torch.randn(shape, generator=generator)
+    model = model_from_checkpoint(state).eval()
+    features = []
+    hook = model.classifier.register_forward_hook(lambda m, i, o: features.append(i[0]))
+    with torch.no_grad():
+        model(image_tensor(toy_root / "images" / "train_0000.png"))
+    hook.remove()
+    centre = features[0].mean((0, 2, 3))
+    weights["model.classifier.bias"] = -(weights["model.classifier.weight"][:, :, 0, 0] @ centre)
+    out = path.with_name("varied.ckpt")
+    torch.save(state, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, toy_root):
+    root = tmp_path_factory.mktemp("images")
+    for rel, k in INPUTS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(toy_root / "images" / f"train_{k:04d}.png").convert("RGB").save(root / rel)
+    return root
+
+
+@pytest.fixture(scope="module")
+def predicted(checkpoint, images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "predictions"
+    proc = predict_cli(checkpoint, images, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def predict_cli(checkpoint, input_path, output, *overrides):
+    return run_script(
+        "predict.py",
+        f"ckpt_path={checkpoint}",
+        f"input={input_path}",
+        f"output={output}",
+        *overrides,
+    )
+
+
+def model_and_palette(checkpoint):
+    state = load_checkpoint(checkpoint)
+    palette = palettes.resolve(state["semiseg"]["config"]["dataset"]["palette"])
+    return model_from_checkpoint(state).eval(), palette, len(state["semiseg"]["class_names"])
+
+
+def image_tensor(path):
+    return tf.normalize(tf.load_image(path))[None]
+
+
+def assert_argmax_equal(index: np.ndarray, probs: torch.Tensor):
+    """The written classes are the argmax wherever the top two classes are not a near-tie
+    (the test process may sum in another order than predict.py's)."""
+    top2 = probs[0].topk(2, dim=0).values
+    clear = (top2[0] - top2[1] > 1e-4).numpy()
+    assert clear.mean() > 0.95
+    predicted = probs[0].argmax(0).numpy()
+    assert len(np.unique(predicted)) >= 3  # a check that means something
+    assert np.array_equal(index[clear], probs[0].argmax(0).numpy()[clear])
+
+
+def test_same_names_in_nested_folders_are_written_apart(predicted, images):
+    out, proc = predicted
+    for kind in ("index", "colour", "overlay"):
+        written = sorted(p.relative_to(out / kind).as_posix() for p in (out / kind).rglob("*.png"))
+        assert written == OUTPUTS, kind
+    summary = json.loads((out / "predict.json").read_text())
+    assert summary["num_images"] == 3 and summary["mode"] == "original"
+    assert summary["tta"] == {"flip": False, "scales": [1.0]}
+    assert "predict (original)" in proc.stderr  # the progress bar
+    assert not any(out.glob(".hydra")) and not (out / "predict.log").exists()
+
+
+def test_index_is_the_models_argmax_with_the_palette_embedded(predicted, images, checkpoint):
+    out, _ = predicted
+    model, palette, num_classes = model_and_palette(checkpoint)
+    for (rel, _), name in zip(INPUTS, OUTPUTS, strict=True):
+        written = Image.open(out / "index" / name)
+        assert written.mode == "P"
+        embedded = np.array(written.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        assert np.array_equal(embedded[:num_classes], palette[:num_classes])
+        x = image_tensor(images / rel)
+        probs = predict(model, x, "original", 64, num_classes)  # eval.py's prediction
+        assert_argmax_equal(np.array(written), probs)
+
+
+def test_colour_is_the_palette_of_the_index_and_overlay_blends_it(predicted, images, checkpoint):
+    out, _ = predicted
+    _, palette, _ = model_and_palette(checkpoint)
+    for (rel, _), name in zip(INPUTS, OUTPUTS, strict=True):
+        index = np.array(Image.open(out / "index" / name))
+        colour = Image.open(out / "colour" / name)
+        assert colour.mode == "RGB"
+        assert np.array_equal(np.array(colour), palette[index])
+        image = np.array(tf.load_image(images / rel), dtype=np.float64)
+        blended = np.array(Image.open(out / "overlay" / name), dtype=np.float64)
+        assert blended.shape == image.shape
+        expected = 0.5 * image + 0.5 * np.array(colour, dtype=np.float64)  # alpha 0.5
+        assert np.abs(blended - expected).max() <= 1.0
+
+
+def test_flip_tta_is_the_mean_softmax_of_the_image_and_its_flip(checkpoint, images, tmp_path):
+    # one file as input; gray index PNGs and a stronger overlay
+    path = images / INPUTS[0][0]
+    out = tmp_path / "out"
+    proc = predict_cli(
+        checkpoint,
+        path,
+        out,
+        "tta.flip=true",
+        "index_format=gray",
+        "alpha=0.8",
+        "save.colour=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "index/x.png",
+        "overlay/x.png",
+    ]
+    model, palette, _ = model_and_palette(checkpoint)
+    x = image_tensor(path)
+    with torch.no_grad():
+        plain = model(x).softmax(1)
+        mean = (plain + model(x.flip(-1)).softmax(1).flip(-1)) / 2
+    written = Image.open(out / "index" / "x.png")
+    assert written.mode == "L"
+    index = np.array(written)
+    assert (index != plain.argmax(1)[0].numpy()).mean() > 0.01  # the flip changed it
+    assert_argmax_equal(index, mean)
+    image = np.array(tf.load_image(path), dtype=np.float64)
+    blended = np.array(Image.open(out / "overlay" / "x.png"), dtype=np.float64)
+    assert np.abs(blended - (0.2 * image + 0.8 * palette[index])).max() <= 1.0
+
+
+def test_tta_probabilities_average_flips_and_scales():
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 5, 3, padding=1).eval()  # not flip-symmetric
+    x = torch.randn(1, 3, 24, 40)
+    plain = tta_probabilities(net, x, "original", 32, 5)
+    assert torch.allclose(plain, predict(net, x, "original", 32, 5), atol=1e-6)
+    flipped = tta_probabilities(net, x, "original", 32, 5, flip=True)
+    with torch.no_grad():
+        mean = (net(x).softmax(1) + net(x.flip(-1)).softmax(1).flip(-1)) / 2
+    assert torch.allclose(flipped, mean, atol=1e-6)
+    # sliding-window sums are normalised before averaging; other scales come back to H x W
+    both = tta_probabilities(net, x, "sliding_window", 16, 5, flip=True, scales=(0.5, 1.0, 1.5))
+    assert both.shape == (1, 5, 24, 40)
+    assert torch.allclose(both.sum(1), torch.ones(1, 24, 40), atol=1e-5)
+
+
+def test_images_are_found_recursively_apart_from_the_output(tmp_path):
+    for rel in ["a/x.png", "b/x.PNG", "b/x.jpg", "notes.txt", "out/old.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    root, found = find_images(tmp_path, output=tmp_path / "out")
+    assert root == tmp_path
+    assert [p.as_posix() for p in found] == ["a/x.png", "b/x.PNG", "b/x.jpg"]
+    assert [p.as_posix() for p in output_names(found)] == ["a/x.png", "b/x.PNG.png", "b/x.jpg.png"]
+    root, found = find_images(tmp_path / "a" / "x.png")
+    assert root == tmp_path / "a" and [p.as_posix() for p in found] == ["x.png"]
+    with pytest.raises(ConfigError, match="holds no images"):
+        find_images(tmp_path / "a", output=tmp_path / "a")
+
+
+@pytest.mark.slow  # five processes (about 25 s on 2 busy cores)
+def test_bad_input_fails_in_one_line(checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_text("not an image")
+    cases = [
+        ((checkpoint, tmp_path / "missing", tmp_path / "o"), "input", "does not exist"),
+        ((checkpoint, tmp_path / "empty", tmp_path / "o"), "input", "holds no images"),
+        ((checkpoint, tmp_path / "bad", tmp_path / "o"), "broken.png", "move it out of input"),
+        ((tmp_path / "no.ckpt", tmp_path / "bad", tmp_path / "o"), "no.ckpt", "does not exist"),
+        ((checkpoint, tmp_path / "bad", ""), "output", "give output=DIR"),
+    ]
+    for args, names, fix in cases:
+        proc = predict_cli(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr
+        # one line (after the progress bar, when it had started): what, where, how to fix it
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0] == lines[-1], proc.stderr
+        assert names in errors[0] and fix in errors[0], errors
