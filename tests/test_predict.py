@@ -8,7 +8,7 @@ import torch
 from cli import run_script
 from PIL import Image
 from torch import nn
-from trained import image_tensor
+from trained import assert_argmax_equal, image_tensor
 
 from semiseg.data import palettes
 from semiseg.data import transforms as tf
@@ -59,17 +59,6 @@ def model_and_palette(checkpoint):
     state = load_checkpoint(checkpoint)
     palette = palettes.resolve(state["semiseg"]["config"]["dataset"]["palette"])
     return model_from_checkpoint(state).eval(), palette, len(state["semiseg"]["class_names"])
-
-
-def assert_argmax_equal(index: np.ndarray, probs: torch.Tensor):
-    """The written classes are the argmax wherever the top two classes are not a near-tie
-    (the test process may sum in another order than predict.py's)."""
-    top2 = probs[0].topk(2, dim=0).values
-    clear = (top2[0] - top2[1] > 1e-4).numpy()
-    assert clear.mean() > 0.95
-    predicted = probs[0].argmax(0).numpy()
-    assert len(np.unique(predicted)) >= 3  # a check that means something
-    assert np.array_equal(index[clear], probs[0].argmax(0).numpy()[clear])
 
 
 def test_same_names_in_nested_folders_are_written_apart(predicted, images):
