@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from trained import image_tensor
 
+import semiseg.predict
 from semiseg import export
 from semiseg.data import palettes
 from semiseg.errors import exit_on_user_error
@@ -154,19 +155,38 @@ def test_predict_on_the_exported_file_writes_the_checkpoints_classes(
             assert (out / kind / name).is_file()
 
 
-def test_predict_on_an_exported_file_with_a_sliding_window(exported, images, reference, tmp_path):
+def test_sliding_window_runs_through_the_exported_model(exported, images, reference):
+    # predict.py's code paths take the exported model as they take the network
     fmt, path, _ = exported
-    out = tmp_path / "predicted"
-    args = ("eval.mode=sliding_window", "eval.crop_size=40", "save.colour=false")
-    proc = predict_cli(path, images / IMAGES[0], out, *args, "save.overlay=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    probs = predict(
-        reference, image_tensor(images / IMAGES[0]), "sliding_window", 40, 6, "truncate"
-    )
-    top2 = probs[0].topk(2, dim=0).values
-    clear = (top2[0] - top2[1] > 1e-4).numpy()
-    index = np.array(Image.open(out / "index" / "a.png"))
-    assert np.array_equal(index[clear], probs[0].argmax(0).numpy()[clear])
+    model, meta = export.load_exported(path)
+    x = image_tensor(images / IMAGES[0])
+    num_classes = len(meta["class_names"])
+    expected = predict(reference, x, "sliding_window", 40, num_classes, "truncate")
+    got = predict(model, x, "sliding_window", 40, num_classes, "truncate")
+    assert got.shape == expected.shape == (1, num_classes, *x.shape[-2:])
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_predict_errors_on_exported_files_are_one_line(exported, images, tmp_path, capsys):
+    fmt, path, _ = exported
+    bare = tmp_path / f"bare{export.FORMATS[fmt]}"
+    bare.write_bytes(path.read_bytes())  # without its JSON
+    cases = [
+        ((bare,), f"{bare.name}.json"),
+        ((path, "eval.model=teacher"), "holds the student"),
+        ((path, "precision=bf16"), "precision=bf16"),
+    ]
+    for (model_path, *overrides), text in cases:
+        cfg = OmegaConf.load(REPO / "conf" / "predict.yaml")
+        for key in ("hydra", "defaults"):
+            cfg.pop(key)
+        args = [f"ckpt_path={model_path}", f"input={images}", f"output={tmp_path / 'o'}"]
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args + overrides))
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_user_error(semiseg.predict.run)(cfg)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and text in err[0], err
 
 
 def test_export_errors_are_one_line(varied_checkpoint, tmp_path, capsys, monkeypatch):
@@ -203,18 +223,13 @@ def test_export_errors_are_one_line(varied_checkpoint, tmp_path, capsys, monkeyp
     assert "pip install openvino" in line and "semiseg[export]" in line
 
 
-@pytest.mark.slow  # three processes (about 20 s on 2 busy cores)
-def test_command_line_errors_are_one_line(exported, varied_checkpoint, images, tmp_path):
-    fmt, path, _ = exported
-    if fmt != "onnx":
-        pytest.skip("one format is enough")
+@pytest.mark.slow  # two processes (about 25 s on 2 busy cores)
+def test_command_line_errors_are_one_line(varied_checkpoint, images, tmp_path):
     bare = tmp_path / "bare.onnx"
-    bare.write_bytes(path.read_bytes())  # no bare.onnx.json beside it
+    bare.write_bytes(b"")  # no bare.onnx.json beside it
     cases = [
         (export_cli(varied_checkpoint, "format=tflite"), "format=tflite"),
         (predict_cli(bare, images, tmp_path / "o"), "bare.onnx.json"),
-        (predict_cli(path, images, tmp_path / "o", "eval.model=teacher"), "holds the student"),
-        (predict_cli(path, images, tmp_path / "o", "precision=bf16"), "precision=bf16"),
     ]
     for proc, text in cases:
         assert proc.returncode == 2, proc.stderr[-2000:]
