@@ -85,18 +85,25 @@ def _quiet():
 def export_onnx(module: nn.Module, path: Path, example: torch.Tensor) -> None:
     from torch.export import Dim
 
-    dims = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
-    with _quiet(), torch.no_grad():
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={INPUT_NAME: dims},
-            dynamo=True,
-            external_data=False,
-        )
+    named = {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}  # the names in the graph
+    unnamed = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}  # what the exporter can prove
+    for dims in (named, unnamed):
+        try:
+            with _quiet(), torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes={INPUT_NAME: dims},
+                    dynamo=True,
+                    external_data=False,
+                )
+            return
+        except Exception:  # a network whose sizes are constrained: the exporter's own symbols
+            if dims is unnamed:
+                raise
 
 
 def export_torchscript(module: nn.Module, path: Path, example: torch.Tensor) -> None:
