@@ -172,8 +172,12 @@ def test_predict_errors_on_exported_files_are_one_line(exported, images, tmp_pat
     fmt, path, _ = exported
     bare = tmp_path / f"bare{export.FORMATS[fmt]}"
     bare.write_bytes(path.read_bytes())  # without its JSON
+    broken = tmp_path / f"broken{export.FORMATS[fmt]}"
+    broken.write_bytes(b"not a model")
+    export.metadata_path(broken).write_text(export.metadata_path(path).read_text())
     cases = [
         ((bare,), f"{bare.name}.json"),
+        ((broken,), f"{broken.name} cannot be loaded as {fmt}"),
         ((path, "eval.model=teacher"), "holds the student"),
         ((path, "precision=bf16"), "precision=bf16"),
     ]

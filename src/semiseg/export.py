@@ -170,14 +170,23 @@ class OpenVinoModel:
 
 def load_model(fmt: str, path: Path, device: torch.device | None = None):
     """A callable image (N, 3, H, W) -> logits tensor for an exported file."""
-    if fmt == "torchscript":
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt}: choose one of {', '.join(FORMATS)}")
+    if RUNTIME[fmt]:
+        _require(fmt, (RUNTIME[fmt],), f"running an exported {fmt} file")
+    try:
+        if fmt == "onnx":
+            return OnnxModel(path, device)
+        if fmt == "openvino":
+            return OpenVinoModel(path, device)
         with _quiet():
             model = torch.jit.load(str(path), map_location="cpu").eval()
-        return model.to(device) if device is not None else model
-    if fmt not in RUNTIME:
-        raise ConfigError(f"format={fmt}: choose one of {', '.join(FORMATS)}")
-    _require(fmt, (RUNTIME[fmt],), f"running an exported {fmt} file")
-    return OnnxModel(path, device) if fmt == "onnx" else OpenVinoModel(path, device)
+    except Exception as err:  # a damaged or foreign file: the runtimes' errors are many lines
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{path} cannot be loaded as {fmt} ({first}): export it again with export.py"
+        ) from None
+    return model.to(device) if device is not None else model
 
 
 def is_exported(path) -> bool:
@@ -244,6 +253,7 @@ def parity(reference, exported, shapes, seed: int = 0) -> list[dict]:
             {
                 "shape": [n, 3, h, w],
                 "max_abs_diff": float((got - expected).abs().max()),
+                "max_abs_logit": float(expected.abs().max()),  # the scale of that difference
                 "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean()),
             }
         )
@@ -332,7 +342,8 @@ def run(cfg: DictConfig) -> dict:
     for result in results:
         print(
             f"parity {'x'.join(map(str, result['shape']))}: max |logits - PyTorch| "
-            f"{result['max_abs_diff']:.2e}, argmax agreement {100 * result['argmax_agreement']:.3f}%"
+            f"{result['max_abs_diff']:.2e} (logits up to {result['max_abs_logit']:.3g}), "
+            f"argmax agreement {100 * result['argmax_agreement']:.3f}%"
         )
     worst = max(r["max_abs_diff"] for r in results)
     agreement = min(r["argmax_agreement"] for r in results)
