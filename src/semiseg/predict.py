@@ -4,7 +4,8 @@ Every image under `input` (a folder, searched recursively, or one file) is predi
 checkpoint's dataset is evaluated (whole image or sliding window, as eval.py), optionally with
 test-time augmentation (flips and scales, softmax averaged), and written under `output` at its
 path below `input`: an index PNG (the class per pixel), a colour PNG (the dataset's palette)
-and an overlay of the colours on the image.
+and an overlay of the colours on the image. `ckpt_path` may also be a file written by export.py
+(ONNX, OpenVINO, TorchScript): it runs through the same code, with the JSON beside it.
 """
 
 from __future__ import annotations
