@@ -238,7 +238,7 @@ def run(cfg: DictConfig) -> dict:
     names = output_names(relative)
     print(
         f"predict: {len(relative)} image(s) from {root} with the {network} of {cfg.ckpt_path} "
-        f"{'' if loaded.format == 'checkpoint' else f'({loaded.format}) '}"
+        f"{'' if loaded.format == 'checkpoint' else f'as exported to {loaded.format} '}"
         f"({mode}, crop {crop_size}, flip {flip}, scales {list(scales)}, {precision}) into "
         f"{output}"
     )
