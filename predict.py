@@ -1,5 +1,6 @@
 """Label images with a checkpoint: python predict.py ckpt_path=RUN/checkpoints/best.ckpt
-input=DIR_OR_FILE output=DIR [tta.flip=true tta.scales=[0.75,1.0,1.25]] [precision=bf16]."""
+input=DIR_OR_FILE output=DIR [tta.flip=true tta.scales=[0.75,1.0,1.25]] [precision=bf16].
+ckpt_path may be a file written by export.py: ckpt_path=model.onnx (its model.onnx.json beside it)."""
 
 import hydra
 from omegaconf import DictConfig

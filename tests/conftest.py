@@ -14,3 +14,11 @@ def toy_root(tmp_path_factory) -> Path:
     from semiseg.data import toy
 
     return toy.ensure(tmp_path_factory.mktemp("data") / "toy")
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(tmp_path_factory, toy_root) -> Path:
+    """A tiny trained checkpoint with a random classifier (see trained.varied)."""
+    from trained import train_varied
+
+    return train_varied(tmp_path_factory.mktemp("run"), toy_root)

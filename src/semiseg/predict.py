@@ -4,7 +4,8 @@ Every image under `input` (a folder, searched recursively, or one file) is predi
 checkpoint's dataset is evaluated (whole image or sliding window, as eval.py), optionally with
 test-time augmentation (flips and scales, softmax averaged), and written under `output` at its
 path below `input`: an index PNG (the class per pixel), a colour PNG (the dataset's palette)
-and an overlay of the colours on the image.
+and an overlay of the colours on the image. `ckpt_path` may also be a file written by export.py
+(ONNX, OpenVINO, TorchScript): it runs through the same code, with the JSON beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from semiseg import export
 from semiseg.data import palettes
 from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
@@ -147,6 +149,38 @@ def _save(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
+class _Source:
+    """What predict.py needs of `ckpt_path`: a training checkpoint (.ckpt) or a file written
+    by export.py (its JSON beside it): classes, eval mode, crop, palette and the network."""
+
+    def __init__(self, path, network: str | None):
+        if export.is_exported(path):
+            self._model, meta = export.load_exported(path, network)
+            self.format = meta["format"]
+            self.network = meta["network"]
+            self.class_names = list(meta["class_names"])
+            self.eval_mode, self.crop_size = meta["eval_mode"], int(meta["crop_size"])
+            self.palette = meta["palette"]
+            return
+        self.checkpoint = load_checkpoint(path)
+        state = self.checkpoint["semiseg"]
+        dataset_cfg = state["config"]["dataset"]
+        self.format = "checkpoint"
+        self.requested = network
+        self.network = network or state.get("eval_network", "student")
+        self.class_names = list(state["class_names"])
+        self.eval_mode, self.crop_size = dataset_cfg["eval_mode"], int(dataset_cfg["crop_size"])
+        self.palette = dataset_cfg.get("palette")
+
+    def model(self, device: torch.device):
+        """A callable image (N, 3, H, W) -> logits on `device`."""
+        if self.format == "checkpoint":
+            return model_from_checkpoint(self.checkpoint, self.requested).to(device).eval()
+        if self.format == "torchscript":
+            return self._model.to(device)
+        return self._model  # onnxruntime / OpenVINO: tensors in and out on the input's device
+
+
 def run(cfg: DictConfig) -> dict:
     """Predict every image of `cfg.input` into `cfg.output`; returns the summary it writes
     as `output/predict.json`."""
@@ -155,24 +189,22 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError("output is required: give output=DIR, the folder for the predictions")
     output = Path(str(cfg.output)).expanduser()
     root, relative = find_images(cfg.input, output)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    state = checkpoint["semiseg"]
-    dataset_cfg = OmegaConf.create(state["config"]["dataset"])
-    class_names = list(state["class_names"])
+    loaded = _Source(cfg.ckpt_path, cfg.eval.get("model"))
+    class_names = loaded.class_names
     num_classes = len(class_names)
-    mode = cfg.eval.mode or dataset_cfg.eval_mode
+    mode = cfg.eval.mode or loaded.eval_mode
     if mode not in ("original", "sliding_window"):
         raise ConfigError(
             f"eval.mode={mode}: predict labels whole images; use eval.mode=original or "
             "eval.mode=sliding_window (center_crop scores a crop only)"
         )
-    crop_size = int(cfg.eval.get("crop_size") or dataset_cfg.crop_size)
+    crop_size = int(cfg.eval.get("crop_size") or loaded.crop_size)
     border = str(cfg.eval.window_border)
     if border not in ("align", "truncate"):
         raise ConfigError(f"eval.window_border={border}: choose truncate or align")
     palette_spec = cfg.get("palette")
     if palette_spec is None:  # the checkpoint's dataset's colours
-        palette_spec = dataset_cfg.get("palette")
+        palette_spec = loaded.palette
     if OmegaConf.is_config(palette_spec):
         palette_spec = OmegaConf.to_container(palette_spec)
     palette = palettes.resolve(palette_spec, num_classes)
@@ -189,8 +221,13 @@ def run(cfg: DictConfig) -> dict:
     flip, scales = bool(cfg.tta.flip), _scales(cfg.tta.scales)
     device = _device(cfg.device)
     autocast, precision = _autocast(cfg.precision, device)
-    network = cfg.eval.get("model") or state.get("eval_network", "student")
-    model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
+    if loaded.format != "checkpoint" and precision != "fp32":
+        raise ConfigError(
+            f"precision={cfg.precision}: an exported {loaded.format} file runs as exported "
+            "(fp32); leave precision out, or predict with the checkpoint"
+        )
+    network = loaded.network
+    model = loaded.model(device)
 
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -201,6 +238,7 @@ def run(cfg: DictConfig) -> dict:
     names = output_names(relative)
     print(
         f"predict: {len(relative)} image(s) from {root} with the {network} of {cfg.ckpt_path} "
+        f"{'' if loaded.format == 'checkpoint' else f'as exported to {loaded.format} '}"
         f"({mode}, crop {crop_size}, flip {flip}, scales {list(scales)}, {precision}) into "
         f"{output}"
     )
@@ -239,6 +277,7 @@ def run(cfg: DictConfig) -> dict:
         "ckpt_path": str(cfg.ckpt_path),
         "input": str(cfg.input),
         "num_images": len(relative),
+        "format": loaded.format,
         "network": network,
         "mode": mode,
         "crop_size": crop_size,
