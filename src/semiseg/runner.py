@@ -178,6 +178,13 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     in_rank_order(prepare)
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
     miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
+    channels = cfg.dataset.get("in_channels")
+    if channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} gives {channels}-channel images and "
+            f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
+            f"model=smp_unet (or experiment=unimatch_{cfg.dataset.name})"
+        )
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
         cfg.method,
@@ -301,6 +308,8 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
         "wall_time_s": round(checkpoints.elapsed_s(), 1),  # every segment of a resumed run
         "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
     }
+    if cfg.eval.mode == "volume":
+        results.update(volume_results(module, cfg.eval.get("dice_absent", "skip")))
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
         print(
@@ -362,6 +371,23 @@ def scaled_lr(cfg: DictConfig, world_size: int, verbose: bool = True) -> float:
     if verbose:
         print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
     return lr
+
+
+def volume_results(module, absent: str) -> dict:
+    """eval.mode=volume (ACDC): the mean Dice selects best.ckpt, so `best_val_miou` is the
+    best mIoU of the history and `best_val_mean_dice` the selection score."""
+    history = module.val_history
+    return {
+        "selection": "mean_dice",
+        "best_val_miou": max((h["miou"] for h in history), default=None),
+        "val_mean_dice": history[-1].get("mean_dice") if history else None,
+        "best_val_mean_dice": round(module.best_miou, 2) if history else None,
+        **module.last_dice,
+        "dice_convention": (
+            "per volume and class, averaged over volumes per class; mean over the foreground "
+            f"classes; a class in neither prediction nor ground truth of a volume: {absent}"
+        ),
+    }
 
 
 def miou_subsets(source, dataset, class_names: list[str]) -> dict[str, list[str]]:
