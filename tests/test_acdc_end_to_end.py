@@ -1,5 +1,6 @@
 """train.py on a fixture in the ACDC layout: supervised and UniMatch train two steps and
-validate per volume; results.json holds the per-class and per-volume Dice."""
+validate per volume; results.json holds the per-class and per-volume Dice; eval.py scores the
+checkpoint the same way."""
 
 import json
 import sys
@@ -53,3 +54,19 @@ def test_trains_and_reports_dice_per_volume(acdc_root, tmp_path, method):
     assert history["step"] == 2 and history["mean_dice"] == results["val_mean_dice"]
     assert results["best_val_mean_dice"] >= results["val_mean_dice"]
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    if method != "unimatch":
+        return
+    evaluated = run_script(
+        "eval.py",
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "save_predictions=true",
+        "device=cpu",
+        env=ONE_THREAD,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scored = json.loads((tmp_path / "eval" / "results.json").read_text())
+    # the last validation ran on the last step's weights: the same volumes, the same scores
+    assert scored["per_volume_dice"] == volumes and scored["mean_dice"] == results["val_mean_dice"]
+    assert scored["per_class_dice"] == results["per_class_dice"]
+    assert (tmp_path / "eval" / "predictions" / "patient091_frame01.h5").is_file()

@@ -30,7 +30,7 @@ from semiseg.errors import ConfigError, NonFiniteError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
 from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
-from semiseg.methods.losses import ohem_ce, supervised_ce
+from semiseg.methods.losses import ce_dice, ohem_ce, supervised_ce
 
 # Validation values are computed from the confusion matrix summed over ranks, so they are the same
 # on every rank; Lightning's advice to all-reduce them (sync_dist) would only cost a collective.
@@ -67,9 +67,10 @@ class SemiSegModule(L.LightningModule):
         self.labeled_loss_cfg = dict(labeled_loss or {"name": "ce"})
         # NHWC activations: faster convolutions with bf16/fp16 on recent GPUs and AMX CPUs.
         self.channels_last = bool(channels_last)
-        if self.labeled_loss_cfg["name"] not in ("ce", "ohem"):
+        if self.labeled_loss_cfg["name"] not in ("ce", "ohem", "ce_dice"):
             raise ConfigError(
-                f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce or ohem"
+                f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce, ohem "
+                "or ce_dice"
             )
         self.confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=255)
         # Validation history survives checkpoints (see on_save_checkpoint) so resumed runs and
@@ -219,8 +220,11 @@ class SemiSegModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def labeled_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """CE, or OHEM where the dataset asks for it (Cityscapes in the papers)."""
+        """CE, or OHEM where the dataset asks for it (Cityscapes in the papers), or
+        (CE + Dice) / 2 (ACDC in the public medical code)."""
         cfg = self.labeled_loss_cfg
+        if cfg["name"] == "ce_dice":
+            return ce_dice(logits, target)
         if cfg["name"] == "ohem":
             return ohem_ce(logits, target, cfg.get("thresh", 0.7), cfg.get("min_kept", 200_000))
         return supervised_ce(logits, target)
