@@ -312,10 +312,16 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
         results.update(volume_results(module, cfg.eval.get("dice_absent", "skip")))
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
+        score = f"val mIoU {results['val_miou']} (best {results['best_val_miou']})"
+        if "val_mean_dice" in results:
+            score = (
+                f"val mean Dice {results['val_mean_dice']} (best "
+                f"{results['best_val_mean_dice']}), mIoU {results['val_miou']}"
+            )
         print(
             f"done: {results['method']} on {results['dataset']} split {results['split']}: "
-            f"val mIoU {results['val_miou']} (best {results['best_val_miou']}) after "
-            f"{results['steps']} steps in {results['wall_time_s']} s; results in {out}"
+            f"{score} after {results['steps']} steps in {results['wall_time_s']} s; "
+            f"results in {out}"
         )
     return results
 
