@@ -185,6 +185,19 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
             f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
             f"model=smp_unet (or experiment=unimatch_{cfg.dataset.name})"
         )
+    if channels is not None and int(channels) != 3:
+        # iMAS's and AugSeg's intensity ops and the in-step strong views work on RGB batches
+        # normalised with the ImageNet statistics
+        rgb_only = cfg.method.name in ("imas", "augseg") or (
+            cfg.method.get("strong_views") == "step"
+        )
+        if rgb_only:
+            what = "strong_views=step" if cfg.method.name not in ("imas", "augseg") else "its"
+            raise ConfigError(
+                f"method={cfg.method.name} ({what} intensity ops on RGB batches) does not train "
+                f"on the {channels}-channel images of dataset={cfg.dataset.name}: use "
+                "supervised, fixmatch, unimatch, meanteacher, fst or css"
+            )
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
         cfg.method,

@@ -118,3 +118,15 @@ def test_rgb_model_on_grayscale_data_fails_in_one_line(acdc_root):
     cfg = _compose("dataset=acdc", f"dataset.root={acdc_root}", "split=1", "data.num_workers=0", "data.batch_size=2")
     with pytest.raises(ConfigError, match="model=unet"):
         build_data_and_method(cfg)
+
+
+@pytest.mark.parametrize("override", ["method=imas", "method=augseg", "method.strong_views=step"])
+def test_rgb_intensity_ops_on_grayscale_data_fail_in_one_line(acdc_root, override):
+    from semiseg.runner import build_data_and_method
+
+    cfg = _compose(
+        "experiment=unimatch_acdc", f"dataset.root={acdc_root}", "split=1",
+        "data.num_workers=0", "data.batch_size=2", override,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="RGB batches"):
+        build_data_and_method(cfg)
