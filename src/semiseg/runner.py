@@ -191,12 +191,17 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
         rgb_only = cfg.method.name in ("imas", "augseg") or (
             cfg.method.get("strong_views") == "step"
         )
+        usable = "use supervised, fixmatch, unimatch, meanteacher or fst"
         if rgb_only:
             what = "strong_views=step" if cfg.method.name not in ("imas", "augseg") else "its"
             raise ConfigError(
                 f"method={cfg.method.name} ({what} intensity ops on RGB batches) does not train "
-                f"on the {channels}-channel images of dataset={cfg.dataset.name}: use "
-                "supervised, fixmatch, unimatch, meanteacher, fst or css"
+                f"on the {channels}-channel images of dataset={cfg.dataset.name}: {usable}"
+            )
+        if cfg.method.name == "css":  # its representation head sits on DeepLabV3+'s decoder
+            raise ConfigError(
+                f"method=css needs DeepLabV3+'s decoder features, which take RGB images; "
+                f"dataset={cfg.dataset.name} gives {channels}-channel images: {usable}"
             )
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
