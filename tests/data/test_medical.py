@@ -132,3 +132,29 @@ def test_rgb_intensity_ops_on_grayscale_data_fail_in_one_line(acdc_root, overrid
     )  # fmt: skip
     with pytest.raises(ConfigError, match="use supervised, fixmatch, unimatch, meanteacher or fst"):
         build_data_and_method(cfg)
+
+
+@pytest.mark.parametrize("method", ["supervised", "unimatch"])
+def test_one_step_and_a_volume_validation_in_process(acdc_root, method):
+    import lightning as L
+
+    from semiseg.runner import build_data_and_method
+
+    cfg = _compose(
+        f"experiment={method}_acdc", f"dataset.root={acdc_root}", "split=1",
+        "dataset.crop_size=32", "data.num_workers=0", "data.batch_size=2",
+    )  # fmt: skip
+    datamodule, module = build_data_and_method(cfg)
+    trainer = L.Trainer(
+        max_steps=1, val_check_interval=1, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 1
+    entry = module.val_history[0]
+    assert 0.0 <= entry["mean_dice"] <= 100.0 and module.best_miou == pytest.approx(
+        entry["mean_dice"], abs=0.01
+    )
+    volumes = module.last_dice["per_volume_dice"]
+    assert set(volumes) == {"patient090_frame01", "patient091_frame01"}
