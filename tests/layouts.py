@@ -269,3 +269,50 @@ def synthia(root: Path, n: int = 4) -> Path:
         _image(root / "RGB" / name, size, 500 + i)
         save_png16(root / "GT" / "LABELS" / name, synthia_label(size, 500 + i))
     return root
+
+
+def _h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=image.astype(np.float32))
+        f.create_dataset("label", data=label.astype(np.uint8))
+
+
+def acdc_label(shape: tuple[int, ...], seed: int, classes=(0, 1, 2, 3)) -> np.ndarray:
+    """Bands of the given classes along the last axis, shifted by seed."""
+    width = shape[-1]
+    bands = (np.arange(width) * len(classes) // width + seed) % len(classes)
+    return np.broadcast_to(np.asarray(classes)[bands], shape).copy()
+
+
+def acdc(root: Path, cases: int = 4, slices: int = 3, val: int = 2) -> Path:
+    """The public UniMatch ACDC tree: data/slices/patientNNN_frame01_slice_K.h5 (2D, image =
+    label / 3 so an augmentation that keeps them aligned keeps that relation),
+    data/patientNNN_frame01.h5 validation volumes (D, H, W) of another in-plane size (the last
+    has no right ventricle, class 1), and splits/{1,3}/labeled.txt, unlabeled.txt, val.txt
+    listing one file per line."""
+    train = []
+    for c in range(cases):
+        names = []
+        for k in range(slices):
+            label = acdc_label((40, 48), seed=c + k)
+            rel = f"data/slices/patient{c + 1:03d}_frame01_slice_{k}.h5"
+            _h5(root / rel, label / 3.0, label)
+            names.append(rel)
+        train.append(names)
+    val_names = []
+    for v in range(val):
+        classes = (0, 1, 2, 3) if v < val - 1 else (0, 2, 3)
+        label = acdc_label((4, 36, 44), seed=v, classes=classes)
+        rel = f"data/patient{90 + v:03d}_frame01.h5"
+        _h5(root / rel, label / 3.0, label)
+        val_names.append(rel)
+    for n in (1, 3):
+        folder = root / "splits" / str(n)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "labeled.txt").write_text("".join(f"{r}\n" for c in train[:n] for r in c))
+        (folder / "unlabeled.txt").write_text("".join(f"{r}\n" for c in train[n:] for r in c))
+    (root / "splits" / "val.txt").write_text("".join(f"{r}\n" for r in val_names))
+    return root

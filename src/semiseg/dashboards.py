@@ -39,6 +39,11 @@ class WandbPanels(Callback):
         step = trainer.global_step
         rows = [[name, iou] for name, iou in pl_module.last_per_class.items()]
         logger.log_table("val/per_class_iou", columns=["class", "iou"], data=rows, step=step)
+        if getattr(pl_module, "volume_eval", False):  # ACDC: per-class Dice, no RGB panels
+            dice = pl_module.last_dice.get("per_class_dice", {})
+            rows = [[name, value] for name, value in dice.items()]
+            logger.log_table("val/per_class_dice", columns=["class", "dice"], data=rows, step=step)
+            return
         if self.num_images <= 0 or trainer.datamodule is None:
             return
         labels = dict(enumerate(pl_module.class_names))

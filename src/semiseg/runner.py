@@ -178,6 +178,31 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     in_rank_order(prepare)
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
     miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
+    channels = cfg.dataset.get("in_channels")
+    if channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} gives {channels}-channel images and "
+            f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
+            f"model=smp_unet (or experiment=unimatch_{cfg.dataset.name})"
+        )
+    if channels is not None and int(channels) != 3:
+        # iMAS's and AugSeg's intensity ops and the in-step strong views work on RGB batches
+        # normalised with the ImageNet statistics
+        rgb_only = cfg.method.name in ("imas", "augseg") or (
+            cfg.method.get("strong_views") == "step"
+        )
+        usable = "use supervised, fixmatch, unimatch, meanteacher or fst"
+        if rgb_only:
+            what = "strong_views=step" if cfg.method.name not in ("imas", "augseg") else "its"
+            raise ConfigError(
+                f"method={cfg.method.name} ({what} intensity ops on RGB batches) does not train "
+                f"on the {channels}-channel images of dataset={cfg.dataset.name}: {usable}"
+            )
+        if cfg.method.name == "css":  # its representation head sits on DeepLabV3+'s decoder
+            raise ConfigError(
+                f"method=css needs DeepLabV3+'s decoder features, which take RGB images; "
+                f"dataset={cfg.dataset.name} gives {channels}-channel images: {usable}"
+            )
     model = instantiate(cfg.model, num_classes=len(class_names))
     module = instantiate(
         cfg.method,
@@ -301,12 +326,20 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
         "wall_time_s": round(checkpoints.elapsed_s(), 1),  # every segment of a resumed run
         "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
     }
+    if cfg.eval.mode == "volume":
+        results.update(volume_results(module, cfg.eval.get("dice_absent", "skip")))
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
+        score = f"val mIoU {results['val_miou']} (best {results['best_val_miou']})"
+        if "val_mean_dice" in results:
+            score = (
+                f"val mean Dice {results['val_mean_dice']} (best "
+                f"{results['best_val_mean_dice']}), mIoU {results['val_miou']}"
+            )
         print(
             f"done: {results['method']} on {results['dataset']} split {results['split']}: "
-            f"val mIoU {results['val_miou']} (best {results['best_val_miou']}) after "
-            f"{results['steps']} steps in {results['wall_time_s']} s; results in {out}"
+            f"{score} after {results['steps']} steps in {results['wall_time_s']} s; "
+            f"results in {out}"
         )
     return results
 
@@ -362,6 +395,23 @@ def scaled_lr(cfg: DictConfig, world_size: int, verbose: bool = True) -> float:
     if verbose:
         print(f"learning rate: {lr:g} (total batch {total}, not scaled)")
     return lr
+
+
+def volume_results(module, absent: str) -> dict:
+    """eval.mode=volume (ACDC): the mean Dice selects best.ckpt, so `best_val_miou` is the
+    best mIoU of the history and `best_val_mean_dice` the selection score."""
+    history = module.val_history
+    return {
+        "selection": "mean_dice",
+        "best_val_miou": max((h["miou"] for h in history), default=None),
+        "val_mean_dice": history[-1].get("mean_dice") if history else None,
+        "best_val_mean_dice": round(module.best_miou, 2) if history else None,
+        **module.last_dice,
+        "dice_convention": (
+            "per volume and class, averaged over volumes per class; mean over the foreground "
+            f"classes; a class in neither prediction nor ground truth of a volume: {absent}"
+        ),
+    }
 
 
 def miou_subsets(source, dataset, class_names: list[str]) -> dict[str, list[str]]:
@@ -463,6 +513,8 @@ def evaluate(cfg: DictConfig) -> dict:
     dataset_cfg = _eval_dataset_config(cfg, trained)
     mode = cfg.eval.mode or dataset_cfg.eval_mode
     crop_size = int(dataset_cfg.crop_size)
+    if mode == "volume":
+        return evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out, started)
 
     dataset = build_val_dataset(dataset_cfg, num_classes=len(class_names))
     palette = palettes.resolve(dataset_cfg.get("palette"), len(class_names))
@@ -519,6 +571,83 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     write_confusion_csv(out / "confusion_matrix.csv", confusion, class_names)
     plot_confusion(out / "confusion_matrix.png", confusion, class_names)
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out: Path, started) -> dict:
+    """eval.mode=volume (ACDC): every validation volume slice by slice (evaluation/volume.py);
+    Dice per class and volume, the mean over the foreground classes, and the mIoU of the summed
+    confusion matrix. save_predictions=true writes predictions/<volume>.h5 (key `prediction`)."""
+    from semiseg.data import medical
+    from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
+
+    trained = checkpoint["semiseg"]["config"]
+    root, splits_dir = Path(dataset_cfg.root), Path(dataset_cfg.splits_dir)
+    samples = medical.read_h5_list(splits_dir / "val.txt")
+    medical.check_exist(root, samples, "val")
+    dataset = medical.VolumeDataset(root, samples)
+    device = _device(cfg.device)
+    model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
+    n = len(class_names)
+    absent = cfg.eval.get("dice_absent", "skip")
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    names, table = [], []
+    for index in tqdm(range(len(dataset)), desc="eval (volume)", unit="volume"):
+        item = dataset[index]
+        probs = predict_volume(model, item["image"].to(device), int(dataset_cfg.crop_size))
+        pred = probs.argmax(1).cpu()
+        confusion += confusion_matrix(pred, item["mask"], n)
+        names.append(item["name"])
+        table.append(dice_per_class(pred, item["mask"], n, absent))
+        if cfg.save_predictions:
+            import h5py
+
+            (out / "predictions").mkdir(parents=True, exist_ok=True)
+            with h5py.File(out / "predictions" / f"{item['name']}.h5", "w") as f:
+                f.create_dataset("prediction", data=pred.to(torch.uint8).numpy())
+    per_class, mean = summarise(torch.stack(table))
+
+    def pct(x):
+        return None if x != x else round(100.0 * float(x), 2)
+
+    per_class_iou = {
+        c: (None if torch.isnan(v) else round(100.0 * float(v), 2))
+        for c, v in zip(class_names, iou_per_class(confusion), strict=True)
+    }
+    miou = 100.0 * mean_iou(confusion, absent=cfg.eval.absent_class)
+    results = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "method": trained["method"]["name"],
+        "dataset": dataset_cfg.name,
+        "split": trained.get("split"),
+        "seed": trained.get("seed"),
+        "steps": int(checkpoint.get("global_step", 0)),
+        "eval_mode": "volume",
+        "eval_network": cfg.eval.get("model")
+        or checkpoint["semiseg"].get("eval_network", "student"),
+        "mean_dice": pct(mean),
+        "per_class_dice": {c: pct(v) for c, v in zip(class_names[1:], per_class[1:], strict=True)},
+        "per_volume_dice": {
+            name: {c: pct(v) for c, v in zip(class_names[1:], row[1:], strict=True)}
+            for name, row in zip(names, table, strict=True)
+        },
+        "dice_convention": (
+            "per volume and class, averaged over volumes per class; mean over the foreground "
+            f"classes; a class in neither prediction nor ground truth of a volume: {absent}"
+        ),
+        "val_miou": round(miou, 2),
+        "per_class_iou": per_class_iou,
+        "miou_convention": _convention(cfg.eval.absent_class),
+        "num_volumes": len(dataset),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    width = max(len(c) for c in class_names) + 2
+    lines = [f"{'class':<{width}}Dice (%)"]
+    lines += [f"{c:<{width}}{v}" for c, v in results["per_class_dice"].items()]
+    lines.append(f"{'mean Dice':<{width}}{results['mean_dice']} (foreground classes)")
+    print("\n".join(lines))
+    write_confusion_csv(out / "confusion_matrix.csv", confusion, class_names)
     write_json_atomic(out / "results.json", results)
     return results
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
-from semiseg.data import toy
+from semiseg.data import acdc_toy, medical, toy
 from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
@@ -135,6 +135,28 @@ class SemiSegDataModule(L.LightningDataModule):
             )
         self.epoch_length = epoch_length
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
+        # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
+        # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);
+        # dataset.generate: acdc_toy writes the synthetic ACDC into root on first use.
+        self.format = (dataset or {}).get("format") or "images"
+        self.augment = (dataset or {}).get("augment") or "natural"
+        self.generate = (dataset or {}).get("generate")
+        if self.format not in medical.FORMATS:
+            raise ConfigError(
+                f"dataset.format={self.format!r} is unknown: use one of {', '.join(medical.FORMATS)}"
+            )
+        if self.augment not in medical.AUGMENTS:
+            raise ConfigError(
+                f"dataset.augment={self.augment!r} is unknown: use one of "
+                f"{', '.join(medical.AUGMENTS)}"
+            )
+        if (self.format == "h5") != (self.augment == "medical"):
+            raise ConfigError(
+                f"dataset.format={self.format} with dataset.augment={self.augment}: the medical "
+                "augmentation reads HDF5 slices (format h5) and HDF5 slices need it"
+            )
+        if self.format == "h5" and source is not None:
+            raise ConfigError("dataset.format=h5 does not support domain adaptation (source=)")
         self.toy_domain = (dataset or {}).get("toy_domain") or toy.DEFAULT_DOMAIN
         # the labeled images' dataset under domain adaptation (None: the split's labeled list)
         self.source_spec = None
@@ -149,6 +171,10 @@ class SemiSegDataModule(L.LightningDataModule):
         self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
+        if self.generate == "acdc_toy":
+            acdc_toy.ensure(self.root)
+        elif self.generate is not None:
+            raise ConfigError(f"dataset.generate={self.generate!r} is unknown: use acdc_toy or null")
         if self.generate_toy:
             toy.ensure(self.root, domain=self.toy_domain)
         if self.source_toy_domain is not None:
@@ -170,6 +196,9 @@ class SemiSegDataModule(L.LightningDataModule):
         folder, note = spec.resolve_split(self.split)
         if note:
             print(note, flush=True)
+        if self.format == "h5":
+            self._setup_h5(folder)
+            return
         files = spec.load_files(folder)
         if source is not None:
             self._setup_adaptation(files, folder, num_classes)
@@ -264,6 +293,39 @@ class SemiSegDataModule(L.LightningDataModule):
         self.files = SplitFiles(
             labeled=source_files.labeled, unlabeled=pool, val=files.val, root=spec.root
         )
+
+    def _setup_h5(self, folder: Path) -> None:
+        """ACDC's layout (data/medical.py): one HDF5 file per line, the medical augmentation,
+        whole volumes for validation."""
+        labeled = medical.read_h5_list(folder / "labeled.txt")
+        unlabeled_file = folder / "unlabeled.txt"
+        unlabeled = medical.read_h5_list(unlabeled_file) if unlabeled_file.is_file() else []
+        val = medical.read_h5_list(self.splits_dir / "val.txt")
+        if self.unlabeled and not unlabeled:
+            raise SplitError(
+                f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
+                "semi-supervised methods need unlabeled images; use method=supervised"
+            )
+        if not val:
+            raise SplitError(f"{self.splits_dir / 'val.txt'} lists no volumes")
+        for what, samples in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val)):
+            medical.check_exist(self.root, samples, what)
+        files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=self.root)
+        self.labeled_set = medical.SliceLabeledDataset(
+            self.root, labeled, self.crop_size, length=self._labeled_length(files)
+        )
+        self.unlabeled_set = None
+        if self.unlabeled:
+            self.unlabeled_set = medical.SliceUnlabeledDataset(
+                self.root, unlabeled, self.crop_size, self.num_strong, self.mix
+            )
+        self.val_set = medical.VolumeDataset(self.root, val)
+        streams = {"labeled": len(self.labeled_set)}
+        if self.unlabeled_set is not None:
+            streams["unlabeled"] = len(self.unlabeled_set)
+        check_batches(streams, self.batch_size, world_size())
+        self.split_folder = folder
+        self.files = files
 
     def _labeled_length(self, files) -> int:
         """How many labeled samples one epoch draws (see the module docstring)."""

@@ -29,7 +29,8 @@ from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_proce
 from semiseg.errors import ConfigError, NonFiniteError
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
-from semiseg.methods.losses import ohem_ce, supervised_ce
+from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
+from semiseg.methods.losses import ce_dice, ohem_ce, supervised_ce
 
 # Validation values are computed from the confusion matrix summed over ranks, so they are the same
 # on every rank; Lightning's advice to all-reduce them (sync_dist) would only cost a collective.
@@ -66,9 +67,10 @@ class SemiSegModule(L.LightningModule):
         self.labeled_loss_cfg = dict(labeled_loss or {"name": "ce"})
         # NHWC activations: faster convolutions with bf16/fp16 on recent GPUs and AMX CPUs.
         self.channels_last = bool(channels_last)
-        if self.labeled_loss_cfg["name"] not in ("ce", "ohem"):
+        if self.labeled_loss_cfg["name"] not in ("ce", "ohem", "ce_dice"):
             raise ConfigError(
-                f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce or ohem"
+                f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce, ohem "
+                "or ce_dice"
             )
         self.confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=255)
         # Validation history survives checkpoints (see on_save_checkpoint) so resumed runs and
@@ -76,6 +78,11 @@ class SemiSegModule(L.LightningModule):
         self.val_history: list[dict[str, float]] = []
         self.best_miou = float("-inf")
         self.last_per_class: dict[str, float] = {}
+        # eval.mode=volume (ACDC): per-volume Dice of the chosen network; the mean Dice over the
+        # foreground classes is then the selection score (`best_miou` holds the best mean Dice,
+        # the mIoU of the summed confusion matrix is still logged and kept in val_history).
+        self._volume_dice: dict[str, Tensor] = {}
+        self.last_dice: dict = {}
         # The resolved run config, stored in checkpoints so eval.py can rebuild the model.
         self.run_config: dict | None = None
         # Steps skipped for a NaN or inf loss: in all, and in a row (see optimizer_step_with).
@@ -213,8 +220,11 @@ class SemiSegModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def labeled_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """CE, or OHEM where the dataset asks for it (Cityscapes in the papers)."""
+        """CE, or OHEM where the dataset asks for it (Cityscapes in the papers), or
+        (CE + Dice) / 2 (ACDC in the public medical code)."""
         cfg = self.labeled_loss_cfg
+        if cfg["name"] == "ce_dice":
+            return ce_dice(logits, target)
         if cfg["name"] == "ohem":
             return ohem_ce(logits, target, cfg.get("thresh", 0.7), cfg.get("min_kept", 200_000))
         return supervised_ce(logits, target)
@@ -287,9 +297,16 @@ class SemiSegModule(L.LightningModule):
             for path in dict.fromkeys(self.validated_networks().values()):
                 broadcast_buffers(self.get_submodule(path))
 
+    @property
+    def volume_eval(self) -> bool:
+        return self.eval_cfg.get("mode") == "volume"
+
     def validation_step(self, batch, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         mode = self.eval_cfg["mode"]
+        if mode == "volume":
+            self._validate_volume(batch)
+            return
         if mode == "center_crop":
             image, mask = center_crop(image, mask, self.crop_size)
         border = self.eval_cfg.get("window_border", "truncate")
@@ -301,7 +318,61 @@ class SemiSegModule(L.LightningModule):
             )
             confusion.update(probs.argmax(1), mask)
 
+    def _validate_volume(self, batch) -> None:
+        """One volume (1, D, H, W), slice by slice at crop_size (evaluation/volume.py)."""
+        mask = batch["mask"][0]
+        absent = self.eval_cfg.get("dice_absent", "skip")
+        for name, path in self.validated_networks().items():
+            network = self.get_submodule(path)
+            pred = predict_volume(network, batch["image"], self.crop_size).argmax(1)
+            chosen = name == self.eval_network_name
+            confusion = self.confusion if chosen else self.other_confusions[name]
+            confusion.update(pred, mask)
+            if chosen:
+                dice = dice_per_class(pred, mask, self.num_classes, absent)
+                self._volume_dice[str(batch["name"][0])] = dice.cpu()
+
+    def _volume_results(self) -> float:
+        """The mean foreground Dice (percent) of this validation's volumes, over every rank;
+        fills `last_dice` (per class, per volume) for results.json and logs them."""
+        volumes = dict(self._volume_dice)
+        self._volume_dice = {}
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, volumes)
+            volumes = {k: v for part in gathered for k, v in part.items()}
+        names = sorted(volumes)
+        table = torch.stack([volumes[n] for n in names]) if names else torch.empty(0, 0)
+        per_class, mean = (
+            summarise(table)
+            if names
+            else (torch.full((self.num_classes,), torch.nan), float("nan"))
+        )
+
+        def pct(x):
+            return None if x != x else round(100.0 * float(x), 2)
+
+        self.last_dice = {
+            "per_class_dice": {
+                c: pct(v) for c, v in zip(self.class_names[1:], per_class[1:], strict=True)
+            },
+            "per_volume_dice": {
+                n: {c: pct(v) for c, v in zip(self.class_names[1:], volumes[n][1:], strict=True)}
+                for n in names
+            },
+        }
+        self.log_dict(
+            {
+                f"val_dice/{c}": v
+                for c, v in self.last_dice["per_class_dice"].items()
+                if v is not None
+            },
+            sync_dist=False,
+        )
+        return 100.0 * mean
+
     def on_validation_epoch_end(self) -> None:
+        dice = self._volume_results() if self.volume_eval else None
         confusion = self.confusion.compute()  # summed over ranks under DDP
         self.confusion.reset()
         others = {}
@@ -318,20 +389,34 @@ class SemiSegModule(L.LightningModule):
             name: round(100.0 * float(iou), 2) if not torch.isnan(iou) else None
             for name, iou in zip(self.class_names, ious, strict=True)
         }
-        self.best_miou = max(self.best_miou, miou)
+        score = miou if dice is None else dice
+        self.best_miou = max(self.best_miou, score)
         entry = {"step": int(self.global_step), "miou": round(miou, 2)}
+        if dice is not None:
+            entry["mean_dice"] = round(dice, 2)
+            self.log("val/mean_dice", dice, prog_bar=True, sync_dist=False)
         entry.update({f"miou_{n}": round(v, 2) for n, v in others.items()})
         self.val_history.append(entry)
         # The confusion matrix is already summed over ranks: every rank logs the same numbers,
         # so no sync_dist (which would all-reduce once per call).
         self.log("val/miou", miou, prog_bar=True, sync_dist=False)
-        self.log("val/best_miou", self.best_miou, sync_dist=False)
+        self.log(
+            "val/best_miou" if dice is None else "val/best_mean_dice",
+            self.best_miou,
+            sync_dist=False,
+        )
         self.log_dict({f"val/miou_{n}": v for n, v in others.items()}, sync_dist=False)
         self.log_dict(
             {f"val_iou/{n}": v for n, v in self.last_per_class.items() if v is not None},
             sync_dist=False,
         )
         also = "".join(f", {n} {v:.2f}" for n, v in others.items())
+        if dice is not None:
+            self.print(
+                f"step {self.global_step}: val mean Dice {dice:.2f} (mIoU {miou:.2f}; "
+                f"{self.eval_network_name}{also}; best mean Dice {self.best_miou:.2f})"
+            )
+            return
         self.print(
             f"step {self.global_step}: val mIoU {miou:.2f} ({self.eval_network_name}"
             f"{also}; best {self.best_miou:.2f})"
@@ -351,6 +436,7 @@ class SemiSegModule(L.LightningModule):
             "val_history": self.val_history,
             "best_miou": self.best_miou,
             "last_per_class": self.last_per_class,
+            "last_dice": self.last_dice,
             "nonfinite_steps": self.nonfinite_steps,
             "rng": gather_rng_states(),
             "wandb_run_id": next(
@@ -380,6 +466,7 @@ class SemiSegModule(L.LightningModule):
         self.val_history = list(state.get("val_history", []))
         self.best_miou = state.get("best_miou", float("-inf"))
         self.last_per_class = dict(state.get("last_per_class", {}))
+        self.last_dice = dict(state.get("last_dice", {}))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         trainer = self._trainer
         if trainer is None or not state.get("rng"):

@@ -18,6 +18,25 @@ def supervised_ce(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
 
 
+def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """The soft Dice loss of the public UniMatch medical code, over the whole batch: per class c,
+    1 - (2 sum(p_c t_c) + s) / (sum(p_c^2) + sum(t_c^2) + s) with p the softmax and t the one-hot
+    target, averaged over the classes (background included); 255 is ignored."""
+    probs = logits.float().softmax(dim=1)
+    keep = target != IGNORE_INDEX
+    num_classes = probs.shape[1]
+    probs = probs.permute(0, 2, 3, 1)[keep]  # (pixels, C)
+    onehot = F.one_hot(target[keep].long(), num_classes).float()
+    inter = (probs * onehot).sum(0)
+    denom = (probs * probs).sum(0) + onehot.sum(0)
+    return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def ce_dice(logits: Tensor, target: Tensor) -> Tensor:
+    """(CE + Dice) / 2: the labeled loss of the public UniMatch ACDC code."""
+    return (supervised_ce(logits, target) + dice_loss(logits, target)) / 2
+
+
 def ohem_ce(logits: Tensor, target: Tensor, thresh: float = 0.7, min_kept: int = 200_000) -> Tensor:
     """Online hard example mining cross-entropy (the reference's Cityscapes labeled loss).
 
