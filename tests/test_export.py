@@ -131,6 +131,7 @@ def test_exported_model_takes_any_batch_height_and_width(exported, reference):
             assert names[0::2] == ["batch", "height"] and names[3] == "width"
 
 
+@pytest.mark.slow  # two predict.py processes per format (about 25 s each on 2 cores)
 def test_predict_on_the_exported_file_writes_the_checkpoints_classes(
     exported, images, checkpoint_predictions, reference, tmp_path
 ):
