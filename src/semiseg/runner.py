@@ -504,6 +504,19 @@ def model_from_checkpoint(checkpoint: dict, network: str | None = None) -> torch
     return model
 
 
+def _run_record(cfg: DictConfig, checkpoint: dict, dataset_cfg) -> dict:
+    """The first keys of eval.py's results.json: which checkpoint, run and data."""
+    trained = checkpoint["semiseg"]["config"]
+    return {
+        "ckpt_path": str(cfg.ckpt_path),
+        "method": trained["method"]["name"],
+        "dataset": dataset_cfg.name,
+        "split": trained.get("split"),
+        "seed": trained.get("seed"),
+        "steps": int(checkpoint.get("global_step", 0)),
+    }
+
+
 def evaluate(cfg: DictConfig) -> dict:
     started = time.time()
     out = run_dir()
@@ -546,12 +559,7 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     print(format_iou_table(per_class, miou))
     results = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "method": trained["method"]["name"],
-        "dataset": dataset_cfg.name,
-        "split": trained.get("split"),
-        "seed": trained.get("seed"),
-        "steps": int(checkpoint.get("global_step", 0)),
+        **_run_record(cfg, checkpoint, dataset_cfg),
         "eval_mode": mode,
         "eval_network": cfg.eval.get("model")
         or checkpoint["semiseg"].get("eval_network", "student"),
@@ -582,7 +590,6 @@ def evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out: Path, start
     from semiseg.data import medical
     from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
 
-    trained = checkpoint["semiseg"]["config"]
     root, splits_dir = Path(dataset_cfg.root), Path(dataset_cfg.splits_dir)
     samples = medical.read_h5_list(splits_dir / "val.txt")
     medical.check_exist(root, samples, "val")
@@ -617,12 +624,7 @@ def evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out: Path, start
     }
     miou = 100.0 * mean_iou(confusion, absent=cfg.eval.absent_class)
     results = {
-        "ckpt_path": str(cfg.ckpt_path),
-        "method": trained["method"]["name"],
-        "dataset": dataset_cfg.name,
-        "split": trained.get("split"),
-        "seed": trained.get("seed"),
-        "steps": int(checkpoint.get("global_step", 0)),
+        **_run_record(cfg, checkpoint, dataset_cfg),
         "eval_mode": "volume",
         "eval_network": cfg.eval.get("model")
         or checkpoint["semiseg"].get("eval_network", "student"),

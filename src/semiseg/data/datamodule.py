@@ -237,11 +237,7 @@ class SemiSegDataModule(L.LightningDataModule):
                 read_mask=gt_reader,
             )
         self.val_set = ValDataset(self.root, files.val, read_mask=reader)
-        # What the loaders really yield per epoch (the labeled list may be repeated).
-        streams = {"labeled": len(self.labeled_set)}
-        if self.unlabeled_set is not None:
-            streams["unlabeled"] = len(self.unlabeled_set)
-        check_batches(streams, self.batch_size, world_size())
+        self._check_batches()
         self.split_folder = folder
         self.files = files
 
@@ -284,10 +280,7 @@ class SemiSegDataModule(L.LightningDataModule):
                 self.root, pool, self.crop_size, self.num_strong, self.mix, read_mask=gt_reader
             )
         self.val_set = ValDataset(self.root, target.val, read_mask=reader)
-        streams = {"labeled": len(self.labeled_set)}
-        if self.unlabeled_set is not None:
-            streams["unlabeled"] = len(self.unlabeled_set)
-        check_batches(streams, self.batch_size, world_size())
+        self._check_batches()
         self.split_folder = folder
         self.source_files = source_files
         self.files = SplitFiles(
@@ -320,12 +313,17 @@ class SemiSegDataModule(L.LightningDataModule):
                 self.root, unlabeled, self.crop_size, self.num_strong, self.mix
             )
         self.val_set = medical.VolumeDataset(self.root, val)
+        self._check_batches()
+        self.split_folder = folder
+        self.files = files
+
+    def _check_batches(self) -> None:
+        """What the loaders really yield per epoch (the labeled list may be repeated) must fill
+        at least one batch on every process."""
         streams = {"labeled": len(self.labeled_set)}
         if self.unlabeled_set is not None:
             streams["unlabeled"] = len(self.unlabeled_set)
         check_batches(streams, self.batch_size, world_size())
-        self.split_folder = folder
-        self.files = files
 
     def _labeled_length(self, files) -> int:
         """How many labeled samples one epoch draws (see the module docstring)."""
