@@ -4,10 +4,12 @@ the checkpoint, and a real sweep through submitit's local launcher."""
 
 import json
 import os
+import re
 import signal
+import time
 
 import pytest
-from cli import REPO, TINY, run_script
+from cli import REPO, TINY, run_script, start_train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -212,3 +214,80 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path, toy_roo
         line for log in logs for line in log.read_text().splitlines() if "Starting with" in line
     }
     assert len(pids) == 2
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (from /proc), children first."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _submitit_task(pid: int) -> int | None:
+    for child in _descendants(pid):
+        try:
+            if b"submitit.core._submit" in open(f"/proc/{child}/cmdline", "rb").read():
+                return child
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_time_limit_signal_checkpoints_requeues_and_the_job_continues(tmp_path, toy_root):
+    """submitit's time-limit signal to a training job (sent here by hand, as submitit's local
+    executor sends it): the run stops at a step boundary with last.ckpt, submitit requeues the
+    job, and the requeued job continues from that checkpoint to the end (resume=auto)."""
+    sweep = tmp_path / "sweep"
+    log_path = tmp_path / "sweep.log"
+    settings = [*TINY[:-3], "trainer.max_steps=12", "trainer.val_check_interval=4"]
+    with open(log_path, "w") as log:
+        proc = start_train(
+            "-m",
+            "hydra/launcher=slurm_local",
+            "hydra.launcher.timeout_min=30",  # the signal comes from the test, not the timer
+            "method=supervised",
+            "resume=auto",
+            f"dataset.root={toy_root}",
+            *settings,
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+            log=log,
+        )
+        try:
+            job_log = None
+            deadline = time.time() + 300
+            while job_log is None or "step 4: val mIoU" not in job_log.read_text():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "the job never validated"
+                logs = list((sweep / ".submitit").glob("*/*_0_log.out"))
+                job_log = logs[0] if logs else None
+                time.sleep(0.05)
+            task = _submitit_task(proc.pid)
+            assert task is not None
+            os.kill(task, launcher_signal())
+            assert proc.wait(timeout=400) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = job_log.read_text()
+    stopped = re.search(rf"preempted: {launcher_signal().name} at step (\d+)", text)
+    assert stopped, text[-3000:]
+    step = int(stopped.group(1))
+    assert 4 <= step < 12
+    requeued = text.index("Requeued job")  # submitit's handler, after the checkpoint
+    assert stopped.start() < requeued < text.index(f"resuming from {sweep}")
+    results = json.loads((sweep / "0_supervised_toy_20_s0" / "results.json").read_text())
+    assert results["steps"] == 12 and results["resumed_from"].endswith("last.ckpt")
+    assert [v["step"] for v in results["val_history"]] == [4, 8, 12]
