@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from semiseg.data.checks import drop_missing_unlabeled_masks, note_once
