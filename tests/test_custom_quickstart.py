@@ -69,6 +69,7 @@ def test_grayscale_images_load_as_rgb(tmp_path):
     assert (channels[..., 0] == np.asarray(Image.open(path))).all()
 
 
+@pytest.mark.slow  # about 50 s: three scripts and a split on a 2-core machine
 def test_readme_quickstart_on_binary_grayscale_folder(tmp_path):
     commands = quickstart_commands()
     assert len(commands) == 5
