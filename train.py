@@ -2,6 +2,8 @@
 
 Multi-GPU: torchrun --nproc_per_node=N train.py trainer=ddp ...  (see README, "Multi-GPU").
 Sweeps:    python train.py -m method=supervised,unimatch split=10,20 seed=0,1,2
+Tuning:    python train.py hparams_search=toy_optuna  (returns `optimized_metric` to the sweeper)
+SLURM:     python train.py -m hydra/launcher=slurm ...  (see README, "SLURM")
 """
 
 import hydra
@@ -10,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from semiseg.errors import exit_on_user_error
-from semiseg.runner import train
+from semiseg.runner import optimized_metric, train
 
 
 class JobFailed(RuntimeError):
@@ -18,15 +20,15 @@ class JobFailed(RuntimeError):
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train one run; return its `optimized_metric` (a results.json key) for Hydra sweepers."""
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        exit_on_user_error(train)(cfg)
-        return
+        return optimized_metric(cfg, exit_on_user_error(train)(cfg))
     # In a sweep a failed job must not end the sweep: Hydra records the exception, runs the
     # remaining jobs and reports the first failure at the end; the job's folder has no
     # results.json, which `python -m semiseg.report` shows as "failed".
     try:
-        exit_on_user_error(train)(cfg)
+        return optimized_metric(cfg, exit_on_user_error(train)(cfg))
     except SystemExit as stop:
         if stop.code != 2:  # e.g. 143 after SIGTERM: the whole sweep stops (resume=auto)
             raise

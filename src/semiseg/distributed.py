@@ -1,7 +1,8 @@
 """Multi-process runs: how they are launched, what every rank seeds, and exact validation.
 
-The one supported launch is `torchrun --nproc_per_node=N train.py trainer=ddp ...`: torchrun
-starts one process per device and Lightning joins them. Lightning could also start the other
+The supported launches are `torchrun --nproc_per_node=N train.py trainer=ddp ...` and srun's
+tasks (`hydra/launcher=slurm`, one task per GPU, which take torchrun's variables from SLURM's):
+one process per device, which Lightning joins. Lightning could also start the other
 processes itself, but it does so by running the script again with the same command line, which
 for a Hydra script means a second Hydra run (and, under `-m`, the whole sweep once more per
 device); that combination is refused with the command to run instead.
@@ -37,18 +38,53 @@ def launched_by_torchrun() -> bool:
     return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def launched_by_srun() -> bool:
+    """True in one of several tasks that srun started for this run (hydra/launcher=slurm with
+    tasks_per_node > 1, or `srun python train.py` in a batch script); an interactive allocation
+    (job name bash or interactive, as Lightning reads it) does not count."""
+    return (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        and "SLURM_PROCID" in os.environ
+        and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    )
+
+
+def adopt_srun_tasks() -> None:
+    """Give srun's tasks torchrun's variables, so they join as torchrun's processes do: the same
+    rank (SLURM_PROCID), local rank and world size Lightning's SLURMEnvironment reads, and its
+    address and port (the first node of the job, 15000 + the job id's last four digits)."""
+    if launched_by_torchrun() or not launched_by_srun():
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    tasks = int(os.environ["SLURM_NTASKS"])
+    nodes = int(os.environ.get("SLURM_NNODES", "1"))
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", str(tasks // nodes)).split("(")[0]
+    environment = SLURMEnvironment()
+    os.environ.update(
+        RANK=os.environ["SLURM_PROCID"],
+        LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"),
+        WORLD_SIZE=str(tasks),
+        LOCAL_WORLD_SIZE=str(int(per_node)),
+        MASTER_ADDR=environment.main_address,
+        MASTER_PORT=str(environment.main_port),
+    )
+
+
 def resolve_devices(trainer_cfg: dict, multirun: bool) -> dict:
     """Fill `devices`/`num_nodes` from torchrun's variables, or refuse Lightning-spawned ranks.
 
     Returns the trainer arguments to instantiate. Raises ConfigError with the command to run.
     """
     cfg = dict(trainer_cfg)
+    adopt_srun_tasks()
     if launched_by_torchrun():
         per_node = int(os.environ["LOCAL_WORLD_SIZE"])
         nodes = int(os.environ["WORLD_SIZE"]) // per_node
+        launcher = "srun" if launched_by_srun() else "torchrun"
         if cfg.get("strategy") is None:
             raise ConfigError(
-                f"torchrun started {os.environ['WORLD_SIZE']} processes but trainer=default "
+                f"{launcher} started {os.environ['WORLD_SIZE']} processes but trainer=default "
                 "trains one: add trainer=ddp to the command"
             )
         devices = cfg.get("devices", "auto")
@@ -56,8 +92,8 @@ def resolve_devices(trainer_cfg: dict, multirun: bool) -> dict:
             cfg["devices"] = per_node
         elif _count(devices) != per_node:
             raise ConfigError(
-                f"trainer.devices={devices} but torchrun started {per_node} processes per node: "
-                "drop trainer.devices (it follows --nproc_per_node)"
+                f"trainer.devices={devices} but {launcher} started {per_node} processes per node: "
+                "drop trainer.devices (it follows --nproc_per_node, or srun's tasks per node)"
             )
         cfg["num_nodes"] = nodes
         return cfg
@@ -192,6 +228,10 @@ def worker_init(worker_id: int) -> None:
     SIGTERM is blocked from the fork until here (`SigtermSafeLoader`), so a signal that arrives
     while a worker starts is ignored too, not fatal."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from semiseg.checkpointing import launcher_signal  # (imports this module)
+
+    if callable(signal.getsignal(launcher_signal())):  # the run's, inherited: not a worker's
+        signal.signal(launcher_signal(), signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id)  # the rank is this process's, as Lightning's own

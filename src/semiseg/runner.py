@@ -244,16 +244,18 @@ def _train(cfg: DictConfig) -> dict:
                 )
                 at = f"at step {stop.step}" if stop.step is not None else "during setup"
                 print(
-                    f"preempted: SIGTERM {at}; checkpoint {stop.path}. Continue with the same "
-                    f"command plus resume=auto (and {where})",
+                    f"preempted: {sigterm.signal_name} {at}; checkpoint {stop.path}. Continue "
+                    f"with the same command plus resume=auto (and {where})",
                     flush=True,
                 )
             finish_wandb(exit_code=PREEMPTED_EXIT_CODE)
+            sigterm.pass_on()  # the launcher's signal: its handler requeues the job (submitit)
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
 
 def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm) -> dict:
     cfg.split = split_name(cfg.split)
+    check_optimized_metric(cfg)
     trainer_args, own = trainer_arguments(cfg, multirun)
     init_process_group(trainer_args.get("accelerator", "auto"))
     out = shared_run_dir(run_dir())
@@ -342,6 +344,27 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
             f"results in {out}"
         )
     return results
+
+
+# The results.json values train.py can return to a sweeper (`optimized_metric`).
+OPTIMIZABLE = ("best_val_miou", "val_miou", "wall_time_s")
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    key = cfg.get("optimized_metric")
+    if key is not None and key not in OPTIMIZABLE:
+        raise ConfigError(
+            f"optimized_metric={key}: train.py returns one of {', '.join(OPTIMIZABLE)} "
+            "(or null: nothing)"
+        )
+
+
+def optimized_metric(cfg: DictConfig, results: dict) -> float | None:
+    """The value train.py returns (what a Hydra sweeper such as Optuna optimises): the run's
+    results.json value named by `optimized_metric`; None without one or without validations."""
+    key = cfg.get("optimized_metric")
+    value = results.get(key) if key else None
+    return None if value is None else float(value)
 
 
 def finish_wandb(exit_code: int | None = None) -> None:

@@ -6,16 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli import TINY, run_script
+from cli import (
+    TINY,
+    run_script,
+    setup_fails,  # setup() as train.py runs it: one error line, exit 2
+)
 from layouts import custom_folders
 from omegaconf import OmegaConf
 from PIL import Image
-from test_dataset_errors import _fails  # setup() as train.py runs it: one error line, exit 2
 
 from semiseg.data import transforms as tf
 from semiseg.data.datamodule import SemiSegDataModule
 from semiseg.data.splits import SplitError, read_list, write_list
-from semiseg.errors import exit_on_user_error
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
@@ -50,26 +52,24 @@ def _datamodule(root, splits_dir, split="s", batch_size=2, unlabeled=True, **dat
     )
 
 
-
-
 # ------------------------------------------------------------------ a split smaller than a batch
 def test_stream_shorter_than_a_batch_is_refused(toy_root, tmp_path, capsys, monkeypatch):
     labeled, unlabeled, val = _toy_lists(toy_root)
     tiny = _splits(tmp_path / "tiny", labeled[:1], unlabeled[:1], val[:2])
-    message = _fails(_datamodule(toy_root, tiny), capsys)
+    message = setup_fails(_datamodule(toy_root, tiny), capsys)
     assert "the labeled stream has 1 images per epoch" in message
     assert "data.batch_size=2" in message and "no step would be trained" in message
     # the supervised baseline too (its labeled list is repeated to the unlabeled length)
-    message = _fails(_datamodule(toy_root, tiny, unlabeled=False), capsys)
+    message = setup_fails(_datamodule(toy_root, tiny, unlabeled=False), capsys)
     assert "the labeled stream has 1 images per epoch" in message
     # a long labeled list does not hide a short unlabeled one
     short_u = _splits(tmp_path / "short_u", labeled[:4], unlabeled[:1], val[:2])
-    message = _fails(_datamodule(toy_root, short_u), capsys)
+    message = setup_fails(_datamodule(toy_root, short_u), capsys)
     assert "the unlabeled stream has 1 images per epoch" in message
     # under DDP every process needs a batch of its own
     monkeypatch.setenv("WORLD_SIZE", "2")
     three = _splits(tmp_path / "three", labeled[:3], unlabeled[:3], val[:2])
-    message = _fails(_datamodule(toy_root, three), capsys)
+    message = setup_fails(_datamodule(toy_root, three), capsys)
     assert "has 3 images per epoch, fewer than one batch (2 processes x data.batch_size=2)" in (
         message
     )
@@ -100,14 +100,14 @@ def test_train_py_refuses_a_split_smaller_than_a_batch(toy_root, tmp_path):
 def test_validation_images_in_a_training_list_are_refused(toy_root, tmp_path, capsys):
     labeled, unlabeled, val = _toy_lists(toy_root)
     folder = _splits(tmp_path / "lv", labeled[:4] + val[:2], unlabeled[:4], val[:5])
-    message = _fails(_datamodule(toy_root, folder), capsys)
+    message = setup_fails(_datamodule(toy_root, folder), capsys)
     assert f"2 images of {folder / 's' / 'labeled.txt'} are also in {folder / 'val.txt'}" in (
         message
     )
     assert val[0].image in message and val[1].image in message
     unlabeled_val = [*unlabeled[:4], *(type(s)(s.image, None) for s in val[:3])]
     folder = _splits(tmp_path / "uv", labeled[:4], unlabeled_val, val[:5])
-    message = _fails(_datamodule(toy_root, folder), capsys)
+    message = setup_fails(_datamodule(toy_root, folder), capsys)
     assert "3 images of" in message and "unlabeled.txt" in message
 
 
@@ -133,7 +133,7 @@ def test_truncated_image_is_found_at_setup(toy_root, tmp_path, capsys):
     bad = root / unlabeled[1].image
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     splits = _splits(tmp_path / "splits", labeled[:2], unlabeled[:2], val[:2])
-    message = _fails(_datamodule(root, splits), capsys)
+    message = setup_fails(_datamodule(root, splits), capsys)
     assert message.startswith(f"error: cannot read {bad}: ") and "truncated" in message
     _datamodule(root, splits, check_images=0).setup("fit")  # 0: no scan
     _datamodule(root, splits, check_images=3).setup("fit")  # longer lists are not scanned
@@ -206,7 +206,7 @@ def test_split_generation_in_a_read_only_folder_is_one_line(read_only, tmp_path,
         num_workers=0,
         dataset=dataset,
     )
-    message = _fails(dm, capsys)
+    message = setup_fails(dm, capsys)
     assert f"cannot write the split files into {root / 'splits'} (Read-only file system)" in (
         message
     )

@@ -214,7 +214,7 @@ class SemiSegDataModule(L.LightningDataModule):
         scan_images(spec.root, files, spec.check_images)
         # Mask values and image/mask sizes: a bounded sample now, every mask again when loaded.
         reader = spec.mask_reader(num_classes)
-        spec.verify_masks(files.labeled, reader)
+        spec.verify_masks(files.labeled, reader, warn_0_255=True)
         spec.verify_masks(files.val, reader)
         # Unlabeled masks only feed the pseudo-label accuracy log: mapped, never checked.
         gt_reader = spec.mask_reader(num_classes, check=False)

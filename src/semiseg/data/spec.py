@@ -12,11 +12,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from semiseg.data.checks import drop_missing_unlabeled_masks, note_once
-from semiseg.data.masks import MaskReader
+from semiseg.data.masks import IGNORE, MaskReader
 from semiseg.data.splits import (
     LAYOUT,
     Sample,
@@ -250,20 +251,33 @@ class DatasetSpec:
         hint = f"if the masks were never built, run: {self.prepare}" if self.prepare else None
         files.check_exists(self.root, hint=hint)
 
-    def verify_masks(self, samples: list[Sample], reader: MaskReader) -> None:
+    def verify_masks(
+        self, samples: list[Sample], reader: MaskReader, warn_0_255: bool = False
+    ) -> None:
         """Read up to `check_masks` masks (spread over the list): values and sizes. Every
         mask is checked again when a dataset item loads it, so this only makes most errors
-        come before training instead of during it."""
+        come before training instead of during it. `warn_0_255`: say so when every mask read
+        holds only 0 and 255 without a label_map (binary masks stored as 0/255: every object
+        pixel would be ignored)."""
         limit = len(samples) if self.check_masks < 0 else min(self.check_masks, len(samples))
         if limit <= 0:
             return
         step = len(samples) / limit
+        seen: set[int] = set()
         for k in range(limit):
             sample = samples[int(k * step)]
             if sample.mask is None:
                 continue
-            mask = reader(self.root / sample.mask)
-            check_same_size(self.root, sample, mask.size)
+            values = reader.values(self.root / sample.mask)
+            if warn_0_255 and len(seen) < 3:
+                seen.update(int(v) for v in np.unique(values))
+            check_same_size(self.root, sample, (values.shape[1], values.shape[0]))
+        if warn_0_255 and self.label_map is None and seen == {0, IGNORE}:
+            note_once(
+                f"warning: the {self.name} masks checked hold only 0 and 255, and 255 is ignored: "
+                "no pixel is labeled with a class other than 0. Binary masks stored as 0/255 "
+                "need dataset.label_map={255:1}"
+            )
 
 
 def check_same_size(root: Path, sample: Sample, mask_size: tuple[int, int]) -> None:
