@@ -185,3 +185,51 @@ def test_bad_input_fails_in_one_line(checkpoint, tmp_path):
         errors = [line for line in lines if line.startswith("error: ")]
         assert len(errors) == 1 and errors[0] == lines[-1], proc.stderr
         assert names in errors[0] and fix in errors[0], errors
+
+
+def test_images_of_one_size_are_predicted_in_batches_with_the_same_result(
+    checkpoint, toy_root, tmp_path
+):
+    from cli import REPO
+    from hydra import compose, initialize_config_dir
+
+    from semiseg.predict import run
+
+    # five images: three of one size, then one of another, then one of the first size again
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, size in enumerate([(96, 80), (96, 80), (96, 80), (72, 88), (96, 80)]):
+        image = Image.open(toy_root / "images" / f"train_{k:04d}.png").convert("RGB")
+        image.crop((0, 0, *size)).save(folder / f"{k}.png")
+
+    def predicted(batch_size):
+        out = tmp_path / f"out{batch_size}"
+        overrides = [f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}"]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("predict", overrides=[*overrides, f"batch_size={batch_size}"])
+        summary = run(cfg)
+        assert summary["batch_size"] == batch_size and summary["num_images"] == 5
+        return {p.name: np.asarray(Image.open(p)) for p in sorted((out / "index").glob("*.png"))}
+
+    one_by_one, batched = predicted(1), predicted(3)
+    assert sorted(batched) == [f"{k}.png" for k in range(5)]
+    model, _, num_classes = model_and_palette(checkpoint)
+    for name, index in batched.items():
+        assert index.shape == one_by_one[name].shape
+        # a batch sums in another order than one image: compare up to near-ties
+        probs = predict(model, image_tensor(folder / name), "original", 64, num_classes)
+        assert_argmax_equal(index, probs)
+        assert_argmax_equal(one_by_one[name], probs)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"input={folder}",
+                f"output={tmp_path / 'x'}",
+                "batch_size=0",
+            ],
+        )
+    with pytest.raises(ConfigError, match="batch_size=0: give how many images"):
+        run(cfg)

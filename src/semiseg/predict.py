@@ -218,6 +218,11 @@ def run(cfg: DictConfig) -> dict:
     if index_format not in ("palette", "gray"):
         raise ConfigError(f"index_format={index_format}: choose palette (P mode) or gray (L)")
     kinds = [k for k in KINDS if cfg.save.get(k, True)]
+    batch_size = cfg.get("batch_size", 1)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"batch_size={batch_size}: give how many images of one size go in a batch (>= 1)"
+        )
     flip, scales = bool(cfg.tta.flip), _scales(cfg.tta.scales)
     device = _device(cfg.device)
     autocast, precision = _autocast(cfg.precision, device)
@@ -242,24 +247,10 @@ def run(cfg: DictConfig) -> dict:
         f"({mode}, crop {crop_size}, flip {flip}, scales {list(scales)}, {precision}) into "
         f"{output}"
     )
-    bar = tqdm(list(zip(relative, names, strict=True)), desc=f"predict ({mode})", unit="img")
-    for rel, name in bar:
-        source = root / rel
-        try:
-            image = tf.load_image(source)
-        except SplitError as err:
-            bar.leave = False  # on a terminal the error line replaces the bar
-            bar.close()
-            raise SplitError(
-                f"{one_line(err)}; move it out of input={cfg.input} or convert it to PNG/JPEG, "
-                f"then run again (predictions so far are in {output})"
-            ) from None
-        tensor = tf.normalize(image)[None].to(device)
-        with autocast:
-            probs = tta_probabilities(
-                model, tensor, mode, crop_size, num_classes, border, flip, scales
-            )
-        index = probs.argmax(1)[0].numpy().astype(np.uint8)
+    bar = tqdm(total=len(relative), desc=f"predict ({mode})", unit="img")
+
+    def write(image: Image.Image, name: Path, probs: torch.Tensor) -> None:
+        index = probs.argmax(0).numpy().astype(np.uint8)
         if "index" in kinds:
             path = output / "index" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +264,38 @@ def run(cfg: DictConfig) -> dict:
         if "overlay" in kinds:
             _save(output / "overlay" / name, overlay(image, colour, alpha))
 
+    def flush(pending: list) -> None:
+        """Predict the pending images (all of one size) in one batch and write them."""
+        batch = torch.stack([tf.normalize(image) for image, _ in pending]).to(device)
+        with autocast:
+            probs = tta_probabilities(
+                model, batch, mode, crop_size, num_classes, border, flip, scales
+            )
+        for (image, name), p in zip(pending, probs, strict=True):
+            write(image, name, p)
+        bar.update(len(pending))
+        pending.clear()
+
+    pending: list[tuple[Image.Image, Path]] = []  # consecutive images of one size
+    for rel, name in zip(relative, names, strict=True):
+        try:
+            image = tf.load_image(root / rel)
+        except SplitError as err:
+            bar.leave = False  # on a terminal the error line replaces the bar
+            bar.close()
+            raise SplitError(
+                f"{one_line(err)}; move it out of input={cfg.input} or convert it to PNG/JPEG, "
+                f"then run again (predictions so far are in {output})"
+            ) from None
+        if pending and pending[0][0].size != image.size:
+            flush(pending)
+        pending.append((image, name))
+        if len(pending) == batch_size:
+            flush(pending)
+    if pending:
+        flush(pending)
+    bar.close()
+
     summary = {
         "ckpt_path": str(cfg.ckpt_path),
         "input": str(cfg.input),
@@ -282,6 +305,7 @@ def run(cfg: DictConfig) -> dict:
         "mode": mode,
         "crop_size": crop_size,
         "tta": {"flip": flip, "scales": list(scales)},
+        "batch_size": batch_size,
         "precision": precision,
         "written": {kind: f"{kind}/" for kind in kinds},
         "index_format": index_format,
