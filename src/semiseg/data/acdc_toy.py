@@ -10,14 +10,12 @@ volumes; splits 1, 3, 7 name the labeled cases (nested), the other training case
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from semiseg.data.splits import Sample, SplitError, write_list, write_split
+from semiseg.data.toy import install_atomically
 
 VERSION = "acdc-toy-1"
 VERSION_FILE = ".acdc_toy_version"
@@ -117,19 +115,11 @@ def ensure(root: Path, seed: int = 0) -> Path:
             "did not write; choose an empty or new folder"
         )
     print(f"generating toy ACDC dataset in {root} ...", flush=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp"))
-    try:
-        _write(tmp, seed)
-        (tmp / VERSION_FILE).write_text(f"{VERSION} seed={seed}\n")
-        os.chmod(tmp, 0o755)
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not is_current(root, seed):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    install_atomically(
+        root,
+        lambda tmp: _write(tmp, seed),
+        f"{VERSION} seed={seed}\n",
+        lambda: is_current(root, seed),
+        VERSION_FILE,
+    )
     return root

@@ -174,7 +174,9 @@ class SemiSegDataModule(L.LightningDataModule):
         if self.generate == "acdc_toy":
             acdc_toy.ensure(self.root)
         elif self.generate is not None:
-            raise ConfigError(f"dataset.generate={self.generate!r} is unknown: use acdc_toy or null")
+            raise ConfigError(
+                f"dataset.generate={self.generate!r} is unknown: use acdc_toy or null"
+            )
         if self.generate_toy:
             toy.ensure(self.root, domain=self.toy_domain)
         if self.source_toy_domain is not None:

@@ -50,7 +50,9 @@ def read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("image", "label") if k not in f]
             if missing:
-                raise SplitError(f"{path} has no {' or '.join(missing)} dataset (keys image, label)")
+                raise SplitError(
+                    f"{path} has no {' or '.join(missing)} dataset (keys image, label)"
+                )
             image = np.asarray(f["image"][()], dtype=np.float32)
             label = np.asarray(f["label"][()], dtype=np.int64)
     except OSError as e:

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -224,9 +225,34 @@ def is_current(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> bool:
         return False
 
 
-def generate(
-    root: Path, seed: int = 0, force: bool = False, domain: str = DEFAULT_DOMAIN
-) -> Path:
+def install_atomically(
+    root: Path,
+    write: Callable[[Path], None],
+    stamp: str,
+    is_current: Callable[[], bool],
+    version_file: str = VERSION_FILE,
+) -> None:
+    """A generated dataset into `root`: written by `write` into a folder beside it, stamped
+    (`version_file`, written last: marks it complete), then renamed over `root`, so an
+    interrupted run leaves no half dataset behind."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp"))
+    try:
+        write(tmp)
+        (tmp / version_file).write_text(stamp)
+        os.chmod(tmp, 0o755)
+        if root.exists():
+            shutil.rmtree(root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not is_current():  # another process may have just finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generate(root: Path, seed: int = 0, force: bool = False, domain: str = DEFAULT_DOMAIN) -> Path:
     """Write the toy dataset to `root` unless an identical one is already there."""
     check_domain(domain)
     root = Path(root)
@@ -241,22 +267,12 @@ def generate(
             )
     print(f"generating toy dataset in {root} ...", end=" ", flush=True)
     start = time.perf_counter()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target and rename: an interrupted run leaves no half dataset behind
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp"))
-    try:
-        _write(tmp, seed, domain)
-        (tmp / VERSION_FILE).write_text(_stamp(seed, domain))  # last: marks the dataset complete
-        os.chmod(tmp, 0o755)
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not is_current(root, seed, domain):  # another process may have just finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    install_atomically(
+        root,
+        lambda tmp: _write(tmp, seed, domain),
+        _stamp(seed, domain),
+        lambda: is_current(root, seed, domain),
+    )
     print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
     return root
 
