@@ -62,7 +62,7 @@ EXPERIMENTS = {
 
 # Experiments outside the table (its columns assume the papers' 4-GPU runs): the medical ones
 # follow a 1-GPU public recipe (configs/acdc.yaml, checked in tests/data/test_medical.py) and
-# the toy ones are no paper's.
+# the toy ones are no paper's; unimatch_pascal_slurm is unimatch_pascal on a SLURM launcher.
 OUTSIDE_TABLE = [
     "unimatch_acdc",
     "fixmatch_acdc",
@@ -70,6 +70,7 @@ OUTSIDE_TABLE = [
     "unimatch_acdc_toy",
     "fixmatch_acdc_toy",
     "supervised_acdc_toy",
+    "unimatch_pascal_slurm",
 ]
 
 
