@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 train: setup  ## train and evaluate with the defaults (toy dataset); ARGS="method=... split=..." to override
 	$(PY) train.py $(ARGS)
 
-test: setup  ## the test suite on the CPU (about 7 min); SLOW=1 adds the slow end-to-end and fault tests (CI, about 15-20 min)
+test: setup  ## the test suite on the CPU (about 7 min); SLOW=1 adds the slow end-to-end and fault tests (CI: 28 min on 2 cores beside a training run)
 	$(PY) -m pytest tests $(if $(filter 1,$(SLOW)),,-m "not slow") $(ARGS)
 
 lint: setup  ## ruff check and format check
