@@ -30,7 +30,7 @@ from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
 from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import predict
-from semiseg.runner import _device, load_checkpoint, model_from_checkpoint
+from semiseg.runner import inference_device, load_checkpoint, model_from_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PRECISIONS = {"fp32": None, "32": None, "bf16": torch.bfloat16}
@@ -224,7 +224,7 @@ def run(cfg: DictConfig) -> dict:
             f"batch_size={batch_size}: give how many images of one size go in a batch (>= 1)"
         )
     flip, scales = bool(cfg.tta.flip), _scales(cfg.tta.scales)
-    device = _device(cfg.device)
+    device = inference_device(cfg.device)
     autocast, precision = _autocast(cfg.precision, device)
     if loaded.format != "checkpoint" and precision != "fp32":
         raise ConfigError(

@@ -555,7 +555,7 @@ def evaluate(cfg: DictConfig) -> dict:
     dataset = build_val_dataset(dataset_cfg, num_classes=len(class_names))
     palette = palettes.resolve(dataset_cfg.get("palette"), len(class_names))
 
-    device = _device(cfg.device)
+    device = inference_device(cfg.device)
     model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
     confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
     pred_dir = out / "predictions"
@@ -617,7 +617,7 @@ def evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out: Path, start
     samples = medical.read_h5_list(splits_dir / "val.txt")
     medical.check_exist(root, samples, "val")
     dataset = medical.VolumeDataset(root, samples)
-    device = _device(cfg.device)
+    device = inference_device(cfg.device)
     model = model_from_checkpoint(checkpoint, cfg.eval.get("model")).to(device).eval()
     n = len(class_names)
     absent = cfg.eval.get("dice_absent", "skip")
@@ -717,7 +717,8 @@ def format_iou_table(per_class: dict, miou: float) -> str:
     return "\n".join(lines)
 
 
-def _device(choice: str) -> torch.device:
+def inference_device(choice: str) -> torch.device:
+    """`device: auto` is the GPU when there is one, else the CPU; any other value is torch's name."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
