@@ -291,8 +291,8 @@ def acdc(root: Path, cases: int = 4, slices: int = 3, val: int = 2) -> Path:
     """The public UniMatch ACDC tree: data/slices/patientNNN_frame01_slice_K.h5 (2D, image =
     label / 3 so an augmentation that keeps them aligned keeps that relation),
     data/patientNNN_frame01.h5 validation volumes (D, H, W) of another in-plane size (the last
-    has no right ventricle, class 1), and splits/{1,3}/labeled.txt, unlabeled.txt, val.txt
-    listing one file per line."""
+    has no right ventricle, class 1), and splits/{1,3}/labeled.txt, unlabeled.txt, val.txt and
+    valtest.txt (what dataset=acdc validates on; here the same volumes) one file per line."""
     train = []
     for c in range(cases):
         names = []
@@ -314,5 +314,6 @@ def acdc(root: Path, cases: int = 4, slices: int = 3, val: int = 2) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "labeled.txt").write_text("".join(f"{r}\n" for c in train[:n] for r in c))
         (folder / "unlabeled.txt").write_text("".join(f"{r}\n" for c in train[n:] for r in c))
-    (root / "splits" / "val.txt").write_text("".join(f"{r}\n" for r in val_names))
+    for name in ("val.txt", "valtest.txt"):
+        (root / "splits" / name).write_text("".join(f"{r}\n" for r in val_names))
     return root

@@ -21,7 +21,7 @@ from cli import REPO  # noqa: E402
 ACDC = {"name": "acdc", "format": "h5", "augment": "medical", "classes": ["bg", "rv", "myo", "lv"]}
 
 
-def _datamodule(root, split="1", unlabeled=True, **kwargs):
+def _datamodule(root, split="1", unlabeled=True, dataset_keys=None, **kwargs):
     return SemiSegDataModule(
         root=str(root),
         splits_dir=str(root / "splits"),
@@ -30,7 +30,7 @@ def _datamodule(root, split="1", unlabeled=True, **kwargs):
         batch_size=2,
         num_workers=0,
         unlabeled=unlabeled,
-        dataset=dict(ACDC, root=str(root), splits_dir=str(root / "splits")),
+        dataset=dict(ACDC, root=str(root), splits_dir=str(root / "splits"), **(dataset_keys or {})),
         **kwargs,
     )
 
@@ -82,6 +82,19 @@ def test_layout_errors(tmp_path):
         )  # fmt: skip
 
 
+def test_validation_list_is_dataset_val_list(tmp_path):
+    """ACDC validates on valtest.txt as the public code; a missing list names the key."""
+    root = layouts.acdc(tmp_path / "ACDC", val=2)
+    names = (root / "splits" / "val.txt").read_text().split()
+    (root / "splits" / "valtest.txt").write_text(f"{names[1]}\n")
+    dm = _datamodule(root, dataset_keys={"val_list": "valtest.txt"})
+    dm.setup("fit")
+    assert [v["name"] for v in dm.val_set] == [Path(names[1]).stem]
+    (root / "splits" / "valtest.txt").unlink()
+    with pytest.raises(SplitError, match=r"valtest.txt not found \(dataset.val_list=valtest.txt\)"):
+        _datamodule(root, dataset_keys={"val_list": "valtest.txt"}).setup("fit")
+
+
 def test_toy_acdc_is_generated_once(tmp_path):
     root = acdc_toy.ensure(tmp_path / "acdc_toy")
     stamp = (root / acdc_toy.VERSION_FILE).stat().st_mtime_ns
@@ -104,8 +117,9 @@ def test_toy_and_paper_experiments_compose():
     cfg = _compose("experiment=unimatch_acdc_toy")
     assert cfg.dataset.name == "acdc_toy" and cfg.dataset.crop_size == 64
     assert cfg.model._target_.endswith("unet.UNet") and cfg.model.in_channels == 1
-    assert cfg.eval.mode == "volume" and cfg.split == 3
+    assert cfg.eval.mode == "volume" and cfg.split == 3 and cfg.dataset.val_list == "val.txt"
     cfg = _compose("experiment=unimatch_acdc")
+    assert cfg.dataset.val_list == "valtest.txt"  # the public code's validation list
     # the public configs/acdc.yaml: crop 256, batch 12 x 1 GPU, lr 0.01, 300 epochs, tau 0.95
     assert cfg.dataset.crop_size == 256 and cfg.data.batch_size == 12
     assert cfg.optim.lr == 0.01 and cfg.optim.reference_batch == 12 and cfg.optim.lr_multi == 1
@@ -115,7 +129,13 @@ def test_toy_and_paper_experiments_compose():
 def test_rgb_model_on_grayscale_data_fails_in_one_line(acdc_root):
     from semiseg.runner import build_data_and_method
 
-    cfg = _compose("dataset=acdc", f"dataset.root={acdc_root}", "split=1", "data.num_workers=0", "data.batch_size=2")
+    cfg = _compose(
+        "dataset=acdc",
+        f"dataset.root={acdc_root}",
+        "split=1",
+        "data.num_workers=0",
+        "data.batch_size=2",
+    )
     with pytest.raises(ConfigError, match="model=unet"):
         build_data_and_method(cfg)
 

@@ -141,6 +141,9 @@ class SemiSegDataModule(L.LightningDataModule):
         self.format = (dataset or {}).get("format") or "images"
         self.augment = (dataset or {}).get("augment") or "natural"
         self.generate = (dataset or {}).get("generate")
+        # The h5 layout's validation list in splits_dir: ACDC's public code validates (and reports)
+        # on valtest.txt, its val and test cases together.
+        self.val_list = (dataset or {}).get("val_list") or "val.txt"
         if self.format not in medical.FORMATS:
             raise ConfigError(
                 f"dataset.format={self.format!r} is unknown: use one of {', '.join(medical.FORMATS)}"
@@ -295,14 +298,21 @@ class SemiSegDataModule(L.LightningDataModule):
         labeled = medical.read_h5_list(folder / "labeled.txt")
         unlabeled_file = folder / "unlabeled.txt"
         unlabeled = medical.read_h5_list(unlabeled_file) if unlabeled_file.is_file() else []
-        val = medical.read_h5_list(self.splits_dir / "val.txt")
+        val_file = self.splits_dir / self.val_list
+        if not val_file.is_file():
+            raise SplitError(
+                f"validation list {val_file} not found (dataset.val_list={self.val_list}): copy "
+                "UniMatch's splits/acdc/ into the splits folder, or name your list with "
+                "dataset.val_list=FILE"
+            )
+        val = medical.read_h5_list(val_file)
         if self.unlabeled and not unlabeled:
             raise SplitError(
                 f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
                 "semi-supervised methods need unlabeled images; use method=supervised"
             )
         if not val:
-            raise SplitError(f"{self.splits_dir / 'val.txt'} lists no volumes")
+            raise SplitError(f"{val_file} lists no volumes")
         for what, samples in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val)):
             medical.check_exist(self.root, samples, what)
         files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=self.root)

@@ -5,11 +5,12 @@
     <root>/data/<case>.h5                    3D validation volumes: `image`, `label` (D, H, W)
     <root>/splits/<n>/labeled.txt            one file per line, relative to the root (n = 1, 3, 7
     <root>/splits/<n>/unlabeled.txt          labeled cases); UniMatch's splits/acdc/ as it is
-    <root>/splits/val.txt                    the validation volumes
+    <root>/splits/valtest.txt                the validation volumes (`dataset.val_list`; the public
+                                             code validates on its val and test cases together)
 
 The `medical` augmentation preset (`dataset.augment: medical`), as the public code: with
 probability 1/2 a random multiple of 90 degrees and a flip along a random axis, else with
-probability 1/4 a rotation by randint(-20, 20) degrees (nearest neighbour, same size), then a
+probability 1/4 a rotation by an integer angle in [-20, 20) degrees (nearest neighbour, same size), then a
 nearest-neighbour resize of image and mask to crop_size x crop_size (the whole slice, no crop).
 Unlabeled slices are quantised to 8 bits; the strong views are ColorJitter(0.5, 0.5, 0.5, 0.25)
 with probability 0.8 and a Gaussian blur with probability 0.5 on that 8-bit image, each with its
@@ -35,7 +36,7 @@ FORMATS = ("images", "h5")
 AUGMENTS = ("natural", "medical")
 H5_LAYOUT = (
     "<root>/data/slices/*.h5 (training slices) and <root>/data/*.h5 (validation volumes), keys "
-    "image and label; <root>/splits/<n>/labeled.txt, unlabeled.txt and <root>/splits/val.txt, "
+    "image and label; <root>/splits/<n>/labeled.txt, unlabeled.txt and <root>/splits/valtest.txt (dataset.val_list), "
     "one file per line (UniMatch's splits/acdc/)"
 )
 
