@@ -57,6 +57,24 @@ def run_script(script: str, *overrides: str, env: dict | None = None, timeout: i
     )
 
 
+def train_on_toy(toy_root: Path, *overrides: str, env: dict | None = None):
+    """train.py on the toy dataset at TINY settings without a logger, one thread: the run every
+    end-to-end test starts from. Returns the finished process; the test fails with its output's
+    tail if train.py failed."""
+    flags = [o for o in overrides if o.startswith("-")]  # -m must come before the overrides
+    proc = run_script(
+        "train.py",
+        *flags,
+        f"dataset.root={toy_root}",
+        *TINY,
+        "logger=none",
+        *(o for o in overrides if o not in flags),  # after TINY: the test's own values win
+        env={**ONE_THREAD, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
 def run_eval(run_dir: Path, eval_dir: Path, *overrides: str):
     """eval.py on a training run's last checkpoint, saving predictions into eval_dir."""
     return run_script(

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import yaml
-from cli import REPO, TINY, run_script
+from cli import REPO, train_on_toy
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -38,18 +38,13 @@ def test_toy_optuna_composes_a_maximising_search_of_lr_and_tau():
 @pytest.mark.slow
 def test_two_trial_optuna_sweep_receives_each_runs_best_miou(tmp_path, toy_root):
     sweep = tmp_path / "search"
-    proc = run_script(
-        "train.py",
+    train_on_toy(
+        toy_root,
         "hparams_search=toy_optuna",  # a sweep without -m
         "hydra.sweeper.n_trials=2",
         "method=fixmatch",
-        f"dataset.root={toy_root}",
-        *TINY,
-        "logger=none",
         f"hydra.sweep.dir={sweep}",
-        env={"OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     trials = sorted(sweep.glob("*/results.json"))
     assert len(trials) == 2
     scores, lrs = [], set()

@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from cli import REPO, TINY, run_script, start_train
+from cli import REPO, TINY, start_train, train_on_toy
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -187,20 +187,15 @@ def test_sigterm_is_not_passed_on_and_no_handler_means_no_take_over():
 @pytest.mark.slow
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path, toy_root):
     sweep = tmp_path / "sweep"
-    proc = run_script(
-        "train.py",
+    train_on_toy(
+        toy_root,
         "-m",
         "hydra/launcher=slurm_local",
         "method=supervised",
         "seed=0,1",
         "resume=auto",
-        f"dataset.root={toy_root}",
-        *TINY,
-        "logger=none",
         f"hydra.sweep.dir={sweep}",
-        env={"OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.glob("*/results.json"))
     assert [p.name for p in runs] == ["0_supervised_toy_20_s0", "1_supervised_toy_20_s1"]
     for seed, run in enumerate(runs):

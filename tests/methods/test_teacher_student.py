@@ -19,7 +19,7 @@ from semiseg.methods.teacher_student import TeacherStudentModule
 from semiseg.runner import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cli import REPO, TINY, run_eval, run_script  # noqa: E402
+from cli import REPO, TINY, run_eval, train_on_toy  # noqa: E402
 
 
 class SupervisedTeacherStudent(TeacherStudentModule):
@@ -132,11 +132,7 @@ def test_training_step_of_each_method(toy_root, method):
 @pytest.mark.slow
 def test_mean_teacher_trains_and_both_networks_are_evaluated(tmp_path, toy_root):
     run_dir = tmp_path / "run"
-    proc = run_script(
-        "train.py", "method=meanteacher", f"dataset.root={toy_root}", *TINY, "logger=none",
-        f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_on_toy(toy_root, "method=meanteacher", f"hydra.run.dir={run_dir}")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 3 and results["eval_network"] == "teacher"
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
