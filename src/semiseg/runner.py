@@ -51,8 +51,9 @@ from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
+from semiseg.hardware import FAST, resolve_precision
 from semiseg.models.encoders import describe_init
-from semiseg.results import write_json_atomic
+from semiseg.results import versus_reference, write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
 
@@ -136,6 +137,10 @@ def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
     on_gpu = args.get("accelerator", "auto") in ("auto", "gpu", "cuda") and (
         torch.cuda.is_available()
     )
+    if str(args.get("precision")) == FAST:
+        args["precision"] = resolve_precision(FAST, on_gpu)
+        if rank_zero_only.rank == 0:
+            print(f"trainer.precision=fast: {args['precision']} on this machine")
     if args.get("sync_batchnorm") and not on_gpu:
         # torch's SyncBatchNorm only runs on GPUs; on CPUs each rank keeps its own statistics.
         args["sync_batchnorm"] = False
@@ -343,6 +348,8 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
             f"{score} after {results['steps']} steps in {results['wall_time_s']} s; "
             f"results in {out}"
         )
+        if cfg.get("reference"):
+            print(versus_reference(results, cfg.reference))
     return results
 
 
