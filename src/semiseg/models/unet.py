@@ -112,16 +112,22 @@ class UNet(nn.Module):
         features = self.backbone(x)
         if not feature_perturbation:
             return self.decoder(features)
-        # as in DeepLabV3Plus: the perturbation stays on in eval mode (it is part of training)
-        both = [torch.cat([f, F.dropout2d(f, self.fp_dropout, training=True)]) for f in features]
-        logits, logits_fp = self.decoder(both).chunk(2)
-        return logits, logits_fp
+        return decode_perturbed(self.decoder, features, self.fp_dropout)
 
     def backbone_parameters(self):
         return self.backbone.parameters()
 
     def head_parameters(self):
         return self.decoder.parameters()
+
+
+def decode_perturbed(decode, features: list[torch.Tensor], p: float):
+    """(logits, logits_fp): UniMatch's clean and feature-perturbed streams of the multi-scale
+    encoder `features`, decoded as one batch; the perturbed stream is Dropout2d(p) on every
+    feature. As in DeepLabV3Plus, the dropout stays on in eval mode (it is part of training)."""
+    both = [torch.cat([f, F.dropout2d(f, p, training=True)]) for f in features]
+    logits, logits_fp = decode(both).chunk(2)
+    return logits, logits_fp
 
 
 class SmpUNet(nn.Module):
@@ -158,9 +164,7 @@ class SmpUNet(nn.Module):
         features = self.net.encoder(x)
         if not feature_perturbation:
             return self._decode(features)
-        both = [torch.cat([f, F.dropout2d(f, self.fp_dropout, training=True)]) for f in features]
-        logits, logits_fp = self._decode(both).chunk(2)
-        return logits, logits_fp
+        return decode_perturbed(self._decode, features, self.fp_dropout)
 
     def backbone_parameters(self):
         return self.net.encoder.parameters()
