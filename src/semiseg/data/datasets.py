@@ -65,9 +65,7 @@ class LabeledDataset(Dataset):
 
     def __getitem__(self, index):
         sample = self.samples[index]
-        img = tf.load_image(self.root / sample.image)
-        mask = self.read_mask(self.root / sample.mask)
-        _check_same_size(img, mask, self.root, sample)
+        img, mask = load_pair(self.root, sample, self.read_mask)
         img, (mask,) = tf.resize_long_side(img, [mask])
         img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE])
         img, (mask,) = tf.hflip(img, [mask])
@@ -158,6 +156,14 @@ class UnlabeledDataset(Dataset):
         return item
 
 
+def load_pair(root: Path, sample: Sample, read_mask):
+    """The image and mask of one sample, checked to be the same size."""
+    img = tf.load_image(root / sample.image)
+    mask = read_mask(root / sample.mask)
+    _check_same_size(img, mask, root, sample)
+    return img, mask
+
+
 class ValDataset(Dataset):
     """Whole images, no resize: {"image", "mask", "name"}."""
 
@@ -172,9 +178,7 @@ class ValDataset(Dataset):
 
     def __getitem__(self, index):
         sample = self.samples[index]
-        img = tf.load_image(self.root / sample.image)
-        mask = self.read_mask(self.root / sample.mask)
-        _check_same_size(img, mask, self.root, sample)
+        img, mask = load_pair(self.root, sample, self.read_mask)
         return {
             "image": tf.normalize(img),
             "mask": tf.mask_to_tensor(mask),
