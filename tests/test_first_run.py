@@ -24,12 +24,19 @@ def test_fast_precision_follows_the_hardware(monkeypatch):
 
 
 def test_versus_reference_line():
-    reference = {"method": "supervised", "best_val_miou": 47.25, "source": "stored run"}
-    line = versus_reference({"method": "unimatch", "best_val_miou": 54.0}, reference)
+    reference = {
+        "method": "supervised", "best_val_miou": 47.25, "split": 10, "steps": 800,
+        "source": "stored run",
+    }  # fmt: skip
+    run = {"method": "unimatch", "best_val_miou": 54.0, "split": "10", "steps": 800}
+    line = versus_reference(run, reference)
     assert line == "unimatch 54.00 vs supervised 47.25 (+6.75 mIoU); supervised: stored run"
-    worse = versus_reference({"method": "fixmatch", "best_val_miou": 40.0}, reference)
-    assert "(-7.25 mIoU)" in worse
-    assert "no validation" in versus_reference({"method": "x", "best_val_miou": None}, reference)
+    worse = versus_reference({**run, "best_val_miou": 40.0}, reference)
+    assert "(-7.25 mIoU)" in worse and "not this run's setting" not in worse
+    other = versus_reference({**run, "split": "20"}, reference)
+    assert other.endswith("(measured at split 10, 800 steps: not this run's setting)")
+    assert "not this run's setting" in versus_reference({**run, "steps": 100}, reference)
+    assert "no validation" in versus_reference({**run, "best_val_miou": None}, reference)
 
 
 def test_first_run_composes_unimatch_on_split_10_with_a_reference():

@@ -22,12 +22,17 @@ def read_results(path: Path) -> dict:
 
 def versus_reference(results: dict, reference) -> str:
     """One line comparing this run's best val mIoU with a stored reference figure (the config's
-    `reference`: `method`, `best_val_miou` and `source`, where the figure comes from)."""
+    `reference`: `method`, `best_val_miou`, the `split` and `steps` it was measured at and
+    `source`, where it comes from); a run of another split or length is told so."""
+    name, figure = reference["method"], float(reference["best_val_miou"])
     best = results.get("best_val_miou")
     if best is None:
-        return f"no validation to compare with {reference['method']}'s {reference['best_val_miou']}"
-    gain = best - float(reference["best_val_miou"])
-    return (
-        f"{results['method']} {best:.2f} vs {reference['method']} {reference['best_val_miou']:.2f}"
-        f" ({gain:+.2f} mIoU); {reference['method']}: {reference['source']}"
+        return f"no validation to compare with {name}'s {figure:.2f}"
+    line = (
+        f"{results['method']} {best:.2f} vs {name} {figure:.2f} ({best - figure:+.2f} mIoU); "
+        f"{name}: {reference['source']}"
     )
+    setting = (str(reference["split"]), int(reference["steps"]))
+    if (str(results["split"]), int(results["steps"])) != setting:
+        line += f" (measured at split {setting[0]}, {setting[1]} steps: not this run's setting)"
+    return line
