@@ -35,7 +35,8 @@ def test_data_bench_reports_items_per_worker_and_workers_per_gpu(capsys):
 
     # the strong views made in the step: the workers send weak views only
     report = bench.main([*tiny, "dataset.crop_size=64", "method.strong_views=step"])
-    assert report["strong_views"] == "step" and report["step_strong_ms_per_item_cpu"] > 0
+    assert report["strong_views"] == "step"
+    assert [v for k, v in report.items() if k.startswith("step_strong_ms_per_item_")][0] > 0
 
 
 def test_eval_bench_times_a_tiny_sliding_window(capsys):
