@@ -79,6 +79,7 @@ def main(overrides: list[str]) -> dict:
         if own.pop(flag, "false").lower() == "true":
             rest = [item for item in overrides if not item.startswith("bench.")]
             return importlib.import_module(f"semiseg.{name}").main(rest, own)
+    overrides = [x for x in overrides if x.split("=")[0] not in ("bench.data_only", "bench.eval")]
     bench = {"steps": 5, "warmup": 1, "precision": "32", "channels_last": False, "device": "auto"}
     rest = []
     for item in overrides:
