@@ -26,6 +26,8 @@ def test_data_bench_reports_items_per_worker_and_workers_per_gpu(capsys):
     assert "items/s per worker" in out and "workers" in out
     assert report["crop"] == 64 and report["strong_views"] == "workers"
     assert report["unlabeled_items_per_s_per_worker"] > 0
+    # six float32 views, three int64 masks, two uint8 boxes of 64 x 64
+    assert report["unlabeled_item_mb"] == round((6 * 3 * 4 + 3 * 8 + 2) * 64 * 64 / 2**20, 1)
     assert report["labeled_items_per_s_per_worker"] > report["unlabeled_items_per_s_per_worker"]
     expected = (
         2 / report["labeled_items_per_s_per_worker"]

@@ -239,8 +239,11 @@ def _run(overrides: list[str], bench: dict, tmp: Path) -> dict:
     rates = {}
     if unlabeled is not None:
         rates["unlabeled"] = items_per_second(unlabeled, bench["items"], bench["warmup"])
-        keys = sorted(unlabeled[0])
-        print(f"  unlabeled item: {', '.join(keys)}")
+        item = unlabeled[0]
+        megabytes = sum(v.nbytes for v in item.values() if torch.is_tensor(v)) / 2**20
+        report["unlabeled_item_mb"] = round(megabytes, 1)
+        # what a worker hands the training process through shared memory, per item
+        print(f"  unlabeled item: {', '.join(sorted(item))} ({megabytes:.1f} MB)")
     rates["labeled"] = items_per_second(labeled, bench["items"], bench["warmup"])
     for name, rate in rates.items():
         print(f"  {name:<9} {rate:7.2f} items/s per worker ({1000 / rate:.0f} ms per item)")
