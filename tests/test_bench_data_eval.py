@@ -1,8 +1,10 @@
 """The data-only and evaluation benchmarks run end to end on tiny settings and report speeds."""
 
+import pytest
 from PIL import Image
 
 from semiseg import bench, bench_data
+from semiseg.errors import ConfigError
 
 
 def test_synthetic_images_have_the_papers_sizes(tmp_path):
@@ -57,3 +59,8 @@ def test_eval_bench_times_a_tiny_sliding_window(capsys):
     # truncate: rows 0, 32 x columns 0, 32, 64, 96 of stride 32
     assert report["windows"] == 8 and report["window_batch"] == 3
     assert report["images_per_s"] > 0 and report["peak_memory_mb"] > 0
+
+
+def test_an_unknown_bench_key_is_named():
+    with pytest.raises(ConfigError, match="bench.steps is unknown"):
+        bench.main(["bench.data_only=true", "bench.steps=3"])

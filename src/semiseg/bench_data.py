@@ -2,7 +2,8 @@
 
 Without a `dataset=` override, synthetic images of the papers' sizes are written to a temporary
 folder first: Pascal-like JPEGs of 500x375 (crop below 700) or Cityscapes-like PNGs of 2048x1024
-(crop 700 and above; `bench.synthetic=pascal|cityscapes` picks one), half of them with masks.
+(crop 700 and above; `bench.synthetic=pascal|cityscapes` picks one), with masks (the unlabeled
+list names none: the public code reads none).
 With `dataset=pascal dataset.root=...` (any dataset, any split) the real files are read.
 
 The items are made by the training datasets themselves (`data.datamodule`) for the chosen method
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from semiseg.data import transforms as tf
 from semiseg.data.datasets import LabeledDataset
+from semiseg.errors import ConfigError
 
 # width, height, format and classes of the papers' images; the noise brings the files near
 # the real sizes (VOC JPEGs about 100 KB, Cityscapes PNGs about 2.5 MB), so decoding costs alike
@@ -192,7 +194,6 @@ def compose_config(overrides: list[str], bench: dict, tmp: Path) -> tuple:
             "dataset=custom",
             f"dataset.root={tmp / kind}",
             "split=bench",
-            f"dataset.crop_size={crop}",
             "data.batch_size=2",  # the papers' per-GPU batch; the synthetic lists are short
             *overrides,
         ]
@@ -207,6 +208,8 @@ def compose_config(overrides: list[str], bench: dict, tmp: Path) -> tuple:
 def main(overrides: list[str], bench_overrides: dict | None = None) -> dict:
     bench = dict(DEFAULTS)
     for key, value in (bench_overrides or {}).items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"bench.{key} is unknown here: use one of {', '.join(DEFAULTS)}")
         bench[key] = value if key == "synthetic" else type(DEFAULTS[key])(value)
     random.seed(bench["seed"])
     torch.manual_seed(bench["seed"])

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from semiseg.bench import _peak_memory_mb, _sync
+from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import WINDOW_BATCH, predict, window_starts
 
 DEFAULTS = {
@@ -37,6 +38,8 @@ DEFAULTS = {
 def main(overrides: list[str], bench_overrides: dict | None = None) -> dict:
     bench = dict(DEFAULTS)
     for key, value in (bench_overrides or {}).items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"bench.{key} is unknown here: use one of {', '.join(DEFAULTS)}")
         default = DEFAULTS[key]
         bench[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
     conf = Path(__file__).resolve().parents[2] / "conf"
