@@ -11,6 +11,7 @@ steps summed. Prints seconds per step, images per second and peak memory. A benc
 from __future__ import annotations
 
 import contextlib
+import importlib
 import resource
 import sys
 import time
@@ -72,6 +73,13 @@ def _iteration(module, batch, optimizer, autocast, device, t1: float) -> tuple[f
 
 
 def main(overrides: list[str]) -> dict:
+    # bench.data_only=true / bench.eval=true: the data pipeline / sliding-window inference alone
+    own = dict(item[6:].split("=", 1) for item in overrides if item.startswith("bench."))
+    for flag, name in (("data_only", "bench_data"), ("eval", "bench_eval")):
+        if own.pop(flag, "false").lower() == "true":
+            rest = [item for item in overrides if not item.startswith("bench.")]
+            return importlib.import_module(f"semiseg.{name}").main(rest, own)
+    overrides = [x for x in overrides if x.split("=")[0] not in ("bench.data_only", "bench.eval")]
     bench = {"steps": 5, "warmup": 1, "precision": "32", "channels_last": False, "device": "auto"}
     rest = []
     for item in overrides:

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from semiseg.data import transforms as tf
-from semiseg.evaluation.inference import center_crop, predict
+from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 
 IGNORE = 255
 
@@ -66,6 +66,7 @@ class WandbPanels(Callback):
             pl_module.crop_size,
             pl_module.num_classes,
             cfg.get("window_border", "truncate"),
+            cfg.get("window_batch", WINDOW_BATCH),
         )[0].float()
 
     def _log_validation_images(self, logger, pl_module, datamodule, labels, step) -> None:

@@ -29,7 +29,7 @@ from semiseg.data import palettes
 from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
 from semiseg.errors import ConfigError, one_line
-from semiseg.evaluation.inference import predict
+from semiseg.evaluation.inference import WINDOW_BATCH, predict
 from semiseg.runner import inference_device, load_checkpoint, model_from_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -85,6 +85,7 @@ def tta_probabilities(
     border: str = "truncate",
     flip: bool = False,
     scales=(1.0,),
+    window_batch: int = WINDOW_BATCH,
 ) -> torch.Tensor:
     """Class probabilities (1, C, H, W), averaged over scales x (image, horizontal flip).
 
@@ -101,7 +102,7 @@ def tta_probabilities(
             scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             view = scaled.flip(-1) if flipped else scaled
-            probs = predict(model, view, mode, crop_size, num_classes, border).float()
+            probs = predict(model, view, mode, crop_size, num_classes, border, window_batch).float()
             probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-12)
             if flipped:
                 probs = probs.flip(-1)
@@ -202,6 +203,9 @@ def run(cfg: DictConfig) -> dict:
     border = str(cfg.eval.window_border)
     if border not in ("align", "truncate"):
         raise ConfigError(f"eval.window_border={border}: choose truncate or align")
+    window_batch = cfg.eval.get("window_batch", WINDOW_BATCH)
+    if not isinstance(window_batch, int) or window_batch < 1:
+        raise ConfigError(f"eval.window_batch={window_batch}: give the windows per forward (>= 1)")
     palette_spec = cfg.get("palette")
     if palette_spec is None:  # the checkpoint's dataset's colours
         palette_spec = loaded.palette
@@ -269,7 +273,7 @@ def run(cfg: DictConfig) -> dict:
         batch = torch.stack([tf.normalize(image) for image, _ in pending]).to(device)
         with autocast:
             probs = tta_probabilities(
-                model, batch, mode, crop_size, num_classes, border, flip, scales
+                model, batch, mode, crop_size, num_classes, border, flip, scales, window_batch
             )
         for (image, name), p in zip(pending, probs, strict=True):
             write(image, name, p)

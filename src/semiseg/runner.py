@@ -48,7 +48,7 @@ from semiseg.distributed import (
     shared_run_dir,
 )
 from semiseg.errors import ConfigError, one_line
-from semiseg.evaluation.inference import center_crop, predict
+from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
 from semiseg.hardware import FAST, resolve_precision
@@ -573,7 +573,15 @@ def evaluate(cfg: DictConfig) -> dict:
         image, mask = item["image"][None].to(device), item["mask"][None]
         if mode == "center_crop":
             image, mask = center_crop(image, mask, crop_size)
-        probs = predict(model, image, mode, crop_size, len(class_names), cfg.eval.window_border)
+        probs = predict(
+            model,
+            image,
+            mode,
+            crop_size,
+            len(class_names),
+            cfg.eval.window_border,
+            cfg.eval.get("window_batch", WINDOW_BATCH),
+        )
         pred = probs.argmax(1).cpu()
         confusion += confusion_matrix(pred, mask, len(class_names))
         if cfg.save_predictions:

@@ -65,3 +65,53 @@ def test_center_crop(model):
 def test_unknown_mode(model):
     with pytest.raises(ValueError, match="sliding_window"):
         predict(model, torch.randn(1, 3, 8, 8), "tiles", crop_size=8, num_classes=4)
+
+
+def window_by_window(model, image, crop_size, num_classes, border):
+    """The sliding window one window per forward, in row order: what batching must reproduce."""
+    stride = int(2 / 3 * crop_size)
+    h, w = image.shape[-2:]
+    total = torch.zeros((image.shape[0], num_classes, h, w))
+    for top, bottom in window_starts(h, crop_size, stride, border):
+        for left, right in window_starts(w, crop_size, stride, border):
+            logits = model(image[..., top:bottom, left:right])
+            total[..., top:bottom, left:right] += logits.float().softmax(dim=1)
+    return total
+
+
+@pytest.mark.parametrize("border", ["align", "truncate"])
+@pytest.mark.parametrize(
+    "size, crop_size", [((70, 109), 48), ((53, 61), 64), ((40, 130), 48), ((97, 33), 40)]
+)
+def test_batched_windows_equal_window_by_window(model, border, size, crop_size):
+    torch.manual_seed(1)
+    image = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = window_by_window(model, image, crop_size, 4, border)
+        for window_batch in (1, 3, 8):
+            got = predict(model, image, "sliding_window", crop_size, 4, border, window_batch)
+            assert torch.allclose(got, expected, atol=1e-5), (border, size, window_batch)
+
+
+class BatchRecorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = pointwise_model()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.net(x)
+
+
+def test_windows_are_batched_by_shape():
+    image = torch.randn(1, 3, 70, 110)
+    net = BatchRecorder()
+    predict(net, image, "sliding_window", crop_size=32, num_classes=7, border="align")
+    assert net.shapes == [(8, 3, 32, 32), (7, 3, 32, 32)]  # 3 rows x 5 columns, 8 at a time
+    # truncate: heights 32, 32, 28, 7 x widths 32, 32, 32, 32, 26, 5: 9 shapes
+    net.shapes.clear()
+    predict(net, image, "sliding_window", 32, 7, "truncate", window_batch=100)
+    assert sorted(shape[0] for shape in net.shapes) == [1, 1, 1, 1, 2, 2, 4, 4, 8]
+    with pytest.raises(ValueError, match="window_batch"):
+        predict(net, image, "sliding_window", 32, 7, "align", window_batch=0)

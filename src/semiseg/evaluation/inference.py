@@ -3,6 +3,8 @@
 import torch
 
 MODES = ("original", "center_crop", "sliding_window")
+# Windows per forward: a 1024x2048 Cityscapes image has 8 windows of 801 (2 rows of 4).
+WINDOW_BATCH = 8
 
 
 def center_crop(image: torch.Tensor, mask: torch.Tensor | None, crop_size: int):
@@ -36,32 +38,63 @@ def window_starts(size: int, crop_size: int, stride: int, border: str) -> list[t
     return [(s, s + window) for s in starts]
 
 
-def sliding_window(model, image, crop_size: int, num_classes: int, border: str = "align"):
+def sliding_window(
+    model,
+    image,
+    crop_size: int,
+    num_classes: int,
+    border: str = "align",
+    window_batch: int = WINDOW_BATCH,
+):
+    """Softmax sums (N, C, H, W) over the windows of image (N, 3, H, W).
+
+    Windows of one shape (all of them in `align` mode; interior, right, bottom and corner ones
+    in `truncate` mode) go through the model up to `window_batch` at a time: each window's
+    prediction is the same as alone, the batch only fills the accelerator.
+    """
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be at least 1, not {window_batch}")
     stride = int(2 / 3 * crop_size)
     h, w = image.shape[-2:]
+    n = image.shape[0]
     # Accumulate in float32 whatever precision the model runs in.
-    total = image.new_zeros((image.shape[0], num_classes, h, w), dtype=torch.float32)
+    total = image.new_zeros((n, num_classes, h, w), dtype=torch.float32)
+    by_shape: dict[tuple[int, int], list[tuple[slice, slice]]] = {}
     for top, bottom in window_starts(h, crop_size, stride, border):
         for left, right in window_starts(w, crop_size, stride, border):
-            logits = model(image[..., top:bottom, left:right])
-            total[..., top:bottom, left:right] += logits.float().softmax(dim=1)
+            window = (slice(top, bottom), slice(left, right))
+            by_shape.setdefault((bottom - top, right - left), []).append(window)
+    for windows in by_shape.values():
+        for first in range(0, len(windows), window_batch):
+            chunk = windows[first : first + window_batch]
+            # window-major: rows k*n .. (k+1)*n - 1 are window k of every image
+            crops = torch.cat([image[..., rows, cols] for rows, cols in chunk])
+            probs = model(crops).float().softmax(dim=1)
+            for k, (rows, cols) in enumerate(chunk):
+                total[..., rows, cols] += probs[k * n : (k + 1) * n]
     return total
 
 
 @torch.no_grad()
 def predict(
-    model, image: torch.Tensor, mode: str, crop_size: int, num_classes: int, border: str = "align"
+    model,
+    image: torch.Tensor,
+    mode: str,
+    crop_size: int,
+    num_classes: int,
+    border: str = "align",
+    window_batch: int = WINDOW_BATCH,
 ) -> torch.Tensor:
     """Class probabilities (N, C, H', W') for image (N, 3, H, W); the model is in eval mode.
 
     For sliding_window they are softmax sums over the windows: only their argmax is meant.
-    For center_crop, H' x W' is the crop: crop the mask with `center_crop` too. `border` only
-    matters for sliding_window (see `window_starts`).
+    For center_crop, H' x W' is the crop: crop the mask with `center_crop` too. `border` and
+    `window_batch` (windows per forward) only matter for sliding_window (see `window_starts`).
     """
     if mode == "original":
         return model(image).float().softmax(dim=1)
     if mode == "center_crop":
         return model(center_crop(image, None, crop_size)[0]).float().softmax(dim=1)
     if mode == "sliding_window":
-        return sliding_window(model, image, crop_size, num_classes, border)
+        return sliding_window(model, image, crop_size, num_classes, border, window_batch)
     raise ValueError(f"unknown eval mode {mode!r}: choose one of {', '.join(MODES)}")

@@ -27,7 +27,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
 from semiseg.errors import ConfigError, NonFiniteError
-from semiseg.evaluation.inference import center_crop, predict
+from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
 from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
 from semiseg.methods.losses import ce_dice, ohem_ce, supervised_ce
@@ -310,9 +310,12 @@ class SemiSegModule(L.LightningModule):
         if mode == "center_crop":
             image, mask = center_crop(image, mask, self.crop_size)
         border = self.eval_cfg.get("window_border", "truncate")
+        window_batch = self.eval_cfg.get("window_batch", WINDOW_BATCH)
         for name, path in self.validated_networks().items():
             network = self.get_submodule(path)
-            probs = predict(network, image, mode, self.crop_size, self.num_classes, border)
+            probs = predict(
+                network, image, mode, self.crop_size, self.num_classes, border, window_batch
+            )
             confusion = (
                 self.confusion if name == self.eval_network_name else self.other_confusions[name]
             )
