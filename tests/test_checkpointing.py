@@ -6,7 +6,6 @@ import signal
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -26,6 +25,7 @@ from semiseg.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent / "methods"))
 from test_clipping import Recording, TinyNet, _batches  # noqa: E402
+from trainers import quiet_trainer
 
 
 class Trace(Callback):
@@ -102,18 +102,14 @@ def _module(cls=None):
 
 
 def _fit(callbacks, ckpt_path=None, max_steps=10, module_cls=None):
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=max_steps,
         val_check_interval=4,
         check_val_every_n_epoch=None,
         limit_val_batches=2,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # as the runner builds it
+        enable_checkpointing=True,
     )
     data = DataLoader(_batches(8), batch_size=2)  # 8 batches per epoch: the run crosses an epoch
     val = DataLoader(_batches(1), batch_size=1)

@@ -5,12 +5,12 @@ the same setting from the command line."""
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from cli import REPO, TINY, run_eval, run_script, train_on_toy
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
+from trainers import quiet_trainer
 
 from semiseg.runner import build_data_and_method
 
@@ -58,16 +58,10 @@ def test_labeled_batches_come_from_the_source_unlabeled_and_val_from_the_target(
     assert datamodule.unlabeled_set.root == datamodule.val_set.root == toy_root
 
     streams = Streams()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
         val_check_interval=3,
         limit_val_batches=12,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[streams],
     )
     trainer.fit(module, datamodule=datamodule)

@@ -6,7 +6,6 @@ values, class counts and evaluation modes."""
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -15,6 +14,7 @@ from semiseg.runner import build_data_and_method
 sys.path.insert(0, str(Path(__file__).parent))
 from cli import REPO, TINY  # noqa: E402
 from test_datasets_end_to_end import CASES, prepare  # noqa: E402
+from trainers import quiet_trainer
 
 METHODS = ["fixmatch", "unimatch", "meanteacher", "imas", "augseg", "fst", "css"]
 
@@ -55,16 +55,11 @@ def test_method_trains_and_validates_on_layout(layout_roots, name, method):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule, module = build_data_and_method(cfg)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=1,
         val_check_interval=1,
         check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 1

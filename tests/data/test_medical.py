@@ -17,6 +17,7 @@ from semiseg.errors import ConfigError
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import layouts  # noqa: E402
 from cli import REPO  # noqa: E402
+from trainers import quiet_trainer
 
 ACDC = {"name": "acdc", "format": "h5", "augment": "medical", "classes": ["bg", "rv", "myo", "lv"]}
 
@@ -156,8 +157,7 @@ def test_rgb_intensity_ops_on_grayscale_data_fail_in_one_line(acdc_root, overrid
 
 @pytest.mark.parametrize("method", ["supervised", "unimatch"])
 def test_one_step_and_a_volume_validation_in_process(acdc_root, method):
-    import lightning as L
-
+    
     from semiseg.runner import build_data_and_method
 
     cfg = _compose(
@@ -165,11 +165,7 @@ def test_one_step_and_a_volume_validation_in_process(acdc_root, method):
         "dataset.crop_size=32", "data.num_workers=0", "data.batch_size=2",
     )  # fmt: skip
     datamodule, module = build_data_and_method(cfg)
-    trainer = L.Trainer(
-        max_steps=1, val_check_interval=1, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_steps=1, val_check_interval=1, check_val_every_n_epoch=None)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 1
     entry = module.val_history[0]

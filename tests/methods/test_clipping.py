@@ -1,12 +1,12 @@
 """optim.clip_grad under manual optimization: the clipped norm is that of the true gradients
 whatever the precision (16-mixed scales the loss; clipping before unscaling would be wrong)."""
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
+from trainers import quiet_trainer
 
 from semiseg.methods.base import SemiSegModule
 
@@ -80,15 +80,10 @@ def test_clip_grad_bounds_true_gradient_norm(precision):
         # Lightning swaps 16-mixed for bf16 on CPUs; pass the plugin to keep a real GradScaler.
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
         kwargs = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=1,
         max_steps=3,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         **kwargs,
     )
     if precision == "16-mixed":

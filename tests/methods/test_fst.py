@@ -8,7 +8,6 @@ import copy
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from semiseg.methods.losses import entropy, entropy_filtered_ce
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_script  # noqa: E402
+from trainers import quiet_trainer
 
 K = 3
 LR = 0.1
@@ -85,10 +85,8 @@ class Snapshots(Callback):
 
 def _fit(module, steps, batch_size=2, n=8, ckpt_path=None, callbacks=(), val=False, **kwargs):
     snapshots = Snapshots()
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=None if val else 0,
+    trainer = quiet_trainer(
+        max_steps=steps, limit_val_batches=None if val else 0,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         callbacks=[snapshots, *callbacks], **kwargs,
     )  # fmt: skip

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -20,6 +19,7 @@ from semiseg.runner import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_eval, train_on_toy  # noqa: E402
+from trainers import quiet_trainer
 
 
 class SupervisedTeacherStudent(TeacherStudentModule):
@@ -39,15 +39,9 @@ class StudentAfterEachStep(Callback):
 
 def _fit(module, steps, ckpt_path=None, callbacks=(), **trainer_kwargs):
     recorder = StudentAfterEachStep()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[recorder, *callbacks],
         **trainer_kwargs,
     )
