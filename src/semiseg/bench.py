@@ -342,32 +342,33 @@ def profile_step(step, networks, device) -> str:
         step()
     for hook in hooks:
         hook.remove()
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=25)
-    summary = outside_model_summary(prof.events())
+    summary = outside_model_summary(prof.events(), device.type == "cuda")
     print("\nprofile of one step (self time: in the op itself, not in the ops it calls)")
     print(table)
     print(summary)
     return table + "\n" + summary
 
 
-def outside_model_summary(events, top: int = 12) -> str:
-    """CPU seconds of the forward phase in the model's calls and outside them (by top-level op),
-    and of the backward phase (by autograd node), largest first."""
+def outside_model_summary(events, on_gpu: bool = False, top: int = 12) -> str:
+    """Seconds of the forward phase in the model's calls and outside them (by top-level op), and
+    of the backward phase (by autograd node), largest first; CPU time, or GPU time on a GPU."""
     model = 0.0
     glue: dict[str, float] = {}
     backward: dict[str, float] = {}
     for event in events:
+        spent = event.device_time_total if on_gpu else event.cpu_time_total
         parent = event.cpu_parent
         if parent is None or not parent.name.startswith("## "):
             continue
         if parent.name == "## forward phase":
             if event.name == "## model":
-                model += event.cpu_time_total
+                model += spent
             else:
-                glue[event.name] = glue.get(event.name, 0.0) + event.cpu_time_total
+                glue[event.name] = glue.get(event.name, 0.0) + spent
         elif parent.name == "## backward phase":
-            backward[event.name] = backward.get(event.name, 0.0) + event.cpu_time_total
+            backward[event.name] = backward.get(event.name, 0.0) + spent
     lines = [f"forward phase: model calls {model / 1e6:.3f} s"]
     for title, table in (("outside the model", glue), ("backward phase", backward)):
         lines.append(f"{title}: {sum(table.values()) / 1e6:.3f} s")
