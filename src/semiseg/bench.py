@@ -316,11 +316,12 @@ def main(overrides: list[str]) -> dict:
         f"step without data / compute = {report['step_over_compute']}"
     )
     if bench["profile"]:
-        report["profile"] = profile_step(step, networks, device)
+        replay_calls = lambda: replay(recorder.calls, optimizer, autocast, device)  # noqa: E731
+        report["profile"] = profile_step(step, replay_calls, recorder, networks, device)
     return report
 
 
-def profile_step(step, networks, device) -> str:
+def profile_step(step, replay_calls, recorder, networks, device) -> str:
     """torch.profiler over one more step: the top ops by self time, then where the forward
     phase's time outside the model's calls and the backward phase's time go, by op."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -342,13 +343,30 @@ def profile_step(step, networks, device) -> str:
         step()
     for hook in hooks:
         hook.remove()
-    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with recorder.paused(), profile(activities=activities) as prof_compute:
+        replay_calls()
+    on_gpu = device.type == "cuda"
+    sort = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=25)
-    summary = outside_model_summary(prof.events(), device.type == "cuda")
+    summary = outside_model_summary(prof.events(), on_gpu)
+    summary += "\n" + step_minus_compute(prof.key_averages(), prof_compute.key_averages(), on_gpu)
     print("\nprofile of one step (self time: in the op itself, not in the ops it calls)")
     print(table)
     print(summary)
     return table + "\n" + summary
+
+
+def step_minus_compute(step_ops, compute_ops, on_gpu: bool, top: int = 15) -> str:
+    """Self time per op in the step minus in the replay of its network calls: where the time
+    the step spends beyond its model compute goes, op by op (largest first)."""
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    compute = {e.key: getattr(e, key) for e in compute_ops}
+    extra = {e.key: getattr(e, key) - compute.get(e.key, 0.0) for e in step_ops}
+    extra = {k: v for k, v in extra.items() if not k.startswith(("## ", "ProfilerStep"))}
+    lines = [f"step minus model compute, self time by op: {sum(extra.values()) / 1e6:+.3f} s"]
+    for name, us in sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:top]:
+        lines.append(f"  {us / 1e6:+8.3f} s  {name}")
+    return "\n".join(lines)
 
 
 def outside_model_summary(events, on_gpu: bool = False, top: int = 12) -> str:
