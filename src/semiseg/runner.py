@@ -149,10 +149,10 @@ def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
 
 
 def resolve_channels_last(setting, device_type: str, half_precision: bool) -> bool:
-    """`trainer.channels_last`: true, false, or auto (the default): NHWC where it was measured
-    faster. CPUs (oneDNN): NHWC in fp32 and in bf16 (UniMatch R101 step, 1 thread: fp32 about
-    1.2x, bf16 about 2-3x faster than NCHW). CUDA: NHWC with bf16/fp16, whose tensor-core
-    convolutions run in NHWC; NCHW in fp32, where cuDNN gains nothing from NHWC (not measured
+    """`trainer.channels_last`: true, false, or auto (the default): NHWC where it is faster.
+    CPUs (oneDNN): NHWC in fp32 (UniMatch R101 model compute, 1 thread: 1.2x on a quiet core,
+    1.01-1.07x on a loaded one) and in bf16 (the fast path, measured in NHWC). CUDA: NHWC with
+    bf16/fp16, whose tensor-core convolutions run in NHWC; NCHW in fp32, where cuDNN gains nothing from NHWC (not measured
     here: no GPU). Other devices: NCHW."""
     text = str(setting).lower()
     if text in ("true", "false"):
