@@ -127,8 +127,8 @@ def write_csv_atomic(path: Path, header: list[str], rows: list[dict]) -> None:
 
 def trainer_arguments(cfg: DictConfig, multirun: bool) -> tuple[dict, dict]:
     """Split `cfg.trainer` into lightning.Trainer arguments and this project's own keys
-    (`checkpoint_every`, `channels_last`, `compile`), resolve devices for torchrun, and refuse launches
-    that would make Lightning re-run this Hydra script."""
+    (`checkpoint_every`, `channels_last`, `compile`), resolve devices for torchrun, and refuse
+    launches that would make Lightning re-run this Hydra script."""
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     own = {"checkpoint_every": args.pop("checkpoint_every", None)}
     channels_last = args.pop("channels_last", "auto")
@@ -152,8 +152,8 @@ def resolve_channels_last(setting, device_type: str, half_precision: bool) -> bo
     """`trainer.channels_last`: true, false, or auto (the default): NHWC where it is faster.
     CPUs (oneDNN): NHWC in fp32 (UniMatch R101 model compute, 1 thread: 1.2x on a quiet core,
     1.01-1.07x on a loaded one) and in bf16 (the fast path, measured in NHWC). CUDA: NHWC with
-    bf16/fp16, whose tensor-core convolutions run in NHWC; NCHW in fp32, where cuDNN gains nothing from NHWC (not measured
-    here: no GPU). Other devices: NCHW."""
+    bf16/fp16, whose tensor-core convolutions run in NHWC; NCHW in fp32, where cuDNN gains little
+    from NHWC (not measured here: no GPU). Other devices: NCHW."""
     text = str(setting).lower()
     if text in ("true", "false"):
         return text == "true"
