@@ -52,6 +52,7 @@ class SemiSegModule(L.LightningModule):
         name: str = "supervised",
         labeled_loss: dict | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         # Which network validation evaluates (`eval.model`): null = the method's default.
@@ -67,6 +68,8 @@ class SemiSegModule(L.LightningModule):
         self.labeled_loss_cfg = dict(labeled_loss or {"name": "ce"})
         # NHWC activations: faster convolutions with bf16/fp16 on recent GPUs and AMX CPUs.
         self.channels_last = bool(channels_last)
+        # torch.compile of every network (`trainer.compile`), done in setup after the NHWC switch.
+        self.compile_networks = bool(compile)
         if self.labeled_loss_cfg["name"] not in ("ce", "ohem", "ce_dice"):
             raise ConfigError(
                 f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce, ohem "
@@ -257,6 +260,12 @@ class SemiSegModule(L.LightningModule):
 
     # ------------------------------------------------------------------ memory format
     def setup(self, stage: str) -> None:
+        if self.compile_networks and not getattr(self, "_compiled", False):
+            # nn.Module.compile compiles in place: state_dict keys and the networks' forward
+            # hooks stay as they are (checkpoints load into uncompiled models).
+            for path in dict.fromkeys(self.networks().values()):
+                self.get_submodule(path).compile()
+            self._compiled = True
         if self.channels_last and not getattr(self, "_nhwc_hooks", None):
             # Weights and every input image (training, validation, partner forwards) in NHWC,
             # for every network of the method (a teacher predicts too).
