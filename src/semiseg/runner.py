@@ -48,6 +48,7 @@ from semiseg.distributed import (
     shared_run_dir,
 )
 from semiseg.errors import ConfigError, one_line
+from semiseg.evaluation import change as change_eval
 from semiseg.evaluation.inference import center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
@@ -330,9 +331,16 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
     }
     if cfg.eval.mode == "volume":
         results.update(volume_results(module, cfg.eval.get("dice_absent", "skip")))
+    if cfg.eval.get("task") == "change_detection":
+        results.update(change_results(module))
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
         score = f"val mIoU {results['val_miou']} (best {results['best_val_miou']})"
+        if "val_iou_changed" in results:
+            score = (
+                f"val changed IoU {results['val_iou_changed']} (best "
+                f"{results['best_val_iou_changed']}), mIoU {results['val_miou']}"
+            )
         if "val_mean_dice" in results:
             score = (
                 f"val mean Dice {results['val_mean_dice']} (best "
@@ -434,6 +442,25 @@ def volume_results(module, absent: str) -> dict:
             "per volume and class, averaged over volumes per class; mean over the foreground "
             f"classes; a class in neither prediction nor ground truth of a volume: {absent}"
         ),
+    }
+
+
+def change_results(module) -> dict:
+    """Change detection: the changed-class IoU selects best.ckpt (the public code's rule: the
+    first validation with the highest one); the scores of the last and of that validation."""
+    history = [h for h in module.val_history if "iou_changed" in h]
+    if not history:
+        return {"selection": "iou_changed", "change_convention": change_eval.CONVENTION}
+    last = history[-1]
+    best = max(history, key=lambda h: h["iou_changed"])  # max keeps the first of equals
+    return {
+        "selection": "iou_changed",
+        "best_val_miou": max(h["miou"] for h in module.val_history),
+        "val_iou_changed": last["iou_changed"],
+        "best_val_iou_changed": round(module.best_miou, 2),
+        "change_scores": {k: last[k] for k in change_eval.KEYS},
+        "best_change_scores": {"step": best["step"], **{k: best[k] for k in change_eval.KEYS}},
+        "change_convention": change_eval.CONVENTION,
     }
 
 
@@ -595,6 +622,18 @@ def evaluate(cfg: DictConfig) -> dict:
         **scores(confusion, class_names, cfg.eval.absent_class),
         "confusion_matrix": {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"},
     }
+    if dataset_cfg.get("task") == "change_detection":
+        change = change_eval.change_percent(confusion)
+        results.update(
+            change_scores=change,
+            iou_changed=change["iou_changed"],
+            change_convention=change_eval.CONVENTION,
+        )
+        print(
+            f"changed IoU {change['iou_changed']}, F1 {change['f1']}, precision "
+            f"{change['precision']}, recall {change['recall']}, overall accuracy "
+            f"{change['overall_accuracy']}"
+        )
     print(
         f"pixel accuracy {results['pixel_accuracy']}, mean Dice {results['mean_dice']}, "
         f"mean precision {results['mean_precision']}, mean recall {results['mean_recall']}, "
