@@ -180,13 +180,16 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
     miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
     channels = cfg.dataset.get("in_channels")
-    if channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
+    change_pairs = cfg.dataset.get("task") == "change_detection"
+    if change_pairs:
+        check_change_model(cfg)
+    elif channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
         raise ConfigError(
             f"dataset={cfg.dataset.name} gives {channels}-channel images and "
             f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
             f"model=smp_unet (or experiment=unimatch_{cfg.dataset.name})"
         )
-    if channels is not None and int(channels) != 3:
+    if channels is not None and int(channels) != 3 and not change_pairs:
         # iMAS's and AugSeg's intensity ops and the in-step strong views work on RGB batches
         # normalised with the ImageNet statistics
         rgb_only = cfg.method.name in ("imas", "augseg") or (
@@ -215,6 +218,18 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
         channels_last=channels_last,
     )
     return datamodule, module
+
+
+def check_change_model(cfg: DictConfig) -> None:
+    """Change detection takes an image pair as 6 channels: the siamese model splits it. Every
+    method trains on it (intensity ops draw per image of the pair; CSS's head is DeepLabV3+'s)."""
+    target = str(cfg.model._target_)
+    if not target.endswith("ChangeDeepLabV3Plus"):
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} gives image pairs (A and B, 6 channels) and "
+            f"model {target.rsplit('.', 1)[-1]} takes one image: use "
+            f"model=siamese_deeplabv3plus (or experiment=unimatch_{cfg.dataset.name})"
+        )
 
 
 def train(cfg: DictConfig) -> dict:

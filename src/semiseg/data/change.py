@@ -80,7 +80,8 @@ def check_pairs(root: Path, samples: list[Sample], what: str, labels: bool) -> N
         missing = [s.image for s in samples if not (root / folder / s.image).is_file()]
         if missing:
             raise SplitError(
-                f"{len(missing)} pairs of the {what} list have no {folder}/ file under {root} "
+                f"{len(missing)} of the {len(samples)} pairs of the {what} list lack their "
+                f"{folder}/ file under {root} "
                 f"(e.g. {root / folder / missing[0]}); put each pair's images in A/ and B/ and "
                 f"its change mask in label/ under the same name; expected layout: {LAYOUT}"
             )
