@@ -169,6 +169,8 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     Data first: a bad root, split or file list fails here, before any model is built. Under
     torchrun rank 0 generates what is missing (toy data, splits) while the others wait.
     """
+    if cfg.dataset.get("task") == "change_detection":
+        check_change_model(cfg)  # before any data is read
     method_cls = get_class(cfg.method._target_)
     datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
 
@@ -181,9 +183,12 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False):
     miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
     channels = cfg.dataset.get("in_channels")
     change_pairs = cfg.dataset.get("task") == "change_detection"
-    if change_pairs:
-        check_change_model(cfg)
-    elif channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
+    if (
+        not change_pairs
+        and channels is not None
+        and int(channels) != 3
+        and "in_channels" not in cfg.model
+    ):
         raise ConfigError(
             f"dataset={cfg.dataset.name} gives {channels}-channel images and "
             f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
