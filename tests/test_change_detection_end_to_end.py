@@ -104,6 +104,7 @@ def test_every_method_trains_on_pairs(method, extra, whu, tmp_path):
     check_change_results(results)
 
 
+@pytest.mark.slow
 def test_single_image_model_is_refused_in_one_line(whu, tmp_path):
     run = run_script(
         "train.py", "dataset=whu_cd", f"dataset.root={whu}", "split=5%", *CD_TINY,
