@@ -151,3 +151,12 @@ def test_toy_is_generated_once_in_the_public_layout(tmp_path):
     (tmp_path / "other" / "mine.txt").write_text("x")
     with pytest.raises(SplitError, match="refusing"):
         cd_toy.ensure(tmp_path / "other")
+
+
+@pytest.mark.parametrize("tool", ["predict.py", "export.py"])
+def test_single_image_tools_refuse_pair_checkpoints(tool):
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{tool} takes single RGB images.*eval.py"):
+        change.refuse_pairs(WHU, tool)
+    change.refuse_pairs({"name": "toy", "format": "images"}, tool)  # not a pair dataset

@@ -37,6 +37,7 @@ from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
 from semiseg.data.splits import Sample, SplitError
+from semiseg.errors import ConfigError
 
 FORMAT = "cd"
 AUGMENT = "change"
@@ -116,6 +117,16 @@ def load_change_mask(root: Path, name: str, size: tuple[int, int]) -> Image.Imag
             f"{size[0]}x{size[1]}; they must have the same size"
         )
     return Image.fromarray((values > 0).astype(np.uint8), mode="L")
+
+
+def refuse_pairs(dataset_cfg, tool: str) -> None:
+    """predict.py and export.py take single RGB images: a pair model stops in one line."""
+    if (dataset_cfg or {}).get("format") == FORMAT:
+        raise ConfigError(
+            f"{tool} takes single RGB images, and this checkpoint was trained on image pairs "
+            f"(dataset={dataset_cfg.get('name')}, change detection): predict the pairs of a "
+            "split list with eval.py save_predictions=true"
+        )
 
 
 # -- the augmentation --------------------------------------------------------------------------

@@ -12,7 +12,9 @@ accuracy. F1, precision and recall of the changed class are added here, from the
 
 Each is 0 where its denominator is 0 (no change in prediction nor ground truth; nothing
 predicted changed; nothing changed), as the public IoU and torchmetrics' zero_division=0.
-Pixels labelled 255 are not counted (the confusion matrix skips them).
+Pixels labelled 255 are not counted (the confusion matrix skips them); the public overall
+accuracy divides by every pixel, 255 included, which is the same on its test masks (0/255 only,
+read as 0/1, so none is 255).
 """
 
 from __future__ import annotations
