@@ -67,20 +67,25 @@ def test_public_experiments_train_and_eval_scores_the_same(
     root = whu if layout == "whu" else levir
     results = train(root, tmp_path, f"experiment={experiment}", "split=5%")
     check_change_results(results)
+    evaluate_like_training(tmp_path, results)
+
+
+def evaluate_like_training(run_dir, results):
+    """eval.py on the last checkpoint: the network training validated, the same scores."""
     evaluated = run_script(
         "eval.py",
-        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={tmp_path / 'eval'}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={run_dir / 'eval'}",
         "save_predictions=true",
         "device=cpu",
         env=ONE_THREAD,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    scored = json.loads((tmp_path / "eval" / "results.json").read_text())
+    scored = json.loads((run_dir / "eval" / "results.json").read_text())
     # the last validation ran on the last step's weights: the same pairs, the same scores
     assert scored["change_scores"] == results["change_scores"]
-    assert scored["num_images"] == 2
-    assert len(list((tmp_path / "eval" / "predictions").glob("*.png"))) == 2
+    assert scored["eval_network"] == results["eval_network"] and scored["num_images"] == 2
+    assert len(list((run_dir / "eval" / "predictions").glob("*.png"))) == 2
 
 
 @pytest.mark.slow
@@ -102,6 +107,7 @@ def test_every_method_trains_on_pairs(method, extra, whu, tmp_path):
         "split=20%", *extra,
     )  # fmt: skip
     check_change_results(results)
+    evaluate_like_training(tmp_path, results)
 
 
 @pytest.mark.slow
