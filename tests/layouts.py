@@ -317,3 +317,50 @@ def acdc(root: Path, cases: int = 4, slices: int = 3, val: int = 2) -> Path:
     for name in ("val.txt", "valtest.txt"):
         (root / "splits" / name).write_text("".join(f"{r}\n" for r in val_names))
     return root
+
+
+def change_pair(size: int, seed: int, changed: bool = True):
+    """(A, B, label 0/255) of a synthetic change: B is A with another light and, if `changed`,
+    a bright square that A does not have."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(40, 160, (size, size, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int16) + 12, 0, 255).astype(np.uint8)
+    label = np.zeros((size, size), np.uint8)
+    if changed:
+        y, x = rng.integers(0, size // 2, 2)
+        side = size // 3
+        b[y : y + side, x : x + side] = 230
+        label[y : y + side, x : x + side] = 255
+    return a, b, label
+
+
+def change_detection(root: Path, style: str = "whu", n_train: int = 6, n_test: int = 2) -> Path:
+    """The public remote-sensing tree: A/, B/, label/ (0/255) with one file name per pair, and
+    splits/{5%,20%}/labeled.txt, unlabeled.txt, train.txt, val.txt, test.txt listing names.
+    `style` names the files as WHU-CD (whucd_00001.png) or LEVIR-CD (train_3_7.png) does; the
+    last test pair has no change."""
+
+    def name(part, i):
+        return (
+            f"whucd_{i + (0 if part == 'train' else 500):05d}.png"
+            if style == "whu"
+            else (f"{part}_{i + 1}_{i % 4 + 1}.png")
+        )
+
+    parts = {"train": n_train, "val": 1, "test": n_test}
+    names = {part: [name(part, i) for i in range(n)] for part, n in parts.items()}
+    for seed, (part, files) in enumerate(names.items()):
+        for i, file in enumerate(files):
+            changed = not (part == "test" and i == len(files) - 1)
+            for folder, array in zip(
+                ("A", "B", "label"), change_pair(32, 100 * seed + i, changed), strict=True
+            ):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / folder / file)
+    splits = root / "splits"
+    for part, files in names.items():
+        _lines(splits / f"{part}.txt", [(f,) for f in files])
+    for split, n in (("5%", 2), ("20%", 3)):
+        _lines(splits / split / "labeled.txt", [(f,) for f in names["train"][:n]])
+        _lines(splits / split / "unlabeled.txt", [(f,) for f in names["train"][n:]])
+    return root

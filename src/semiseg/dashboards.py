@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from semiseg.data import transforms as tf
+from semiseg.evaluation.change import KEYS as CHANGE_KEYS
 from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 
 IGNORE = 255
@@ -43,6 +44,11 @@ class WandbPanels(Callback):
             dice = pl_module.last_dice.get("per_class_dice", {})
             rows = [[name, value] for name, value in dice.items()]
             logger.log_table("val/per_class_dice", columns=["class", "dice"], data=rows, step=step)
+            return
+        if getattr(pl_module, "change_eval", False):  # image pairs: the scores, no RGB panels
+            change = pl_module.val_history[-1]
+            rows = [[key, change.get(key)] for key in CHANGE_KEYS]
+            logger.log_table("val/change_scores", columns=["score", "value"], data=rows, step=step)
             return
         if self.num_images <= 0 or trainer.datamodule is None:
             return

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from semiseg.data import palettes
+from semiseg.data import change, palettes
 from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError, FaultError, one_line
 from semiseg.runner import load_checkpoint, model_from_checkpoint
@@ -320,6 +320,7 @@ def run(cfg: DictConfig) -> dict:
     network = cfg.eval.get("model") or state.get("eval_network", "student")
     path = _output_path(cfg, fmt, network)
     dataset_cfg = state["config"]["dataset"]
+    change.refuse_pairs(dataset_cfg, "export.py")
     class_names = list(state["class_names"])
     palette = palettes.resolve(dataset_cfg.get("palette"), len(class_names))
     model = Logits(model_from_checkpoint(checkpoint, cfg.eval.get("model"))).eval()

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from semiseg import export
-from semiseg.data import palettes
+from semiseg.data import change, palettes
 from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
 from semiseg.errors import ConfigError, one_line
@@ -166,6 +166,7 @@ class _Source:
         self.checkpoint = load_checkpoint(path)
         state = self.checkpoint["semiseg"]
         dataset_cfg = state["config"]["dataset"]
+        change.refuse_pairs(dataset_cfg, "predict.py")
         self.format = "checkpoint"
         self.requested = network
         self.network = network or state.get("eval_network", "student")

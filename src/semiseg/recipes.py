@@ -60,9 +60,10 @@ EXPERIMENTS = {
     "css_cityscapes": CITYSCAPES,
 }
 
-# Experiments outside the table (its columns assume the papers' 4-GPU runs): the medical ones
-# follow a 1-GPU public recipe (configs/acdc.yaml, checked in tests/data/test_medical.py) and
-# the toy ones are no paper's; unimatch_pascal_slurm is unimatch_pascal on a SLURM launcher.
+# Experiments outside the table (its columns assume the papers' 4-GPU runs): the medical and
+# remote-sensing ones follow a 1-GPU public recipe (configs/acdc.yaml, whu.yaml, levir.yaml,
+# checked in tests/data/test_medical.py and tests/test_change_detection_configs.py) and the toy
+# ones are no paper's; unimatch_pascal_slurm is unimatch_pascal on a SLURM launcher.
 OUTSIDE_TABLE = [
     "unimatch_acdc",
     "fixmatch_acdc",
@@ -70,6 +71,13 @@ OUTSIDE_TABLE = [
     "unimatch_acdc_toy",
     "fixmatch_acdc_toy",
     "supervised_acdc_toy",
+    "unimatch_whu_cd",
+    "supervised_whu_cd",
+    "unimatch_levir_cd",
+    "supervised_levir_cd",
+    "unimatch_cd_toy",
+    "fixmatch_cd_toy",
+    "supervised_cd_toy",
     "unimatch_pascal_slurm",
     "first_run",  # the toy demo of `make train`, not a paper recipe
 ]

@@ -48,6 +48,7 @@ from semiseg.distributed import (
     shared_run_dir,
 )
 from semiseg.errors import ConfigError, one_line
+from semiseg.evaluation import change as change_eval
 from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
@@ -193,6 +194,8 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False, compile:
     Data first: a bad root, split or file list fails here, before any model is built. Under
     torchrun rank 0 generates what is missing (toy data, splits) while the others wait.
     """
+    if cfg.dataset.get("task") == "change_detection":
+        check_change_model(cfg)  # before any data is read
     method_cls = get_class(cfg.method._target_)
     datamodule = instantiate(cfg.data, **method_cls.data_requirements(cfg.method))
 
@@ -204,13 +207,19 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False, compile:
     class_names = load_class_names(cfg.dataset.classes, cfg.dataset.classes_file)
     miou_subsets(cfg.get("source"), cfg.dataset, class_names)  # names checked before training
     channels = cfg.dataset.get("in_channels")
-    if channels is not None and int(channels) != 3 and "in_channels" not in cfg.model:
+    change_pairs = cfg.dataset.get("task") == "change_detection"
+    if (
+        not change_pairs
+        and channels is not None
+        and int(channels) != 3
+        and "in_channels" not in cfg.model
+    ):
         raise ConfigError(
             f"dataset={cfg.dataset.name} gives {channels}-channel images and "
             f"{cfg.model._target_.rsplit('.', 1)[-1]} takes RGB: use model=unet or "
             f"model=smp_unet (or experiment=unimatch_{cfg.dataset.name})"
         )
-    if channels is not None and int(channels) != 3:
+    if channels is not None and int(channels) != 3 and not change_pairs:
         # iMAS's and AugSeg's intensity ops and the in-step strong views work on RGB batches
         # normalised with the ImageNet statistics
         rgb_only = cfg.method.name in ("imas", "augseg") or (
@@ -240,6 +249,18 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False, compile:
         compile=compile,
     )
     return datamodule, module
+
+
+def check_change_model(cfg: DictConfig) -> None:
+    """Change detection takes an image pair as 6 channels: the siamese model splits it. Every
+    method trains on it (intensity ops draw per image of the pair; CSS's head is DeepLabV3+'s)."""
+    target = str(cfg.model._target_)
+    if not target.endswith("ChangeDeepLabV3Plus"):
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} gives image pairs (A and B, 6 channels) and "
+            f"model {target.rsplit('.', 1)[-1]} takes one image: use "
+            f"model=siamese_deeplabv3plus (or experiment=unimatch_{cfg.dataset.name})"
+        )
 
 
 def train(cfg: DictConfig) -> dict:
@@ -358,9 +379,16 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
     }
     if cfg.eval.mode == "volume":
         results.update(volume_results(module, cfg.eval.get("dice_absent", "skip")))
+    if cfg.eval.get("task") == "change_detection":
+        results.update(change_results(module))
     if trainer.is_global_zero:  # one results.json per run, whatever the number of ranks
         write_json_atomic(out / "results.json", results)
         score = f"val mIoU {results['val_miou']} (best {results['best_val_miou']})"
+        if "val_iou_changed" in results:
+            score = (
+                f"val changed IoU {results['val_iou_changed']} (best "
+                f"{results['best_val_iou_changed']}), mIoU {results['val_miou']}"
+            )
         if "val_mean_dice" in results:
             score = (
                 f"val mean Dice {results['val_mean_dice']} (best "
@@ -464,6 +492,25 @@ def volume_results(module, absent: str) -> dict:
             "per volume and class, averaged over volumes per class; mean over the foreground "
             f"classes; a class in neither prediction nor ground truth of a volume: {absent}"
         ),
+    }
+
+
+def change_results(module) -> dict:
+    """Change detection: the changed-class IoU selects best.ckpt (the public code's rule: the
+    first validation with the highest one); the scores of the last and of that validation."""
+    history = [h for h in module.val_history if "iou_changed" in h]
+    if not history:
+        return {"selection": "iou_changed", "change_convention": change_eval.CONVENTION}
+    last = history[-1]
+    best = max(history, key=lambda h: h["iou_changed"])  # max keeps the first of equals
+    return {
+        "selection": "iou_changed",
+        "best_val_miou": max(h["miou"] for h in module.val_history),
+        "val_iou_changed": last["iou_changed"],
+        "best_val_iou_changed": round(module.best_miou, 2),
+        "change_scores": {k: last[k] for k in change_eval.KEYS},
+        "best_change_scores": {"step": best["step"], **{k: best[k] for k in change_eval.KEYS}},
+        "change_convention": change_eval.CONVENTION,
     }
 
 
@@ -633,6 +680,18 @@ def evaluate(cfg: DictConfig) -> dict:
         **scores(confusion, class_names, cfg.eval.absent_class),
         "confusion_matrix": {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"},
     }
+    if dataset_cfg.get("task") == "change_detection":
+        change = change_eval.change_percent(confusion)
+        results.update(
+            change_scores=change,
+            iou_changed=change["iou_changed"],
+            change_convention=change_eval.CONVENTION,
+        )
+        print(
+            f"changed IoU {change['iou_changed']}, F1 {change['f1']}, precision "
+            f"{change['precision']}, recall {change['recall']}, overall accuracy "
+            f"{change['overall_accuracy']}"
+        )
     print(
         f"pixel accuracy {results['pixel_accuracy']}, mean Dice {results['mean_dice']}, "
         f"mean precision {results['mean_precision']}, mean recall {results['mean_recall']}, "
@@ -652,7 +711,7 @@ def evaluate_volumes(cfg, checkpoint, dataset_cfg, class_names, out: Path, start
     from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
 
     root, splits_dir = Path(dataset_cfg.root), Path(dataset_cfg.splits_dir)
-    samples = medical.read_h5_list(splits_dir / "val.txt")
+    samples = medical.read_h5_list(splits_dir / (dataset_cfg.get("val_list") or "val.txt"))
     medical.check_exist(root, samples, "val")
     dataset = medical.VolumeDataset(root, samples)
     device = inference_device(cfg.device)

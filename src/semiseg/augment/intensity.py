@@ -260,9 +260,23 @@ def apply_plan(images: Tensor, ops: Tensor, params: Tensor, policy: IntensityPol
     return out
 
 
+def rgb_images(images: Tensor) -> Tensor:
+    """A batch whose items stack k RGB images on the channels, (N, 3k, H, W), as the batch of
+    those N k RGB images (N k, 3, H, W): a change-detection pair (A, B; k = 2) is two images,
+    each with its own random draw, as the public code jitters them independently."""
+    n, c, h, w = images.shape
+    if c % 3:
+        raise ValueError(
+            f"intensity ops take RGB images (3 channels, or stacks of them), not {c} channels"
+        )
+    return images.reshape(n * (c // 3), 3, h, w)
+
+
 def random_intensity(
     images: Tensor, policy: IntensityPolicy, generator: torch.Generator | None = None
 ) -> Tensor:
-    """The strong view of an ImageNet-normalised batch: new ops and magnitudes for every image."""
-    ops, params = sample_plan(images.shape[0], policy, generator)
-    return from_uint8(apply_plan(to_uint8(images), ops, params, policy))
+    """The strong view of an ImageNet-normalised batch: new ops and magnitudes for every image
+    (every image of a stacked pair, see `rgb_images`)."""
+    flat = rgb_images(images)
+    ops, params = sample_plan(flat.shape[0], policy, generator)
+    return from_uint8(apply_plan(to_uint8(flat), ops, params, policy)).reshape(images.shape)

@@ -20,7 +20,16 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from semiseg.augment.intensity import blur, brightness, color, contrast, from_uint8, hue, to_uint8
+from semiseg.augment.intensity import (
+    blur,
+    brightness,
+    color,
+    contrast,
+    from_uint8,
+    hue,
+    rgb_images,
+    to_uint8,
+)
 
 # ColorJitter's adjustments in its own index order (brightness, contrast, saturation, hue).
 JITTER_OPS = (brightness, contrast, color, hue)
@@ -83,6 +92,8 @@ def apply_strong(images: Tensor, plan: StrongPlan) -> Tensor:
 
 
 def unimatch_strong(images: Tensor, generator=None) -> Tensor:
-    """The strong view of each ImageNet-normalised image (N, 3, H, W): a new tensor."""
-    plan = strong_plan(images.shape[0], generator)
-    return from_uint8(apply_strong(to_uint8(images), plan))
+    """The strong view of each ImageNet-normalised image (N, 3, H, W): a new tensor. Stacked
+    pairs (N, 6, H, W) get one independent view per image (`intensity.rgb_images`)."""
+    flat = rgb_images(images)
+    plan = strong_plan(flat.shape[0], generator)
+    return from_uint8(apply_strong(to_uint8(flat), plan)).reshape(images.shape)

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
-from semiseg.data import acdc_toy, medical, toy
+from semiseg.data import acdc_toy, cd_toy, change, medical, toy
 from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
@@ -41,6 +41,17 @@ __all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
 
 def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
     """The validation set of a dataset config (eval.py): the same checks as training."""
+    if dataset.get("format") == change.FORMAT:
+        root, splits_dir = Path(dataset.root), Path(dataset.splits_dir)
+        val_list = dataset.get("val_list") or "val.txt"
+        if not root.is_dir():
+            raise SplitError(
+                f"dataset.root {root} does not exist: point it at the dataset "
+                f"(dataset.root=DIR); expected layout: {change.LAYOUT}"
+            )
+        val = change.read_names(splits_dir / val_list)
+        change.check_pairs(root, val, val_list, labels=True)
+        return change.ChangeValDataset(root, val)
     spec = DatasetSpec.from_config(dataset)
     spec.check_root()
     files = spec.load_val()
@@ -137,29 +148,38 @@ class SemiSegDataModule(L.LightningDataModule):
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);
-        # dataset.generate: acdc_toy writes the synthetic ACDC into root on first use.
+        # | cd (image pairs A/, B/ and a change mask, data/change.py) with augment: change;
+        # dataset.generate: acdc_toy / cd_toy writes a synthetic dataset into root on first use.
         self.format = (dataset or {}).get("format") or "images"
         self.augment = (dataset or {}).get("augment") or "natural"
         self.generate = (dataset or {}).get("generate")
-        # The h5 layout's validation list in splits_dir: ACDC's public code validates (and reports)
-        # on valtest.txt, its val and test cases together.
+        # The validation list in splits_dir of the h5 and cd layouts: ACDC's public code validates
+        # (and reports) on valtest.txt, its val and test cases together; change detection on test.txt.
         self.val_list = (dataset or {}).get("val_list") or "val.txt"
-        if self.format not in medical.FORMATS:
+        formats = (*medical.FORMATS, change.FORMAT)
+        augments = (*medical.AUGMENTS, change.AUGMENT)
+        if self.format not in formats:
             raise ConfigError(
-                f"dataset.format={self.format!r} is unknown: use one of {', '.join(medical.FORMATS)}"
+                f"dataset.format={self.format!r} is unknown: use one of {', '.join(formats)}"
             )
-        if self.augment not in medical.AUGMENTS:
+        if self.augment not in augments:
             raise ConfigError(
-                f"dataset.augment={self.augment!r} is unknown: use one of "
-                f"{', '.join(medical.AUGMENTS)}"
+                f"dataset.augment={self.augment!r} is unknown: use one of {', '.join(augments)}"
             )
         if (self.format == "h5") != (self.augment == "medical"):
             raise ConfigError(
                 f"dataset.format={self.format} with dataset.augment={self.augment}: the medical "
                 "augmentation reads HDF5 slices (format h5) and HDF5 slices need it"
             )
-        if self.format == "h5" and source is not None:
-            raise ConfigError("dataset.format=h5 does not support domain adaptation (source=)")
+        if (self.format == change.FORMAT) != (self.augment == change.AUGMENT):
+            raise ConfigError(
+                f"dataset.format={self.format} with dataset.augment={self.augment}: image pairs "
+                "(format cd) take the pair augmentation (augment change) and only they do"
+            )
+        if self.format != "images" and source is not None:
+            raise ConfigError(
+                f"dataset.format={self.format} does not support domain adaptation (source=)"
+            )
         self.toy_domain = (dataset or {}).get("toy_domain") or toy.DEFAULT_DOMAIN
         # the labeled images' dataset under domain adaptation (None: the split's labeled list)
         self.source_spec = None
@@ -176,9 +196,11 @@ class SemiSegDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.generate == "acdc_toy":
             acdc_toy.ensure(self.root)
+        elif self.generate == "cd_toy":
+            cd_toy.ensure(self.root)
         elif self.generate is not None:
             raise ConfigError(
-                f"dataset.generate={self.generate!r} is unknown: use acdc_toy or null"
+                f"dataset.generate={self.generate!r} is unknown: use acdc_toy, cd_toy or null"
             )
         if self.generate_toy:
             toy.ensure(self.root, domain=self.toy_domain)
@@ -203,6 +225,9 @@ class SemiSegDataModule(L.LightningDataModule):
             print(note, flush=True)
         if self.format == "h5":
             self._setup_h5(folder)
+            return
+        if self.format == change.FORMAT:
+            self._setup_change(folder)
             return
         files = spec.load_files(folder)
         if source is not None:
@@ -325,6 +350,26 @@ class SemiSegDataModule(L.LightningDataModule):
                 self.root, unlabeled, self.crop_size, self.num_strong, self.mix
             )
         self.val_set = medical.VolumeDataset(self.root, val)
+        self._check_batches()
+        self.split_folder = folder
+        self.files = files
+
+    def _setup_change(self, folder: Path) -> None:
+        """Image pairs and their change masks (data/change.py), validated on `dataset.val_list`
+        (test.txt: the list the public remote-sensing code evaluates)."""
+        labeled, unlabeled, val = change.build_sets(
+            self.root, self.splits_dir, folder, self.val_list, self.unlabeled
+        )
+        files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=self.root)
+        self.labeled_set = change.ChangeLabeledDataset(
+            self.root, labeled, self.crop_size, length=self._labeled_length(files)
+        )
+        self.unlabeled_set = None
+        if self.unlabeled:
+            self.unlabeled_set = change.ChangeUnlabeledDataset(
+                self.root, unlabeled, self.crop_size, self.num_strong, self.mix
+            )
+        self.val_set = change.ChangeValDataset(self.root, val)
         self._check_batches()
         self.split_folder = folder
         self.files = files

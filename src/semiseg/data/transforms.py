@@ -74,15 +74,19 @@ def load_mask(path: Path) -> Image.Image:
     )
 
 
-def resize_long_side(img, masks: list, ratio_range=(0.5, 2.0)):
-    """Scale so the LONG side is randint(lo*L, hi*L), keeping the aspect ratio."""
-    w, h = img.size
+def long_side_size(w: int, h: int, ratio_range=(0.5, 2.0)) -> tuple[int, int]:
+    """A random (width, height): the LONG side randint(lo*L, hi*L), the aspect ratio kept."""
     long_side = random.randint(int(max(w, h) * ratio_range[0]), int(max(w, h) * ratio_range[1]))
     if h > w:
         oh, ow = long_side, int(w * long_side / h + 0.5)
     else:
         ow, oh = long_side, int(h * long_side / w + 0.5)
-    ow, oh = max(ow, 1), max(oh, 1)
+    return max(ow, 1), max(oh, 1)
+
+
+def resize_long_side(img, masks: list, ratio_range=(0.5, 2.0)):
+    """Scale so the LONG side is randint(lo*L, hi*L), keeping the aspect ratio."""
+    ow, oh = long_side_size(*img.size, ratio_range)
     img = img.resize((ow, oh), Image.BILINEAR)
     masks = [m.resize((ow, oh), Image.NEAREST) for m in masks]
     return img, masks

@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
 from semiseg.errors import ConfigError, NonFiniteError
+from semiseg.evaluation.change import change_percent
 from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 from semiseg.evaluation.metrics import iou_per_class, mean_iou
 from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
@@ -310,6 +311,12 @@ class SemiSegModule(L.LightningModule):
     def volume_eval(self) -> bool:
         return self.eval_cfg.get("mode") == "volume"
 
+    @property
+    def change_eval(self) -> bool:
+        """Change detection (WHU-CD, LEVIR-CD): the changed-class IoU selects best.ckpt, as the
+        public remote-sensing code; F1, precision, recall and overall accuracy are logged too."""
+        return self.eval_cfg.get("task") == "change_detection"
+
     def validation_step(self, batch, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         mode = self.eval_cfg["mode"]
@@ -401,9 +408,15 @@ class SemiSegModule(L.LightningModule):
             name: round(100.0 * float(iou), 2) if not torch.isnan(iou) else None
             for name, iou in zip(self.class_names, ious, strict=True)
         }
+        change = change_percent(confusion) if self.change_eval else None
         score = miou if dice is None else dice
+        if change is not None:
+            score = change["iou_changed"]
         self.best_miou = max(self.best_miou, score)
         entry = {"step": int(self.global_step), "miou": round(miou, 2)}
+        if change is not None:
+            entry.update(change)
+            self.log_dict({f"val/{k}": v for k, v in change.items()}, sync_dist=False)
         if dice is not None:
             entry["mean_dice"] = round(dice, 2)
             self.log("val/mean_dice", dice, prog_bar=True, sync_dist=False)
@@ -412,17 +425,24 @@ class SemiSegModule(L.LightningModule):
         # The confusion matrix is already summed over ranks: every rank logs the same numbers,
         # so no sync_dist (which would all-reduce once per call).
         self.log("val/miou", miou, prog_bar=True, sync_dist=False)
-        self.log(
-            "val/best_miou" if dice is None else "val/best_mean_dice",
-            self.best_miou,
-            sync_dist=False,
-        )
+        best_name = "val/best_miou" if dice is None else "val/best_mean_dice"
+        if change is not None:
+            best_name = "val/best_iou_changed"
+        self.log(best_name, self.best_miou, sync_dist=False)
         self.log_dict({f"val/miou_{n}": v for n, v in others.items()}, sync_dist=False)
         self.log_dict(
             {f"val_iou/{n}": v for n, v in self.last_per_class.items() if v is not None},
             sync_dist=False,
         )
         also = "".join(f", {n} {v:.2f}" for n, v in others.items())
+        if change is not None:
+            self.print(
+                f"step {self.global_step}: val changed IoU {change['iou_changed']:.2f}, F1 "
+                f"{change['f1']:.2f}, precision {change['precision']:.2f}, recall "
+                f"{change['recall']:.2f}, OA {change['overall_accuracy']:.2f} (mIoU {miou:.2f}; "
+                f"{self.eval_network_name}{also}; best changed IoU {self.best_miou:.2f})"
+            )
+            return
         if dice is not None:
             self.print(
                 f"step {self.global_step}: val mean Dice {dice:.2f} (mIoU {miou:.2f}; "

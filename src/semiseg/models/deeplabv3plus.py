@@ -97,10 +97,14 @@ class DeepLabV3Plus(nn.Module):
     def decode(self, low, high, size):
         return upsample(self.classifier(self.fuse(self.features(low, high))), size)
 
+    def encode(self, x):
+        """(stride-4 feature, last feature) of the input; the siamese change model overrides it."""
+        return self.backbone(x)
+
     def forward(
         self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None
     ):
-        low, high = self.backbone(x)
+        low, high = self.encode(x)
         if outputs is not None:
             if feature_perturbation:
                 raise ValueError("outputs=... and feature_perturbation=True cannot be combined")
