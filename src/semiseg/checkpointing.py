@@ -329,7 +329,8 @@ class RunCheckpoints(Checkpoint):
         if force or self.saved_step != trainer.global_step:
             self._rewind = rewind
             try:
-                trainer.save_checkpoint(self.path)
+                # a resumable checkpoint (optimizer, loops, callbacks), said so to Lightning
+                trainer.save_checkpoint(self.path, weights_only=False)
             finally:
                 self._rewind = None
             self.saved_step = trainer.global_step
