@@ -43,7 +43,7 @@ def test_first_run_composes_unimatch_on_split_10_with_a_reference():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=first_run"])
     assert cfg.method.name == "unimatch" and cfg.split == 10 and cfg.dataset.name == "toy"
-    assert cfg.trainer.precision == "fast" and cfg.trainer.channels_last
+    assert cfg.trainer.precision == "fast" and cfg.data.batch_size == 4
     assert cfg.reference.method == "supervised" and cfg.reference.best_val_miou > 0
     assert cfg.model.encoder == "resnet18"  # the toy recipe still applies
 
