@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
+from semiseg.data.datasets import LabeledList
 from semiseg.data.splits import Sample, SplitError
 from semiseg.errors import ConfigError
 
@@ -159,21 +160,8 @@ def pair_tensor(a: Image.Image, b: Image.Image) -> torch.Tensor:
 # -- datasets ----------------------------------------------------------------------------------
 
 
-class ChangeLabeledDataset(Dataset):
+class ChangeLabeledDataset(LabeledList):
     """{"image": (6, S, S), "mask": (S, S) long}; the list repeated to `length`."""
-
-    def __init__(self, root, samples: list[Sample], crop_size: int, length: int | None = None):
-        if not samples:
-            raise SplitError("the labeled list is empty")
-        self.root = Path(root)
-        self.crop_size = crop_size
-        samples = list(samples)
-        if length is not None and length > len(samples):
-            samples = (samples * -(-length // len(samples)))[:length]
-        self.samples = samples
-
-    def __len__(self):
-        return len(self.samples)
 
     def __getitem__(self, index):
         name = self.samples[index].image

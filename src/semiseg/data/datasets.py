@@ -35,6 +35,31 @@ def _require_masks(samples, what):
             raise SplitError(f"{what} sample {s.image!r} has no mask; {what} lists need masks")
 
 
+def repeated(samples: list[Sample], length: int | None) -> list[Sample]:
+    """The labeled list stretched to `length` items, as the public code: repeated in file order
+    and truncated (no shuffle first, so the first `length % n` images come once more per epoch: at
+    most one extra visit); the sampler then shuffles the repeated list every epoch."""
+    samples = list(samples)
+    if length is not None and length > len(samples):
+        samples = (samples * math.ceil(length / len(samples)))[:length]
+    return samples
+
+
+class LabeledList(Dataset):
+    """A labeled list of `crop_size` training items, repeated to `length` (see `repeated`); the
+    layouts' labeled datasets (ACDC slices, change-detection pairs) add their `__getitem__`."""
+
+    def __init__(self, root, samples: list[Sample], crop_size: int, length: int | None = None):
+        if not samples:
+            raise SplitError("the labeled list is empty")
+        self.root = Path(root)
+        self.crop_size = crop_size
+        self.samples = repeated(samples, length)
+
+    def __len__(self):
+        return len(self.samples)
+
+
 class LabeledDataset(Dataset):
     """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}."""
 
@@ -52,13 +77,7 @@ class LabeledDataset(Dataset):
         self.root = Path(root)
         self.crop_size = crop_size
         self.read_mask = read_mask or tf.load_mask
-        samples = list(samples)
-        if length is not None and length > len(samples):
-            # As the public code: the list is repeated in file order and truncated (no shuffle
-            # first, so the first `length % n` images come once more per epoch: at most one
-            # extra visit); the sampler then shuffles the repeated list every epoch.
-            samples = (samples * math.ceil(length / len(samples)))[:length]
-        self.samples = samples
+        self.samples = repeated(samples, length)
 
     def __len__(self):
         return len(self.samples)

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
+from semiseg.data.datasets import LabeledList
 from semiseg.data.splits import Sample, SplitError, read_list
 
 FORMATS = ("images", "h5")
@@ -136,21 +137,8 @@ def medical_strong(img: Image.Image) -> Image.Image:
 # -- datasets ----------------------------------------------------------------------------------
 
 
-class SliceLabeledDataset(Dataset):
+class SliceLabeledDataset(LabeledList):
     """{"image": (1, S, S) float, "mask": (S, S) long}; the list repeated to `length`."""
-
-    def __init__(self, root, samples: list[Sample], crop_size: int, length: int | None = None):
-        if not samples:
-            raise SplitError("the labeled list is empty")
-        self.root = Path(root)
-        self.crop_size = crop_size
-        samples = list(samples)
-        if length is not None and length > len(samples):
-            samples = (samples * -(-length // len(samples)))[:length]
-        self.samples = samples
-
-    def __len__(self):
-        return len(self.samples)
 
     def __getitem__(self, index):
         image, label = read_h5(self.root / self.samples[index].image)
