@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.data.splits import Sample, SplitError, write_list, write_split
-from semiseg.data.toy import install_atomically
+from semiseg.data.toy import generate_once
 
 VERSION = "acdc-toy-1"
 VERSION_FILE = ".acdc_toy_version"
@@ -97,29 +97,7 @@ def _write(root: Path, seed: int) -> None:
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
 
 
-def is_current(root: Path, seed: int = 0) -> bool:
-    try:
-        return (Path(root) / VERSION_FILE).read_text() == f"{VERSION} seed={seed}\n"
-    except OSError:
-        return False
-
-
 def ensure(root: Path, seed: int = 0) -> Path:
     """Generate the toy ACDC into `root` unless a complete one of this version is there."""
-    root = Path(root)
-    if is_current(root, seed):
-        return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise SplitError(
-            f"refusing to write the toy ACDC dataset to {root}: it holds files the generator "
-            "did not write; choose an empty or new folder"
-        )
-    print(f"generating toy ACDC dataset in {root} ...", flush=True)
-    install_atomically(
-        root,
-        lambda tmp: _write(tmp, seed),
-        f"{VERSION} seed={seed}\n",
-        lambda: is_current(root, seed),
-        VERSION_FILE,
-    )
-    return root
+    stamp = f"{VERSION} seed={seed}\n"
+    return generate_once(root, "toy ACDC", lambda tmp: _write(tmp, seed), stamp, VERSION_FILE)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from semiseg.data.splits import Sample, SplitError, write_list
-from semiseg.data.toy import install_atomically
+from semiseg.data.toy import generate_once
 
 VERSION = "cd-toy-1"
 VERSION_FILE = ".cd_toy_version"
@@ -128,20 +128,5 @@ def is_current(root: Path, seed: int = 0) -> bool:
 
 def ensure(root: Path, seed: int = 0) -> Path:
     """Generate the toy change-detection dataset into `root` unless this version is there."""
-    root = Path(root)
-    if is_current(root, seed):
-        return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise SplitError(
-            f"refusing to write the toy change-detection dataset to {root}: it holds files the "
-            "generator did not write; choose an empty or new folder"
-        )
-    print(f"generating toy change-detection dataset in {root} ...", flush=True)
-    install_atomically(
-        root,
-        lambda tmp: _write(tmp, seed),
-        f"{VERSION} seed={seed}\n",
-        lambda: is_current(root, seed),
-        VERSION_FILE,
-    )
-    return root
+    stamp = f"{VERSION} seed={seed}\n"
+    return generate_once(root, "toy change-detection", lambda tmp: _write(tmp, seed), stamp, VERSION_FILE)

@@ -280,3 +280,30 @@ def generate(root: Path, seed: int = 0, force: bool = False, domain: str = DEFAU
 def ensure(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> Path:
     """Generate only when `root` lacks a complete toy dataset of this VERSION, seed and domain."""
     return generate(root, seed=seed, force=False, domain=domain)
+
+
+def generate_once(
+    root: Path, what: str, write: Callable[[Path], None], stamp: str, version_file: str
+) -> Path:
+    """A generated dataset (`what`, e.g. "toy ACDC") in `root` unless a complete one with this
+    `stamp` is there; a folder holding anything else is refused in one line, never overwritten."""
+    root = Path(root)
+    current = lambda: _stamp_is(root / version_file, stamp)  # noqa: E731
+    if current():
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise SplitError(
+            f"refusing to write the {what} dataset to {root}: it holds files the generator did "
+            "not write; choose an empty or new folder"
+        )
+    print(f"generating {what} dataset in {root} ...", flush=True)
+    install_atomically(root, write, stamp, current, version_file)
+    return root
+
+
+def _stamp_is(path: Path, stamp: str) -> bool:
+    try:
+        return path.read_text() == stamp
+    except OSError:
+        return False
+
