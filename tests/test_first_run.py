@@ -1,5 +1,6 @@
 """The first run's pieces: `trainer.precision=fast` and the reference line printed at the end."""
 
+import os
 import subprocess
 
 import torch
@@ -48,13 +49,19 @@ def test_first_run_composes_unimatch_on_split_10_with_a_reference():
     assert cfg.model.encoder == "resnet18"  # the toy recipe still applies
 
 
+def _outside_make() -> dict:
+    """The environment without an enclosing make's variables (`make test ARGS=...` hands its
+    ARGS to every make below it through MAKEFLAGS)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
 def _make_train(*args: str) -> str:
     """The command `make train` runs (make -n: printed, not run; setup taken as done)."""
     proc = subprocess.run(
-        ["make", "-n", "-o", "setup", "-o", ".venv/.installed", "train", *args],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        ["make", "--no-print-directory", "-n", "-o", "setup", "-o", ".venv/.installed", "train", *args],
+        cwd=REPO, capture_output=True, text=True, check=True, env=_outside_make(),
     )  # fmt: skip
-    return proc.stdout.strip().splitlines()[-1]
+    return next(line for line in proc.stdout.splitlines() if "train.py" in line)
 
 
 def test_make_train_is_the_first_run_unless_args_say_otherwise():

@@ -1,14 +1,20 @@
 """optim.clip_grad under manual optimization: the clipped norm is that of the true gradients
 whatever the precision (16-mixed scales the loss; clipping before unscaling would be wrong)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
-from trainers import quiet_trainer
 
 from semiseg.methods.base import SemiSegModule
+
+# tests/ itself: this module is also imported by fst_ddp_worker.py, run by torchrun
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from trainers import quiet_trainer  # noqa: E402
 
 CLIP = 0.5
 
