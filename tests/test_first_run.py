@@ -65,7 +65,7 @@ def _make_train(*args: str) -> str:
 
 
 def test_make_train_is_the_first_run_unless_args_say_otherwise():
-    assert _make_train().endswith("train.py experiment=first_run")
+    assert _make_train("ARGS=").endswith("train.py experiment=first_run")
     assert _make_train("ARGS=method=fixmatch split=20").endswith(
         "train.py method=fixmatch split=20"
     )
