@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
-from semiseg.data.datasets import LabeledList
+from semiseg.data.datasets import LabeledList, other_index
 from semiseg.data.splits import Sample, SplitError
 from semiseg.errors import ConfigError
 
@@ -228,8 +228,7 @@ class ChangeUnlabeledDataset(Dataset):
         if self.mix == "same":  # the decoded pair re-augmented: no second decode
             partner = self._view(a, b, None)
         else:
-            others = len(self) - 1
-            other = (index + 1 + random.randrange(others)) % len(self) if others else index
+            other = other_index(index, len(self))
             partner = self._view(*self._load(other, with_gt=False))
         partner.pop("gt")
         item.update({f"mix_{key}": value for key, value in partner.items()})

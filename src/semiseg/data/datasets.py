@@ -35,6 +35,11 @@ def _require_masks(samples, what):
             raise SplitError(f"{what} sample {s.image!r} has no mask; {what} lists need masks")
 
 
+def other_index(index: int, n: int) -> int:
+    """A mix partner's index, uniform over the other items (the item itself when it is alone)."""
+    return (index + 1 + random.randrange(n - 1)) % n if n > 1 else index
+
+
 def repeated(samples: list[Sample], length: int | None) -> list[Sample]:
     """The labeled list stretched to `length` items, as the public code: repeated in file order
     and truncated (no shuffle first, so the first `length % n` images come once more per epoch: at
@@ -167,9 +172,7 @@ class UnlabeledDataset(Dataset):
         if self.mix == "same":
             partner = self._view(img, None)  # the decoded image is reused: no second decode
         else:
-            # uniform over the other images (the image itself when it is the only one)
-            others = len(self) - 1
-            other = (index + 1 + random.randrange(others)) % len(self) if others else index
+            other = other_index(index, len(self))
             partner = self._view(self._load(other, with_gt=False)[0], None)
         item.update({f"mix_{key}": value for key, value in partner.items()})
         return item

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
-from semiseg.data.datasets import LabeledList
+from semiseg.data.datasets import LabeledList, other_index
 from semiseg.data.splits import Sample, SplitError, read_list
 
 FORMATS = ("images", "h5")
@@ -187,8 +187,7 @@ class SliceUnlabeledDataset(Dataset):
         if self.mix == "same":
             partner = self._view(image, label)
         else:
-            others = len(self) - 1
-            other = (index + 1 + random.randrange(others)) % len(self) if others else index
+            other = other_index(index, len(self))
             partner = self._view(*read_h5(self.root / self.samples[other].image))
         partner.pop("gt")
         item.update({f"mix_{key}": value for key, value in partner.items()})
