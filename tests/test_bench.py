@@ -27,6 +27,10 @@ def test_model_compute_replays_the_forwards_of_the_step(toy_root, partner, calls
     assert report["step_over_compute"] == pytest.approx(
         (report["step_s"] - report["data_s"]) / report["compute_s"], rel=0.01
     )
+    # one step: the median of its own ratio is the same figure
+    assert report["step_over_compute_median"] == pytest.approx(
+        report["step_over_compute"], rel=0.01
+    )
 
 
 def test_replay_counts_the_teachers_forward(toy_root):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -260,6 +261,7 @@ def main(overrides: list[str]) -> dict:
     # machine both see the same load, so their ratio holds even when the absolute times drift.
     phases = {"data": [], "forward": [], "backward": [], "optimizer": []}
     compute = {"forwards": [], "backward": []}
+    ratios = []  # each step without data over its own replay
     total = bench["warmup"] + bench["steps"]
     for i in range(total):
         times = step()
@@ -271,6 +273,7 @@ def main(overrides: list[str]) -> dict:
                 phases[name].append(dt)
             compute["forwards"].append(forwards)
             compute["backward"].append(backward)
+            ratios.append(sum(times[1:]) / (forwards + backward))
         warm = " (warm-up)" if i < bench["warmup"] else ""
         print(
             f"step {i + 1}/{total}: {sum(times):.2f} s, model compute {forwards + backward:.2f} s"
@@ -303,6 +306,8 @@ def main(overrides: list[str]) -> dict:
         "compute_s": round(compute_s, 3),
         # the training step without data loading (the data pipeline's own concern) over compute
         "step_over_compute": round((step_s - mean["data"]) / compute_s, 3) if compute_s else None,
+        # the median of the per-step ratios: one step slowed by a load spike does not move it
+        "step_over_compute_median": round(statistics.median(ratios), 3),
         "peak_memory_mb": round(_peak_memory_mb(device)),
     }
     print(
@@ -321,7 +326,8 @@ def main(overrides: list[str]) -> dict:
     print(
         f"  model compute {compute_s:.3f} s ({len(calls)} network calls "
         f"{compute_mean['forwards']:.3f} s, backward {compute_mean['backward']:.3f} s), "
-        f"step without data / compute = {report['step_over_compute']}"
+        f"step without data / compute = {report['step_over_compute']} "
+        f"(median of the steps' own ratios {report['step_over_compute_median']})"
     )
     if bench["profile"]:
         replay_calls = lambda: replay(recorder.calls, optimizer, autocast, device)  # noqa: E731
