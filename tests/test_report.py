@@ -58,8 +58,11 @@ def test_report_table_with_failed_and_missing_runs(tmp_path):
     (sweep / "eval" / ".hydra" / "config.yaml").write_text("ckpt_path: x.ckpt\n")
 
     markdown = report(sweep)
-    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines() if "|" in line}
+    table, gains = markdown.split("gain over supervised")
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
     assert "| method | 10 | 20 |" in markdown
+    # seed 1 failed: the gain pairs seed 0 alone (61 - 40); at split 20 no seed is shared
+    assert "| unimatch | +21.00 (1/2 seeds) | no shared seed |" in gains
     assert "41.00 ± 1.41" in rows["supervised"] and "52.00 ± 2.83" in rows["supervised"]
     assert "61.00 (1/2; seed 1 failed)" in rows["unimatch"]
     assert "missing" in rows["unimatch"].split("|")[3]
@@ -71,6 +74,30 @@ def test_report_table_with_failed_and_missing_runs(tmp_path):
     assert table[("unimatch", "10")]["failed_seeds"] == "1"
     assert table[("unimatch", "20")]["missing_seeds"] == "0;1"
     assert (sweep / "report.png").stat().st_size > 1000
+
+
+def test_gain_over_the_baseline_is_paired_by_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    best = {
+        "supervised": {0: 40.0, 1: 46.0, 2: 43.0},
+        "unimatch": {0: 45.0, 1: 50.0, 2: 47.0},  # gains 5, 4, 4
+        "fixmatch": {0: 41.0, 2: 53.0},  # seed 1 never ran: gains 1 and 10 only
+    }
+    for method, values in best.items():
+        for seed, value in values.items():
+            overrides = [f"method={method}", "split=10", f"seed={seed}"]
+            _job(sweep, f"{method}{seed}", overrides, _results(method, "10", seed, value))
+
+    markdown = report(sweep)
+    gains = markdown.split("gain over supervised")[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in gains.splitlines()
+            if line.startswith("| ") and "method" not in line}  # fmt: skip
+    # mean 13/3; deviations 2/3, -1/3, -1/3: sample std sqrt((4/9 + 1/9 + 1/9) / 2) = 0.577
+    assert rows["unimatch"] == "+4.33 ± 0.58"
+    assert rows["fixmatch"] == "+5.50 ± 6.36 (2/3 seeds)"  # mean of 1 and 10; std 9 / sqrt(2)
+    assert "supervised" not in rows
+    assert "gain over" not in report(sweep, baseline=None)
 
 
 def test_runs_differing_in_other_overrides_are_not_merged(tmp_path):
@@ -148,8 +175,9 @@ def test_sweep_runs_every_job_and_reports_the_table(sweep):
     assert len(list(sweep_dir.glob("*/.hydra"))) == 6
     results = sorted(sweep_dir.glob("*/results.json"))
     assert len(results) == 4
-    jobs = {(r["method"], r["split"]) for r in map(json.loads, (p.read_text() for p in results))}
-    assert jobs == {(m, s) for m in ("supervised", "fixmatch") for s in ("10", "20")}
+    records = [json.loads(path.read_text()) for path in results]
+    best = {(r["method"], r["split"]): r["best_val_miou"] for r in records}
+    assert set(best) == {(m, s) for m in ("supervised", "fixmatch") for s in ("10", "20")}
     out = subprocess.run(
         [sys.executable, "-m", "semiseg.report", str(sweep_dir)],
         cwd=REPO,
@@ -158,8 +186,15 @@ def test_sweep_runs_every_job_and_reports_the_table(sweep):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    table, gains = out.stdout.split("gain over supervised")
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert lines[0] == "| method | 10 | 20 | seven |"
+    gain = next(line for line in gains.splitlines() if line.startswith("| fixmatch"))
+    for split, cell in zip(("10", "20"), gain.split("|")[2:4], strict=True):
+        assert float(cell) == pytest.approx(
+            best["fixmatch", split] - best["supervised", split], abs=0.006
+        )
+    assert gain.split("|")[4].strip() == "no shared seed"
     assert [line.split("|")[1].strip() for line in lines[1:]] == ["supervised", "fixmatch"]
     for line in lines[1:]:
         cells = [c.strip() for c in line.split("|")[2:5]]
