@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from semiseg.data.splits import Sample, SplitError, write_list
-from semiseg.data.toy import generate_once
+from semiseg.data.toy import generate_once, stamp_is
 
 VERSION = "cd-toy-1"
 VERSION_FILE = ".cd_toy_version"
@@ -119,14 +119,15 @@ def _write(root: Path, seed: int) -> None:
         write_list(root / "splits" / split / "unlabeled.txt", [train[i] for i in order[n:]])
 
 
+def _stamp(seed: int) -> str:
+    return f"{VERSION} seed={seed}\n"
+
+
 def is_current(root: Path, seed: int = 0) -> bool:
-    try:
-        return (Path(root) / VERSION_FILE).read_text() == f"{VERSION} seed={seed}\n"
-    except OSError:
-        return False
+    return stamp_is(Path(root) / VERSION_FILE, _stamp(seed))
 
 
 def ensure(root: Path, seed: int = 0) -> Path:
     """Generate the toy change-detection dataset into `root` unless this version is there."""
-    stamp = f"{VERSION} seed={seed}\n"
-    return generate_once(root, "toy change-detection", lambda tmp: _write(tmp, seed), stamp, VERSION_FILE)
+    write = lambda tmp: _write(tmp, seed)  # noqa: E731
+    return generate_once(root, "toy change-detection", write, _stamp(seed), VERSION_FILE)

@@ -219,10 +219,7 @@ def check_domain(domain: str) -> None:
 
 
 def is_current(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> bool:
-    try:
-        return (Path(root) / VERSION_FILE).read_text() == _stamp(seed, domain)
-    except OSError:
-        return False
+    return stamp_is(Path(root) / VERSION_FILE, _stamp(seed, domain))
 
 
 def install_atomically(
@@ -288,7 +285,7 @@ def generate_once(
     """A generated dataset (`what`, e.g. "toy ACDC") in `root` unless a complete one with this
     `stamp` is there; a folder holding anything else is refused in one line, never overwritten."""
     root = Path(root)
-    current = lambda: _stamp_is(root / version_file, stamp)  # noqa: E731
+    current = lambda: stamp_is(root / version_file, stamp)  # noqa: E731
     if current():
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -301,9 +298,9 @@ def generate_once(
     return root
 
 
-def _stamp_is(path: Path, stamp: str) -> bool:
+def stamp_is(path: Path, stamp: str) -> bool:
+    """Whether the version file at `path` holds exactly `stamp` (a generator finished there)."""
     try:
         return path.read_text() == stamp
     except OSError:
         return False
-
