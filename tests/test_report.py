@@ -99,6 +99,20 @@ def test_gain_over_the_baseline_is_paired_by_seed(tmp_path):
     assert "supervised" not in rows
     assert "gain over" not in report(sweep, baseline=None)
 
+    # --per-seed: the seeds as columns, the baseline first (supervised: mean 43, deviations
+    # -3, 3, 0, std 3; unimatch: mean 142/3, std sqrt(38/6) = 2.52; fixmatch: std 12/sqrt(2))
+    per_seed = report(sweep, per_seed=True).split("split 10: best val mIoU (%) per seed")[1]
+    assert [line for line in per_seed.splitlines() if line.startswith("| ")] == [
+        "| method | seed 0 | seed 1 | seed 2 | mean ± std | gain over supervised, paired by seed |",
+        "| supervised | 40.00 | 46.00 | 43.00 | 43.00 ± 3.00 |  |",
+        "| fixmatch | 41.00 | missing | 53.00 | 47.00 ± 8.49 (2/3; seed 1 missing) "
+        "| +5.50 ± 6.36 (2/3 seeds) |",
+        "| unimatch | 45.00 | 50.00 | 47.00 | 47.33 ± 2.52 | +4.33 ± 0.58 |",
+    ]
+    no_gain = report(sweep, baseline=None, per_seed=True).split("per seed")[1]
+    assert "| method | seed 0 | seed 1 | seed 2 | mean ± std |\n" in no_gain
+    assert "paired" not in no_gain
+
 
 def test_runs_differing_in_other_overrides_are_not_merged(tmp_path):
     sweep = tmp_path / "sweep"
