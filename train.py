@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from semiseg.errors import exit_on_user_error
-from semiseg.runner import optimized_metric, train
+from semiseg.run.fit import optimized_metric, train
 
 
 class JobFailed(RuntimeError):

@@ -5,7 +5,7 @@ from cli import TINY, run_script
 
 from semiseg import bench
 from semiseg.errors import ConfigError
-from semiseg.runner import resolve_channels_last
+from semiseg.run.build import resolve_channels_last
 
 ONE_STEP = ["bench.steps=1", "bench.warmup=0"]
 

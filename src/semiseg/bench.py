@@ -33,7 +33,7 @@ from omegaconf import open_dict
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-from semiseg.runner import build_data_and_method, resolve_channels_last
+from semiseg.run.build import build_data_and_method, resolve_channels_last
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

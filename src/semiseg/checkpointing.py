@@ -264,7 +264,7 @@ class RunCheckpoints(Checkpoint):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.sigterm.install()
-        self._best_before = getattr(pl_module, "best_miou", -math.inf)
+        self._best_before = getattr(pl_module, "best_score", -math.inf)
         # Ranks may hold one validation image more than others: they look at the signal (a
         # collective) only for the batches that every rank runs.
         batches = trainer.num_sanity_val_batches if trainer.sanity_checking else None
@@ -288,7 +288,7 @@ class RunCheckpoints(Checkpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        improved = getattr(pl_module, "best_miou", -math.inf) > self._best_before
+        improved = getattr(pl_module, "best_score", -math.inf) > self._best_before
         if improved:
             self.best_step = trainer.global_step
         self.save(trainer, force=True)  # last.ckpt now carries this validation
@@ -345,7 +345,7 @@ class RunCheckpoints(Checkpoint):
         """Make best.ckpt the checkpoint of the restored best validation (`best_step`). Called
         when training starts, and by the runner after `fit` (a run resumed at its last step
         does not start training)."""
-        best = getattr(pl_module, "best_miou", None)
+        best = getattr(pl_module, "best_score", None)
         if self._settled or self.best_step is None or best is None:
             return
         self._settled = True
@@ -355,14 +355,14 @@ class RunCheckpoints(Checkpoint):
         found = trainer.strategy.broadcast(found, src=0)
         if found == "missing":
             # The weights of the best validation are gone (only last.ckpt was copied): best.ckpt
-            # and best_val_miou start again from the validations of this run.
+            # and best_val_score start again from the validations of this run.
             if trainer.is_global_zero:
                 print(
-                    f"note: no best.ckpt of step {self.best_step} (mIoU {best:.2f}) next to "
-                    f"{trainer.ckpt_path}; best.ckpt and best_val_miou restart from here",
+                    f"note: no best.ckpt of step {self.best_step} (score {best:.2f}) next to "
+                    f"{trainer.ckpt_path}; best.ckpt and best_val_score restart from here",
                     flush=True,
                 )
-            pl_module.best_miou = -math.inf
+            pl_module.best_score = -math.inf
             self.best_step = None
         elif found is not None:
             self._copy(Path(found), self.best_path, trainer)
@@ -386,7 +386,7 @@ def _holds_best(path: Path, step: int, best: float) -> bool:
         saved = peek(path)
     except Exception:  # a foreign or broken file is not it
         return False
-    return saved.get("global_step") == step and saved.get("semiseg", {}).get("best_miou") == best
+    return saved.get("global_step") == step and saved.get("semiseg", {}).get("best_score") == best
 
 
 def resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:

@@ -36,11 +36,19 @@ from semiseg.errors import ConfigError
 
 EPOCH_LENGTHS = ("reference", "unlabeled")
 
-__all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
+__all__ = ["SemiSegDataModule", "ValidationData", "build_val_dataset", "load_class_names"]
 
 
-def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
+def build_val_dataset(dataset, num_classes: int | None = None):
     """The validation set of a dataset config (eval.py): the same checks as training."""
+    if dataset.get("format") in medical.FORMATS:
+        root, splits_dir = Path(dataset.root), Path(dataset.splits_dir)
+        val_file = splits_dir / (dataset.get("val_list") or "val.txt")
+        if not val_file.is_file():
+            raise SplitError(f"validation list {val_file} not found (dataset.val_list)")
+        samples = medical.read_h5_list(val_file)
+        medical.check_exist(root, samples, "val")
+        return medical.VolumeDataset(root, samples)
     if dataset.get("format") == change.FORMAT:
         root, splits_dir = Path(dataset.root), Path(dataset.splits_dir)
         val_list = dataset.get("val_list") or "val.txt"
@@ -427,26 +435,41 @@ class SemiSegDataModule(L.LightningDataModule):
         return {"labeled": labeled, "unlabeled": self._train_loader(self.unlabeled_set, stream=1)}
 
     def val_dataloader(self) -> DataLoader:
-        # Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each
-        # rank reads every N-th image and none twice (Lightning's default sampler would repeat
-        # images to even out the ranks, and the summed confusion matrix would count them twice).
-        from semiseg.distributed import ShardSampler
+        return val_loader(self.val_set, self.trainer, self.num_workers)
 
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            if len(self.val_set) < trainer.world_size:
-                raise SplitError(
-                    f"the validation list has {len(self.val_set)} images, fewer than the "
-                    f"{trainer.world_size} processes: every rank needs at least one"
-                )
-            sampler = ShardSampler(self.val_set, trainer.world_size, trainer.global_rank)
-        return SigtermSafeLoader(
-            self.val_set,
-            batch_size=1,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=worker_init,
-        )
+
+def val_loader(val_set, trainer, num_workers: int) -> DataLoader:
+    """Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each
+    rank reads every N-th image and none twice (Lightning's default sampler would repeat images
+    to even out the ranks, and the summed confusion matrix would count them twice)."""
+    from semiseg.distributed import ShardSampler
+
+    sampler = None
+    if trainer is not None and trainer.world_size > 1:
+        if len(val_set) < trainer.world_size:
+            raise SplitError(
+                f"the validation list has {len(val_set)} images, fewer than the "
+                f"{trainer.world_size} processes: every rank needs at least one"
+            )
+        sampler = ShardSampler(val_set, trainer.world_size, trainer.global_rank)
+    return SigtermSafeLoader(
+        val_set,
+        batch_size=1,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init,
+    )
+
+
+class ValidationData(L.LightningDataModule):
+    """The validation set alone (eval.py), loaded as training validation loads it."""
+
+    def __init__(self, val_set, num_workers: int = 0):
+        super().__init__()
+        self.val_set = val_set
+        self.num_workers = num_workers
+
+    def val_dataloader(self) -> DataLoader:
+        return val_loader(self.val_set, self.trainer, self.num_workers)

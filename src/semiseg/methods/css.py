@@ -67,6 +67,7 @@ BOTH = ("logits", "representation")
 
 class CSS(TeacherStudentModule):
     num_strong_views = 1  # the data workers' strong view of each unlabeled image
+    needs_decoder_features = True  # the representation head sits on DeepLabV3+'s decoder
 
     def __init__(
         self,
