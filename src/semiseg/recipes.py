@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from semiseg.data.splits import split_folders
+from semiseg.data.splits import Split
 from semiseg.models.encoders import imagenet_file
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -242,7 +242,7 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
     cfg = (cfg or compose_experiment(experiment)).copy()
     cfg.split = split
     dataset, model = cfg.dataset, cfg.model
-    n_labeled = split_folders(split.removeprefix("u2pl_"), dataset.split_aliases)[0]
+    n_labeled = Split.parse(split.removeprefix("u2pl_"), dataset.split_aliases).count
     n_unlabeled = int(dataset.train_images) - n_labeled
     semi = get_class(cfg.method._target_).uses_unlabeled
     # The data module's epoch: see semiseg.data.datamodule (labeled repeated to the unlabeled

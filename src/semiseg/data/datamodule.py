@@ -30,7 +30,7 @@ from semiseg.data import acdc_toy, cd_toy, change, medical, toy
 from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
 from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
 from semiseg.data.spec import DatasetSpec, load_class_names
-from semiseg.data.splits import Sample, SplitError, SplitFiles
+from semiseg.data.splits import Sample, Split, SplitError, SplitFiles
 from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
@@ -199,6 +199,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.source_files: SplitFiles | None = None
         self.files = None
         self.split_folder: Path | None = None  # the folder the split was read from
+        self.resolved_split: Split | None = None  # name, labeled count and folder, set up once
         self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
@@ -228,7 +229,8 @@ class SemiSegDataModule(L.LightningDataModule):
             num_classes = len(self.class_names)
         if source is not None:
             check_same_classes(source, spec, self.class_names)
-        folder, note = spec.resolve_split(self.split)
+        self.resolved_split, note = spec.resolve_split(self.split)
+        folder = self.resolved_split.folder
         if note:
             print(note, flush=True)
         if self.format == "h5":

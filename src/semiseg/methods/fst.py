@@ -54,13 +54,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semiseg.augment.mixing import half_area_boxes
+from semiseg.augment.mixing import half_area_boxes, paste
 from semiseg.errors import ConfigError
 from semiseg.methods.losses import (
     IGNORE_INDEX,
     entropy,
     entropy_filtered_ce,
-    paste,
     pseudo_label_accuracy,
 )
 from semiseg.methods.teacher_student import TeacherStudentModule

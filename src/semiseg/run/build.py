@@ -185,7 +185,11 @@ def build_data_and_method(cfg: DictConfig, channels_last: bool = False, compile:
     return datamodule, module
 
 
-INPUTS = {"rgb": "RGB images", "channels": "{n}-channel images", "pair": "image pairs (6 channels)"}
+INPUTS = {
+    "rgb": "RGB images",
+    "channels": "{n}-channel images",
+    "pair": "image pairs (A and B, 6 channels)",
+}
 
 
 def input_kind(dataset) -> str:
