@@ -25,7 +25,6 @@ from semiseg.data.splits import (
     SplitError,
     SplitFiles,
     available_splits,
-    find_split,
     fraction_key,
     hydra_underscore_hint,
     load_split_folder,
