@@ -22,18 +22,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from semiseg.checkpointing import (
-    BEST,
-    LAST,
-    PREEMPTED_EXIT_CODE,
-    AtomicCheckpointIO,
-    Preempted,
-    RunCheckpoints,
-    Sigterm,
-    config_mismatch,
-    peek,
-    resume_checkpoint,
-)
+from semiseg.checkpoints.callback import RunCheckpoints
+from semiseg.checkpoints.io import BEST, LAST, AtomicCheckpointIO, peek
+from semiseg.checkpoints.load import inference_device, load_checkpoint, model_from_checkpoint
+from semiseg.checkpoints.preemption import PREEMPTED_EXIT_CODE, Preempted, Sigterm
+from semiseg.checkpoints.resume import config_mismatch, resume_checkpoint
 from semiseg.dashboards import WandbPanels
 from semiseg.data import palettes
 from semiseg.data.datamodule import build_val_dataset, load_class_names
@@ -562,48 +555,6 @@ def _eval_dataset_config(cfg: DictConfig, trained: dict) -> DictConfig:
     return dataset
 
 
-def load_checkpoint(path: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path {path} does not exist: give a .ckpt written by train.py"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a checkpoint, or one carrying code: never run it
-        raise ConfigError(
-            f"ckpt_path {path} cannot be read as a checkpoint: {one_line(err)}"
-        ) from None
-    if "semiseg" not in checkpoint or not checkpoint["semiseg"].get("config"):
-        raise ConfigError(f"{path} is not a semiseg training checkpoint (no 'semiseg' entry)")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict, network: str | None = None) -> torch.nn.Module:
-    """The network a training run validated (or `network`: student | teacher), with its weights.
-
-    Checkpoints name their networks (`semiseg.networks`: name -> state_dict prefix); older ones
-    have only the student, under `model.`.
-    """
-    state = checkpoint["semiseg"]
-    trained = state["config"]
-    networks = state.get("networks", {"student": "model"})
-    name = network or state.get("eval_network", "student")
-    if name not in networks:
-        raise ConfigError(
-            f"eval.model={name}: this checkpoint holds {', '.join(networks)} "
-            f"(method {trained['method']['name']})"
-        )
-    model_cfg = dict(trained["model"], pretrained="scratch")  # the checkpoint holds the weights
-    model = instantiate(model_cfg, num_classes=len(state["class_names"]))
-    prefix = networks[name] + "."
-    weights = {
-        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
-    }
-    model.load_state_dict(weights)
-    return model
-
-
 def _run_record(cfg: DictConfig, checkpoint: dict, dataset_cfg) -> dict:
     """The first keys of eval.py's results.json: which checkpoint, run and data."""
     trained = checkpoint["semiseg"]["config"]
@@ -812,10 +763,3 @@ def format_iou_table(per_class: dict, miou: float) -> str:
         lines.append(f"{name:<{width}}{'absent' if iou is None else f'{iou:6.2f}'}")
     lines += ["-" * (width + 8), f"{'mIoU':<{width}}{miou:6.2f}"]
     return "\n".join(lines)
-
-
-def inference_device(choice: str) -> torch.device:
-    """`device: auto` is the GPU when there is one, else the CPU; any other value is torch's name."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)

@@ -43,6 +43,10 @@ class SemiSegModule(L.LightningModule):
     uses_unlabeled: bool = False
     num_strong_views: int = 0
 
+    # Several optimizer steps per batch: the method's `iteration(batch, optimizer, step)` takes
+    # them all (semiseg.tools.bench times it whole); otherwise one step of `training_losses`.
+    several_steps_per_batch: bool = False
+
     def __init__(
         self,
         model: nn.Module,
