@@ -493,7 +493,7 @@ def test_w_loaders_draw_k_plus_one_batches(toy_root):
 
 
 def test_bench_times_the_whole_iteration(toy_root):
-    from semiseg import bench
+    from semiseg.tools import bench
 
     report = bench.main(
         ["method=fst", f"dataset.root={toy_root}", *TINY, "bench.steps=1", "bench.warmup=0"]

@@ -42,6 +42,10 @@ class SemiSegModule(L.LightningModule):
     # decoder's features needs a model that gives them.
     needs_decoder_features: bool = False
 
+    # Several optimizer steps per batch: the method's `iteration(batch, optimizer, step)` takes
+    # them all (semiseg.tools.bench times it whole); otherwise one step of `training_losses`.
+    several_steps_per_batch: bool = False
+
     def __init__(
         self,
         model: nn.Module,

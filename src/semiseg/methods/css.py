@@ -120,7 +120,7 @@ class CSS(TeacherStudentModule):
             self.labeled_epoch_steps = max(1, per_rank // self.trainer.datamodule.batch_size)
 
     def contrast_weight(self) -> float:
-        if self._trainer is None:  # semiseg.bench: the first epoch's weight
+        if self._trainer is None:  # semiseg.tools.bench: the first epoch's weight
             return 1.0
         if self.rampdown_epochs is None or not self.labeled_epoch_steps:
             return rampdown(self.global_step, self.total_steps)

@@ -78,6 +78,7 @@ class NonFiniteLoss(Exception):
 
 class FST(TeacherStudentModule):
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
+    several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from semiseg.checkpointing import peek
+from semiseg.checkpoints.io import peek
 from semiseg.data.datamodule import load_class_names
 from semiseg.distributed import in_rank_order, launched_by_torchrun, resolve_devices
 from semiseg.errors import ConfigError

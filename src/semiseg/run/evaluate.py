@@ -20,12 +20,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from semiseg.checkpoints.load import load_checkpoint
 from semiseg.data import palettes
 from semiseg.data.datamodule import ValidationData, build_val_dataset
 from semiseg.errors import ConfigError
 from semiseg.run.build import miou_subsets
 from semiseg.run.results import write_json_atomic
-from semiseg.runner import load_checkpoint  # moves to checkpoints/load.py
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -13,16 +13,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from semiseg.checkpointing import (
-    PREEMPTED_EXIT_CODE,
-    AtomicCheckpointIO,
-    Preempted,
-    RunCheckpoints,
-    Sigterm,
-    config_mismatch,
-    peek,
-    resume_checkpoint,
-)
+from semiseg.checkpoints.callback import RunCheckpoints
+from semiseg.checkpoints.io import AtomicCheckpointIO, peek
+from semiseg.checkpoints.preemption import PREEMPTED_EXIT_CODE, Preempted, Sigterm
+from semiseg.checkpoints.resume import config_mismatch, resume_checkpoint
 from semiseg.dashboards import WandbPanels
 from semiseg.data.splits import SplitError, split_name
 from semiseg.distributed import RankSeed, from_rank_zero, init_process_group, shared_run_dir
@@ -61,7 +55,7 @@ def train(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig) -> dict:
     """SIGTERM anywhere in the run ends it with exit status 143: at once during setup, at the
-    next step boundary or validation image once training is set up (see checkpointing)."""
+    next step boundary or validation image once training is set up (checkpoints/preemption.py)."""
     started = time.time()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with Sigterm() as sigterm:

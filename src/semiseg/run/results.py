@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from semiseg.checkpointing import BEST, LAST
+from semiseg.checkpoints.io import BEST, LAST
 
 # The results.json values train.py can return to a sweeper (`optimized_metric`).
 OPTIMIZABLE = ("best_val_score", "best_val_miou", "val_miou", "wall_time_s")

@@ -1,6 +1,6 @@
 """The papers' recipes as this project resolves them, beside the public code's own values.
 
-    python -m semiseg.recipes      prints the recipe table of the README
+    python -m semiseg.tools.recipes      prints the recipe table of the README
 
 Each `experiment=*` config is composed for each official split, exactly as train.py would compose
 it, and its backbone, initialisation, crop, batch, learning rate, epochs and optimizer steps are
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
@@ -22,9 +21,10 @@ from omegaconf import OmegaConf
 
 from semiseg.data.splits import Split
 from semiseg.models.encoders import imagenet_file
+from semiseg.paths import config_dir
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-README_BEGIN = "<!-- recipe-table:begin (python -m semiseg.recipes) -->"
+# The table's markers in the README (the first names the command that prints it).
+README_BEGIN = "<!-- recipe-table:begin (python -m semiseg.tools.recipes) -->"
 README_END = "<!-- recipe-table:end -->"
 
 PASCAL_CLASSIC = ["92", "183", "366", "732", "1464"]
@@ -232,7 +232,7 @@ def compose_experiment(experiment: str):
     """The config train.py composes for `experiment=<experiment>`."""
     import semiseg.data  # noqa: F401  (registers the dataset configs' resolvers)
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[f"experiment={experiment}"])
 
 

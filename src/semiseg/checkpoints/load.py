@@ -1,4 +1,6 @@
-"""Checkpoint loading for predict.py and export.py (moving to checkpoints/load.py)."""
+"""A training checkpoint read for inference (eval, predict, export, op damage): the file, checked,
+and the network it validated, with its weights, on the chosen device.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper table of a sweep: python -m semiseg.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
+"""The paper table of a sweep: python -m semiseg.tools.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
 
 Reads every run under SWEEP_DIR (a `python train.py -m ...` folder, or any folder of runs such as
 outputs/) and writes, next to them or into --out:
@@ -492,7 +492,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m semiseg.report", description=__doc__.split("\n\n")[0]
+        prog="python -m semiseg.tools.report", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, or any folder of runs")
     parser.add_argument(
