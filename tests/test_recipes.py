@@ -1,5 +1,5 @@
-"""The paper recipes: each experiment config against the public code's values, the README's
-recipe table against the composed configs, and the ImageNet initialisation end to end."""
+"""The paper recipes: each experiment config against the public code's values, the recipe table
+of docs/recipes.md against the composed configs, and the ImageNet initialisation end to end."""
 
 import json
 import shutil
@@ -84,14 +84,16 @@ def test_setting_the_split_equals_composing_with_it():
     assert cfg.dataset.crop_size == row.crop == 513 and cfg.data.split == "u2pl_1_4"
 
 
-def test_readme_shows_the_table(rows):
-    readme = (REPO / "README.md").read_text()
-    # the begin marker as far as its command (the README may name the command's older path)
-    begin = readme.index(recipes.README_BEGIN.split(" (")[0])
-    begin = readme.index("-->", begin) + len("-->")
-    end = readme.index(recipes.README_END)
-    assert readme[begin:end].strip() == recipes.markdown_table(rows), (
-        "the README's recipe table is out of date: paste `python -m semiseg.tools.recipes` into it"
+def test_docs_show_the_table(rows):
+    doc = (REPO / "docs" / "recipes.md").read_text()
+    assert doc.count(recipes.TABLE_BEGIN) == 1 and doc.count(recipes.TABLE_END) == 1, (
+        "docs/recipes.md must hold the recipe table once, between its begin and end markers"
+    )
+    begin = doc.index(recipes.TABLE_BEGIN) + len(recipes.TABLE_BEGIN)
+    end = doc.index(recipes.TABLE_END)
+    assert doc[begin:end].strip() == recipes.markdown_table(rows), (
+        "the recipe table of docs/recipes.md is out of date: paste the output of "
+        "`python -m semiseg.tools.recipes` into it"
     )
 
 
@@ -173,7 +175,7 @@ def test_paper_recipe_needs_the_weights_then_loads_every_key(tmp_path):
         assert proc.stderr.strip().splitlines()[-1] == (
             f"error: model.pretrained=imagenet: no ImageNet weights for resnet101 at "
             f"{weights / 'resnet101.pth'} (model.pretrained_dir={weights}); put the ImageNet file "
-            "published with the UniMatch code there (README: 'Pretrained backbones'), give "
+            "published with the UniMatch code there (docs/recipes.md: 'Pretrained backbones'), give "
             "another file with model.pretrained=PATH, or train from random weights with "
             "model.pretrained=scratch"
         )

@@ -32,7 +32,7 @@ SMP_PREFIX = "smp:"
 # The public code's file names where they differ from the encoder's name.
 IMAGENET_FILES = {"xception65": "xception.pth", "xception": "xception.pth"}
 WEIGHTS_HELP = (
-    "put the ImageNet file published with the UniMatch code there (README: 'Pretrained "
+    "put the ImageNet file published with the UniMatch code there (docs/recipes.md: 'Pretrained "
     "backbones'), give another file with model.pretrained=PATH, or train from random weights "
     "with model.pretrained=scratch"
 )

@@ -10,7 +10,7 @@ css.
 Any train.py override can follow (e.g. split=20 trainer.max_steps=300). The runs go through
 train.py itself (Hydra multirun, one after another), so they are exactly what a user would run.
 Without a `split=` override the comparison runs on split 10, where the toy recipe shows the gap
-(see README, Results).
+(see docs/results.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ policy, with magnitudes from the lower and the upper half of its range (u in [0,
 predicted as that class) beside the accuracy on the unchanged crops. A strong view that a good
 model cannot read teaches the student on labels its input does not support: on the toy, whose
 classes are light/dark textures, contrast and brightness near 0.05, solarize and invert do that
-(README, Results).
+(docs/results.md).
 """
 
 from __future__ import annotations

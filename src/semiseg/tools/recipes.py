@@ -1,11 +1,11 @@
 """The papers' recipes as this project resolves them, beside the public code's own values.
 
-    python -m semiseg.tools.recipes      prints the recipe table of the README
+    python -m semiseg.tools.recipes      prints the recipe table of docs/recipes.md
 
 Each `experiment=*` config is composed for each official split, exactly as train.py would compose
 it, and its backbone, initialisation, crop, batch, learning rate, epochs and optimizer steps are
 read from the result. `REFERENCE` holds what the public UniMatch code runs (its configs, scripts,
-README and training logs). tests/test_recipes.py checks that the two agree and that the README
+README and training logs). tests/test_recipes.py checks that the two agree and that docs/recipes.md
 shows this table, so neither can drift.
 """
 
@@ -23,9 +23,9 @@ from semiseg.data.splits import Split
 from semiseg.models.encoders import imagenet_file
 from semiseg.paths import config_dir
 
-# The table's markers in the README (the first names the command that prints it).
-README_BEGIN = "<!-- recipe-table:begin (python -m semiseg.tools.recipes) -->"
-README_END = "<!-- recipe-table:end -->"
+# The table's markers in docs/recipes.md (the first names the command that prints it).
+TABLE_BEGIN = "<!-- recipe-table:begin (python -m semiseg.tools.recipes) -->"
+TABLE_END = "<!-- recipe-table:end -->"
 
 PASCAL_CLASSIC = ["92", "183", "366", "732", "1464"]
 PASCAL_BLENDED = ["1/16", "1/8", "1/4", "u2pl_1_16", "u2pl_1_8", "u2pl_1_4"]
@@ -325,9 +325,9 @@ def markdown_table(all_rows: list[Row] | None = None) -> str:
 
 
 def main() -> None:
-    print(README_BEGIN)
+    print(TABLE_BEGIN)
     print(markdown_table())
-    print(README_END)
+    print(TABLE_END)
 
 
 if __name__ == "__main__":

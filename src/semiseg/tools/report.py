@@ -15,7 +15,7 @@ so the gains are steadier than the differences of the means (toy split 10: super
 points from seed 0 to seed 1).
 
 With --per-seed, report.md also gets one table per dataset and split with every seed's value as
-a column, then the mean +- std and the paired gain: the README's table of the toy's seeds.
+a column, then the mean +- std and the paired gain: the seeds table of docs/results.md.
 
 Runs that differ in any other override (their `.hydra/overrides.yaml`, e.g. a sweep over
 method.tau or model.encoder) are not merged: each value gets its own row, and the override is a
