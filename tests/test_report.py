@@ -254,3 +254,22 @@ def test_sweep_jobs_log_to_their_own_wandb_runs(sweep):
         else:
             assert "val/unlabeled" not in logged["history_keys"]
         assert expected <= logged["history_keys"], expected - logged["history_keys"]
+
+
+def test_report_reads_the_score_that_selected_best_ckpt(tmp_path):
+    """ACDC-style runs: best.ckpt chosen by the mean Dice, whose mIoU is not the best mIoU."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for n, (seed, dice, miou) in enumerate([(0, 70.0, 41.0), (1, 74.0, 39.0)]):
+        results = {
+            **_results("unimatch", "3", seed, miou),
+            "selection": "mean_dice",
+            "best_val_score": dice,
+        }
+        _job(sweep, f"{n}_unimatch", ["method=unimatch", "split=3", f"seed={seed}"], results)
+    markdown = report(sweep)
+    assert "best val mean Dice (%)" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| unimatch"))
+    assert row.split("|")[2].strip() == "72.00 ± 2.83"  # mean 72, sample std sqrt(8)
+    by_miou = report(sweep, tmp_path / "miou", metric="best_val_miou")
+    assert "best.ckpt's mIoU (%)" in by_miou and "40.00 ± 1.41" in by_miou

@@ -1,10 +1,11 @@
-"""The paper table of a sweep: python -m semiseg.tools.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
+"""The paper table of a sweep: python -m semiseg.tools.report SWEEP_DIR [--metric ...] [--out DIR]
 
 Reads every run under SWEEP_DIR (a `python train.py -m ...` folder, or any folder of runs such as
 outputs/) and writes, next to them or into --out:
 
 - report.md: per dataset, methods as rows and splits (labeled counts) as columns, each cell the
-  mean +- sample standard deviation over seeds of the runs' best validation mIoU;
+  mean +- sample standard deviation over seeds of the score of the runs' best.ckpt (the mIoU;
+  ACDC's mean Dice, change detection's changed IoU: what selected best.ckpt);
 - report.csv: the same numbers, one row per method and split, with the seeds behind them;
 - report.png: mIoU against the labeled count, one line per method, the std as error bars.
 
@@ -31,7 +32,6 @@ are listed as missing. A cell short of runs says which seeds it lacks and why.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -52,7 +52,20 @@ NOT_COMPARED = (
     "trainer.checkpoint_every",
 )
 NOT_COMPARED_PREFIXES = ("hydra.", "logger.")
-METRIC_NAMES = {"best_val_miou": "best val mIoU", "val_miou": "last val mIoU"}
+METRIC_NAMES = {
+    "best_val_score": "best.ckpt's score",
+    "best_val_miou": "best.ckpt's mIoU",
+    "val_miou": "last val mIoU",
+}
+# best_val_score is the score that selected best.ckpt: its task's selection metric.
+SELECTION_NAMES = {"miou": "mIoU", "mean_dice": "mean Dice", "iou_changed": "changed IoU"}
+
+
+def metric_name(metric: str, selection: str | None) -> str:
+    """The table's title for a metric; best_val_score names the selection metric it stands for."""
+    if metric == "best_val_score" and selection in SELECTION_NAMES:
+        return f"best val {SELECTION_NAMES[selection]}"
+    return METRIC_NAMES[metric]
 
 
 @dataclass
@@ -66,6 +79,7 @@ class Run:
     mtime: float = 0.0
     overrides: dict[str, str] = field(default_factory=dict)
     variant: tuple[str, ...] = ()  # values of the overrides that vary within the folder
+    selection: str = "miou"  # the score that selected the run's best.ckpt (its task's)
 
 
 @dataclass
@@ -88,7 +102,7 @@ class Cell:
 
 
 # ---------------------------------------------------------------------------- reading runs
-def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
+def find_runs(root: Path, metric: str = "best_val_score") -> list[Run]:
     """Every training run under `root`: one per folder holding a `.hydra/` record."""
     runs = []
     for hydra_dir in sorted(Path(root).rglob(".hydra")):
@@ -99,9 +113,13 @@ def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
         overrides = _overrides(hydra_dir)
         results_path = run_dir / "results.json"
         results = _load_json(results_path) if results_path.is_file() else None
+        selection = "miou"
         if results is not None and "best_val_miou" in results:
             key = {k: results.get(k) for k in GRID_KEYS}
             value = results.get(metric)
+            if metric == "best_val_score" and "best_val_score" not in results:
+                value = results.get("best_val_miou")  # written before tasks chose best.ckpt
+            selection = results.get("selection", "miou")
             mtime = results_path.stat().st_mtime
         else:
             key, value, mtime = _job_identity(hydra_dir, config), None, 0.0
@@ -115,6 +133,7 @@ def find_runs(root: Path, metric: str = "best_val_miou") -> list[Run]:
                 path=run_dir,
                 mtime=mtime,
                 overrides=overrides,
+                selection=selection,
             )
         )
     keys = varying_keys(runs)
@@ -236,7 +255,14 @@ def build_table(runs: list[Run], grid: dict[str, list[str]]) -> dict[str, dict]:
                     else:
                         cell.values[seed] = run.value
                 cells[(row, split)] = cell
-        tables[dataset] = {"keys": keys, "rows": rows, "splits": splits, "cells": cells}
+        selections = {r.selection for r in mine if r.value is not None}
+        tables[dataset] = {
+            "keys": keys,
+            "rows": rows,
+            "splits": splits,
+            "cells": cells,
+            "selection": selections.pop() if len(selections) == 1 else None,
+        }
     return tables
 
 
@@ -262,215 +288,10 @@ def _sort_key(value: str):
         return (1, 0.0, value)
 
 
-def cell_text(cell: Cell) -> str:
-    if not cell.values:
-        if cell.failed:
-            return f"failed (seed {', '.join(cell.failed)})"
-        return "missing"
-    text = f"{cell.mean:.2f}" if cell.std is None else f"{cell.mean:.2f} ± {cell.std:.2f}"
-    notes = []
-    if len(cell.values) < cell.expected:
-        notes.append(f"{len(cell.values)}/{cell.expected}")
-    if cell.failed:
-        notes.append(f"seed {', '.join(cell.failed)} failed")
-    if cell.missing:
-        notes.append(f"seed {', '.join(cell.missing)} missing")
-    return f"{text} ({'; '.join(notes)})" if notes else text
-
-
-def paired_gain(cell: Cell, base: Cell) -> Cell:
-    """The cell's gain over the baseline's cell seed by seed, on the seeds both have; a seed
-    either lacks is missing from the gain."""
-    seeds = list(dict.fromkeys([*cell.values, *cell.failed, *cell.missing]))
-    shared = [seed for seed in seeds if seed in cell.values and seed in base.values]
-    return Cell(
-        values={seed: cell.values[seed] - base.values[seed] for seed in shared},
-        missing=[seed for seed in seeds if seed not in shared],
-    )
-
-
-def gain_text(gain: Cell) -> str:
-    if not gain.values:
-        return "no shared seed"
-    text = f"{gain.mean:+.2f}" if gain.std is None else f"{gain.mean:+.2f} ± {gain.std:.2f}"
-    return text if not gain.missing else f"{text} ({len(gain.values)}/{gain.expected} seeds)"
-
-
-def baseline_row(table: dict, baseline: str | None) -> tuple | None:
-    """The one row of the baseline method (None: absent, or several variants of it)."""
-    rows = [row for row in table["rows"] if row[0] == baseline]
-    return rows[0] if len(rows) == 1 else None
-
-
-def gain_markdown(dataset: str, table: dict, base: tuple, metric: str) -> list[str]:
-    lines = [
-        f"**{dataset}**: gain over {row_label(table, base)} in {METRIC_NAMES[metric]} (points), "
-        "paired by seed: mean ± std of (method - baseline) over the seeds both have",
-        "",
-        "| " + " | ".join(["method", *table["keys"], *table["splits"]]) + " |",
-        "|---|" + "---|" * (len(table["keys"]) + len(table["splits"])),
-    ]
-    for row in table["rows"]:
-        if row == base:
-            continue
-        cells = [
-            gain_text(paired_gain(table["cells"][(row, s)], table["cells"][(base, s)]))
-            for s in table["splits"]
-        ]
-        lines.append("| " + " | ".join([row[0], *row[1], *cells]) + " |")
-    return [*lines, ""]
-
-
-def per_seed_markdown(
-    dataset: str, table: dict, split: str, base: tuple | None, metric: str
-) -> list[str]:
-    """One split's runs with a column per seed, then the mean ± std and the gain paired by seed."""
-    rows = sorted(table["rows"], key=lambda row: row != base)  # the baseline first
-    cells = {row: table["cells"][(row, split)] for row in rows}
-    seeds = sorted(
-        {seed for c in cells.values() for seed in (*c.values, *c.failed, *c.missing)},
-        key=_sort_key,
-    )
-    gain_title = [] if base is None else [f"gain over {row_label(table, base)}, paired by seed"]
-    lines = [
-        f"**{dataset}**, split {split}: {METRIC_NAMES[metric]} (%) per seed",
-        "",
-        "| "
-        + " | ".join(
-            ["method", *table["keys"], *(f"seed {s}" for s in seeds), "mean ± std", *gain_title]
-        )
-        + " |",
-        "|---|" + "---|" * (len(table["keys"]) + len(seeds) + 1 + len(gain_title)),
-    ]
-    for row, cell in cells.items():
-        values = [
-            f"{cell.values[s]:.2f}" if s in cell.values else "failed" if s in cell.failed
-            else "missing"
-            for s in seeds
-        ]  # fmt: skip
-        gain = []
-        if base is not None:
-            gain = [""] if row == base else [gain_text(paired_gain(cell, cells[base]))]
-        lines.append("| " + " | ".join([row[0], *row[1], *values, cell_text(cell), *gain]) + " |")
-    return [*lines, ""]
-
-
-def to_markdown(
-    tables: dict[str, dict],
-    metric: str,
-    baseline: str | None = "supervised",
-    per_seed: bool = False,
-) -> str:
-    lines = []
-    for dataset, table in tables.items():
-        seeds = max((c.expected for c in table["cells"].values()), default=0)
-        lines += [
-            f"**{dataset}**: {METRIC_NAMES[metric]} (%), mean ± std over {seeds} seed(s) "
-            "(sample std; one value: no std)",
-            "",
-            "| " + " | ".join(["method", *table["keys"], *table["splits"]]) + " |",
-            "|---|" + "---|" * (len(table["keys"]) + len(table["splits"])),
-        ]
-        for method, values in table["rows"]:
-            row = [cell_text(table["cells"][((method, values), s)]) for s in table["splits"]]
-            lines.append("| " + " | ".join([method, *values, *row]) + " |")
-        lines.append("")
-        base = baseline_row(table, baseline)
-        if base is not None and len(table["rows"]) > 1:
-            lines += gain_markdown(dataset, table, base, metric)
-        if per_seed:
-            for split in table["splits"]:
-                lines += per_seed_markdown(dataset, table, split, base, metric)
-    return "\n".join(lines)
-
-
-def write_csv(tables: dict[str, dict], path: Path) -> None:
-    keys = next(iter(tables.values()))["keys"] if tables else []  # the same for every dataset
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "dataset",
-                "method",
-                *keys,
-                "split",
-                "mean",
-                "std",
-                "runs",
-                "expected",
-                "values",
-                "seeds",
-                "failed_seeds",
-                "missing_seeds",
-            ]
-        )
-        for dataset, table in tables.items():
-            for method, values in table["rows"]:
-                for split in table["splits"]:
-                    cell = table["cells"][((method, values), split)]
-                    writer.writerow(
-                        [
-                            dataset,
-                            method,
-                            *values,
-                            split,
-                            "" if cell.mean is None else round(cell.mean, 4),
-                            "" if cell.std is None else round(cell.std, 4),
-                            len(cell.values),
-                            cell.expected,
-                            ";".join(f"{v:.2f}" for v in cell.values.values()),
-                            ";".join(cell.values),
-                            ";".join(cell.failed),
-                            ";".join(cell.missing),
-                        ]
-                    )
-
-
-def plot(tables: dict[str, dict], path: Path, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
-    for ax, (dataset, table) in zip(axes[0], tables.items(), strict=True):
-        splits = table["splits"]
-        numeric = all(_sort_key(s)[0] == 0 for s in splits)
-        xs = [float(s) for s in splits] if numeric else list(range(len(splits)))
-        for row in table["rows"]:
-            points = [
-                (x, table["cells"][(row, s)])
-                for x, s in zip(xs, splits, strict=True)
-                if table["cells"][(row, s)].values
-            ]
-            if not points:
-                continue
-            ax.errorbar(
-                [x for x, _ in points],
-                [c.mean for _, c in points],
-                yerr=[c.std or 0.0 for _, c in points],
-                marker="o",
-                capsize=3,
-                label=row_label(table, row),
-            )
-        if numeric and len(xs) > 1 and max(xs) / max(min(xs), 1e-9) > 4:
-            ax.set_xscale("log")
-        ax.set_xticks(xs, splits)
-        ax.minorticks_off()
-        ax.set_xlabel("labeled images (split)")
-        ax.set_ylabel(f"{METRIC_NAMES[metric]} (%)")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def report(
     root: Path,
     out: Path | None = None,
-    metric: str = "best_val_miou",
+    metric: str = "best_val_score",
     baseline: str | None = "supervised",
     per_seed: bool = False,
 ) -> str:
@@ -483,6 +304,8 @@ def report(
     tables = build_table(runs, expected_grid(root))
     out = Path(out) if out else root
     out.mkdir(parents=True, exist_ok=True)
+    from semiseg.tools.report_output import plot, to_markdown, write_csv
+
     markdown = to_markdown(tables, metric, baseline, per_seed)
     (out / "report.md").write_text(markdown)
     write_csv(tables, out / "report.csv")
@@ -500,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--metric",
-        default="best_val_miou",
-        choices=["best_val_miou", "val_miou"],
-        help="best (default, as the papers report) or last validation mIoU",
+        default="best_val_score",
+        choices=list(METRIC_NAMES),
+        help="best.ckpt's score by its task's selection metric (default: the mIoU of natural "
+        "images, ACDC's mean Dice, the changed IoU), best.ckpt's mIoU, or the last mIoU",
     )
     parser.add_argument(
         "--baseline",
