@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from semiseg.data import transforms as tf
-from semiseg.data.datasets import LabeledList, other_index
+from semiseg.data.datasets import LabeledList, UnlabeledViews
 from semiseg.data.splits import Sample, SplitError
 from semiseg.errors import ConfigError
 
@@ -171,34 +171,21 @@ class ChangeLabeledDataset(LabeledList):
         return {"image": pair_tensor(a, b), "mask": tf.mask_to_tensor(mask)}
 
 
-class ChangeUnlabeledDataset(Dataset):
-    """The keys of `datasets.UnlabeledDataset` (weak, strongK, boxK, ignore, gt and the `mix_`
-    partner views), each view a 6-channel pair. `gt` is the pair's change mask where label/
-    has one (only logged, as the pseudo-label accuracy), else all 255."""
+class ChangeUnlabeledDataset(UnlabeledViews):
+    """Image pairs (datasets.UnlabeledViews), each view a 6-channel pair: geometry shared by A
+    and B, the photometric strong views drawn per image. `gt` is the pair's change mask where
+    label/ has one (only logged, as the pseudo-label accuracy), else all 255."""
 
-    def __init__(
-        self, root, samples: list[Sample], crop_size: int, num_strong: int = 2, mix="same"
-    ):
-        if not samples:
-            raise SplitError("the unlabeled list is empty")
-        self.root = Path(root)
-        self.samples = list(samples)
-        self.crop_size = crop_size
-        self.num_strong = num_strong
-        self.mix = "none" if mix is None else str(mix)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def _load(self, index, with_gt=True):
+    def load(self, index, with_gt=True):
         name = self.samples[index].image
         a, b = load_pair(self.root, name)
         gt = None
         if with_gt and (self.root / "label" / name).is_file():
             gt = load_change_mask(self.root, name, a.size)
-        return a, b, gt
+        return (a, b), gt
 
-    def _view(self, a, b, gt):
+    def view(self, decoded, gt):
+        a, b = decoded
         marker = Image.new("L", a.size, 0)
         masks, fills = [marker], [tf.PAD_MARKER]
         if gt is not None:
@@ -211,28 +198,9 @@ class ChangeUnlabeledDataset(Dataset):
         }
         for k in range(1, self.num_strong + 1):
             view[f"strong{k}"] = pair_tensor(change_strong(a), change_strong(b))
-        view["gt"] = (
-            tf.mask_to_tensor(masks[1])
-            if gt is not None
-            else torch.full((self.crop_size,) * 2, tf.IGNORE, dtype=torch.long)
-        )
+        if gt is not None:
+            view["gt"] = tf.mask_to_tensor(masks[1])
         return view
-
-    def __getitem__(self, index):
-        a, b, gt = self._load(index)
-        item = self._view(a, b, gt)
-        for k in range(1, self.num_strong + 1):
-            item[f"box{k}"] = tf.cutmix_box(self.crop_size, p=0.5)
-        if self.mix == "none":
-            return item
-        if self.mix == "same":  # the decoded pair re-augmented: no second decode
-            partner = self._view(a, b, None)
-        else:
-            other = other_index(index, len(self))
-            partner = self._view(*self._load(other, with_gt=False))
-        partner.pop("gt")
-        item.update({f"mix_{key}": value for key, value in partner.items()})
-        return item
 
 
 class ChangeValDataset(Dataset):

@@ -96,24 +96,20 @@ class LabeledDataset(Dataset):
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 
 
-class UnlabeledDataset(Dataset):
-    """Weak view, independent strong views, CutMix boxes and the padding ignore mask.
+class UnlabeledViews(Dataset):
+    """The unlabeled stream of every modality: a weak view, `num_strong` strong views, a CutMix
+    box per strong view, the padding ignore mask, `gt` (the image's mask where it has one, only
+    logged as the pseudo-label accuracy; else all 255) and the CutMix partner views (`mix_*`).
 
-    `mix` selects where the CutMix partner views (keys `mix_*`) come from: "same" re-augments the
-    same image (the reference: one sampler drives both loaders), "shuffle" augments a random other
-    image, "none" adds no partner (the method mixes within the batch, e.g. `batch.flip(0)`).
-    Masks of unlabeled images are optional and only returned as `gt` for logging.
+    `mix` selects where the partner views come from: "same" re-augments the same image (the
+    reference: one sampler drives both loaders), "shuffle" augments a random other image, "none"
+    adds no partner (the method mixes within the batch, e.g. `batch.flip(0)`).
+
+    A modality is a preset of two methods: `load(index, with_gt)` -> (what it decodes, its mask
+    or None) and `view(decoded, gt)` -> the weak/strong/ignore(/gt) views of one augmentation.
     """
 
-    def __init__(
-        self,
-        root,
-        samples: list[Sample],
-        crop_size: int,
-        num_strong=2,
-        mix="same",
-        read_mask=None,
-    ):
+    def __init__(self, root, samples: list[Sample], crop_size: int, num_strong=2, mix="same"):
         if not samples:
             raise SplitError("the unlabeled list is empty")
         mix = "none" if mix is None else str(mix)
@@ -127,12 +123,42 @@ class UnlabeledDataset(Dataset):
         self.crop_size = crop_size
         self.num_strong = num_strong
         self.mix = mix
-        self.read_mask = read_mask or tf.load_mask
 
     def __len__(self):
         return len(self.samples)
 
-    def _load(self, index, with_gt=True):
+    def load(self, index: int, with_gt: bool = True):
+        raise NotImplementedError
+
+    def view(self, decoded, gt) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        decoded, gt = self.load(index)
+        item = self.view(decoded, gt)
+        item.setdefault("gt", torch.full((self.crop_size,) * 2, tf.IGNORE, dtype=torch.long))
+        for k in range(1, self.num_strong + 1):
+            item[f"box{k}"] = tf.cutmix_box(self.crop_size, p=0.5)
+        if self.mix == "none":
+            return item
+        if self.mix == "same":
+            partner = self.view(decoded, None)  # the decoded image is reused: no second decode
+        else:
+            partner = self.view(self.load(other_index(index, len(self)), with_gt=False)[0], None)
+        partner.pop("gt", None)
+        item.update({f"mix_{key}": value for key, value in partner.items()})
+        return item
+
+
+class UnlabeledDataset(UnlabeledViews):
+    """Natural images: UniMatch's resize, crop and flip shared by the views, colour jitter,
+    grayscale and blur for each strong view."""
+
+    def __init__(self, root, samples, crop_size, num_strong=2, mix="same", read_mask=None):
+        super().__init__(root, samples, crop_size, num_strong, mix)
+        self.read_mask = read_mask or tf.load_mask
+
+    def load(self, index, with_gt=True):
         sample = self.samples[index]
         img = tf.load_image(self.root / sample.image)
         gt = None
@@ -141,7 +167,7 @@ class UnlabeledDataset(Dataset):
             _check_same_size(img, gt, self.root, sample)
         return img, gt
 
-    def _view(self, img, gt):
+    def view(self, img, gt):
         """One joint geometric augmentation, then the weak and strong photometric views."""
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
@@ -159,23 +185,6 @@ class UnlabeledDataset(Dataset):
         if gt is not None:
             view["gt"] = tf.mask_to_tensor(masks[1])
         return view
-
-    def __getitem__(self, index):
-        img, gt = self._load(index)
-        item = self._view(img, gt)
-        if gt is None:
-            item["gt"] = torch.full((self.crop_size,) * 2, tf.IGNORE, dtype=torch.long)
-        for k in range(1, self.num_strong + 1):
-            item[f"box{k}"] = tf.cutmix_box(self.crop_size, p=0.5)
-        if self.mix == "none":
-            return item
-        if self.mix == "same":
-            partner = self._view(img, None)  # the decoded image is reused: no second decode
-        else:
-            other = other_index(index, len(self))
-            partner = self._view(self._load(other, with_gt=False)[0], None)
-        item.update({f"mix_{key}": value for key, value in partner.items()})
-        return item
 
 
 def load_pair(root: Path, sample: Sample, read_mask):

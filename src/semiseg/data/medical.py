@@ -29,8 +29,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from semiseg.data import transforms as tf
-from semiseg.data.datasets import LabeledList, other_index
+from semiseg.data.datasets import LabeledList, UnlabeledViews
 from semiseg.data.splits import Sample, SplitError, read_list
 
 FORMATS = ("images", "h5")
@@ -146,27 +145,17 @@ class SliceLabeledDataset(LabeledList):
         return {"image": torch.from_numpy(image).unsqueeze(0), "mask": torch.from_numpy(label)}
 
 
-class SliceUnlabeledDataset(Dataset):
-    """The keys of `datasets.UnlabeledDataset` (weak, strongK, boxK, ignore, gt and the `mix_`
-    partner views) for one-channel slices. No padding: `ignore` is all zero. `gt` is the slice's
-    label (the HDF5 files carry one), only logged as the pseudo-label accuracy."""
+class SliceUnlabeledDataset(UnlabeledViews):
+    """One-channel slices (datasets.UnlabeledViews): the medical rotation, flip and resize, the
+    medical strong views. No padding: `ignore` is all zero. `gt` is the slice's label (the HDF5
+    files carry one), only logged as the pseudo-label accuracy."""
 
-    def __init__(
-        self, root, samples: list[Sample], crop_size: int, num_strong: int = 2, mix="same"
-    ):
-        if not samples:
-            raise SplitError("the unlabeled list is empty")
-        self.root = Path(root)
-        self.samples = list(samples)
-        self.crop_size = crop_size
-        self.num_strong = num_strong
-        self.mix = "none" if mix is None else str(mix)
+    def load(self, index, with_gt=True):
+        image, label = read_h5(self.root / self.samples[index].image)
+        return (image, label), label  # the partner's geometry moves its label too (unused)
 
-    def __len__(self):
-        return len(self.samples)
-
-    def _view(self, image, label):
-        image, label = medical_geometry(image, label, self.crop_size)
+    def view(self, decoded, gt):
+        image, label = medical_geometry(*decoded, self.crop_size)
         img = _to_8bit(image)
         view = {
             "weak": _tensor(img),
@@ -176,22 +165,6 @@ class SliceUnlabeledDataset(Dataset):
         for k in range(1, self.num_strong + 1):
             view[f"strong{k}"] = _tensor(medical_strong(img))
         return view
-
-    def __getitem__(self, index):
-        image, label = read_h5(self.root / self.samples[index].image)
-        item = self._view(image, label)
-        for k in range(1, self.num_strong + 1):
-            item[f"box{k}"] = tf.cutmix_box(self.crop_size, p=0.5)
-        if self.mix == "none":
-            return item
-        if self.mix == "same":
-            partner = self._view(image, label)
-        else:
-            other = other_index(index, len(self))
-            partner = self._view(*read_h5(self.root / self.samples[other].image))
-        partner.pop("gt")
-        item.update({f"mix_{key}": value for key, value in partner.items()})
-        return item
 
 
 class VolumeDataset(Dataset):
