@@ -259,14 +259,22 @@ def test_lightning_still_writes_the_loop_progress_the_rewrite_edits(tmp_path):
                                 "completed": 0}  # fmt: skip
 
 
-def test_identity_keys_that_differ_are_named():
+def test_every_config_key_but_the_resumable_ones_must_match():
     saved = {"method": {"name": "unimatch", "tau": 0.95}, "seed": 0, "split": "20",
-             "model": {"encoder": "resnet101", "pretrained": "x"}, "dataset": {"name": "toy"}}  # fmt: skip
-    same = {**saved, "model": {"encoder": "resnet101", "pretrained": None}, "trainer": {}}
+             "model": {"encoder": "resnet101", "pretrained": "x"}, "dataset": {"name": "toy", "root": "a"},
+             "optim": {"lr": 0.01}, "data": {"num_workers": 2, "batch_size": 8},
+             "trainer": {"max_steps": 100, "devices": 1}}  # fmt: skip
+    # a longer schedule, moved data, other workers, devices and initial weights: the same run
+    same = {**saved, "model": {"encoder": "resnet101", "pretrained": None},
+            "dataset": {"name": "toy", "root": "b"}, "data": {"num_workers": 0, "batch_size": 8},
+            "trainer": {"max_steps": 200, "devices": 2}, "logger": {"name": "csv"}}  # fmt: skip
     assert config_mismatch(saved, same) == []
-    other = {**saved, "method": {"name": "fixmatch", "tau": 0.95}, "seed": 1}
+    other = {**saved, "method": {"name": "fixmatch", "tau": 0.95}, "seed": 1,
+             "optim": {"lr": 0.02}, "data": {"num_workers": 2, "batch_size": 4}}  # fmt: skip
     assert config_mismatch(saved, other) == [
+        "data.batch_size=8 there, 4 here",
         "method.name=unimatch there, fixmatch here",
+        "optim.lr=0.01 there, 0.02 here",
         "seed=0 there, 1 here",
     ]
 
