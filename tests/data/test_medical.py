@@ -176,3 +176,57 @@ def test_one_step_and_a_volume_validation_in_process(acdc_root, method):
     )
     volumes = module.last_state["per_volume_dice"]
     assert set(volumes) == {"patient090_frame01", "patient091_frame01"}
+
+
+@pytest.mark.parametrize(
+    "image, label, message",
+    [
+        (np.full((4, 4), 37.0), np.zeros((4, 4)), r"intensities span 37\.\.37, not 0\.\.1"),
+        (np.full((4, 4), -0.5), np.zeros((4, 4)), r"intensities span -0\.5\.\.-0\.5"),
+        (np.full((4, 4), np.nan), np.zeros((4, 4)), "NaN or inf"),
+        (np.zeros((4, 4)), np.full((4, 4), 256), r"label values span 256\.\.256"),
+        (np.zeros((4, 4)), np.full((4, 4), -1), r"label values span -1\.\.-1"),
+    ],
+)
+def test_h5_values_outside_the_public_ranges_fail_in_one_line(tmp_path, image, label, message):
+    import h5py
+
+    from semiseg.data.medical import read_h5
+
+    path = tmp_path / "slice.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=image)
+        f.create_dataset("label", data=label)
+    with pytest.raises(SplitError, match=message) as err:
+        read_h5(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_h5_edges_of_the_ranges_are_read(tmp_path):
+    import h5py
+
+    from semiseg.data.medical import read_h5
+
+    path = tmp_path / "slice.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image", data=np.array([[0.0, 1.0]]))
+        f.create_dataset("label", data=np.array([[0, 255]]))
+    image, label = read_h5(path)
+    assert image.tolist() == [[0.0, 1.0]] and label.tolist() == [[0, 255]]
+
+
+def test_volumes_with_the_same_file_name_keep_apart(tmp_path):
+    import h5py
+
+    from semiseg.data.medical import VolumeDataset
+    from semiseg.data.splits import Sample
+
+    for folder in ("val", "test", "other"):
+        (tmp_path / folder).mkdir()
+    names = ["val/p1.h5", "test/p1.h5", "other/p2.h5"]
+    for rel in names:
+        with h5py.File(tmp_path / rel, "w") as f:
+            f.create_dataset("image", data=np.zeros((2, 4, 4)))
+            f.create_dataset("label", data=np.zeros((2, 4, 4)))
+    dataset = VolumeDataset(tmp_path, [Sample(n, None) for n in names])
+    assert [dataset[i]["name"] for i in range(3)] == ["val/p1", "test/p1", "p2"]

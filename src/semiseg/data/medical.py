@@ -60,7 +60,25 @@ def read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise SplitError(f"cannot read {path}: {e}") from None
     if image.shape != label.shape:
         raise SplitError(f"{path}: image {image.shape} and label {label.shape} differ in shape")
+    check_values(path, image, label)
     return image, label
+
+
+def check_values(path: Path, image: np.ndarray, label: np.ndarray) -> None:
+    """The public ACDC files hold intensities scaled to 0..1 and class indices: anything else
+    (raw scanner values, a label of 256 that an 8-bit cast would wrap to 0) fails in one line."""
+    if image.size and not np.isfinite(image).all():
+        raise SplitError(f"{path}: the image holds NaN or inf values")
+    if image.size and (image.min() < 0.0 or image.max() > 1.0):
+        raise SplitError(
+            f"{path}: image intensities span {image.min():g}..{image.max():g}, not 0..1: scale "
+            "each volume to 0..1 (min-max, as UniMatch's ACDC files) before training"
+        )
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise SplitError(
+            f"{path}: label values span {label.min()}..{label.max()}: labels are class indices "
+            "(0 background, 255 ignored)"
+        )
 
 
 def read_h5_list(list_file: Path) -> list[Sample]:
@@ -168,11 +186,18 @@ class SliceUnlabeledDataset(UnlabeledViews):
 
 
 class VolumeDataset(Dataset):
-    """Whole volumes: {"image": (D, H, W) float, "mask": (D, H, W) long, "name"}."""
+    """Whole volumes: {"image": (D, H, W) float, "mask": (D, H, W) long, "name"}. The name is
+    the file's stem, or its path without suffix where two listed files share a stem (their
+    Dice must not merge, nor their predictions overwrite each other)."""
 
     def __init__(self, root, samples: list[Sample]):
         self.root = Path(root)
         self.samples = list(samples)
+        stems = [Path(s.image).stem for s in self.samples]
+        self.names = [
+            stem if stems.count(stem) == 1 else str(Path(s.image).with_suffix(""))
+            for stem, s in zip(stems, self.samples, strict=True)
+        ]
 
     def __len__(self):
         return len(self.samples)
@@ -187,5 +212,5 @@ class VolumeDataset(Dataset):
         return {
             "image": torch.from_numpy(image),
             "mask": torch.from_numpy(label),
-            "name": Path(path).stem,
+            "name": self.names[index],
         }
