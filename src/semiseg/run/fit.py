@@ -29,6 +29,7 @@ from semiseg.run.build import (
     scaled_lr,
     trainer_arguments,
 )
+from semiseg.run.lock import RunLock, move_old_results
 from semiseg.run.results import (
     OPTIMIZABLE,
     done_line,
@@ -85,6 +86,20 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
     trainer_args, own = trainer_arguments(cfg, multirun)
     init_process_group(trainer_args.get("accelerator", "auto"))
     out = shared_run_dir(run_dir())
+    lock = RunLock(out, resume=bool(cfg.get("resume")))
+    try:
+        return _train_in(cfg, out, lock, trainer_args, own, started, multirun, sigterm)
+    finally:
+        lock.release()
+
+
+def _train_in(cfg, out: Path, lock: RunLock, trainer_args, own, started, multirun, sigterm):
+    def claim_folder():  # rank 0: one run per folder; an earlier run's results moved aside
+        for note in (lock.acquire(), move_old_results(out)):
+            if note:
+                print(note, flush=True)
+
+    from_rank_zero(claim_folder)
     # Rank 0 decides (a requeued job's ranks must not disagree about a file being there).
     resume_from = from_rank_zero(lambda: resume_checkpoint(cfg.get("resume"), out / "checkpoints"))
     run_config = OmegaConf.to_container(cfg, resolve=True)
