@@ -53,7 +53,7 @@ from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou, subset_mious
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
 from semiseg.hardware import FAST, resolve_precision
-from semiseg.models.encoders import describe_init
+from semiseg.models.encoders import describe_init, init_line
 from semiseg.results import versus_reference, write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
@@ -180,11 +180,13 @@ def check_backbone_init(cfg: DictConfig, verbose: bool = True) -> dict:
             "backbone), model.pretrained=scratch (random weights) or model.pretrained=PATH"
         )
     init = describe_init(
-        model.encoder, model.get("pretrained", "scratch"), model.get("pretrained_dir", ".")
+        model.encoder,
+        model.get("pretrained", "scratch"),
+        model.get("pretrained_dir", "."),
+        model.get("deep_stem", True),
     )
     if verbose and rank_zero_only.rank == 0:
-        where = f"weights from {init['file']}" if "file" in init else "random initialisation"
-        print(f"backbone {model.encoder}: {init['backbone']} ({where})", flush=True)
+        print(init_line(model.encoder, init), flush=True)
     return init
 
 
