@@ -54,6 +54,7 @@ from semiseg.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
 from semiseg.evaluation.reports import plot_confusion, scores, write_confusion_csv
 from semiseg.hardware import FAST, resolve_precision
 from semiseg.models.encoders import describe_init, init_line
+from semiseg.progress import progress_callbacks
 from semiseg.results import versus_reference, write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
@@ -326,7 +327,7 @@ def _train_run(cfg: DictConfig, started: float, multirun: bool, sigterm: Sigterm
         checkpoint_dir, every_n_steps=own["checkpoint_every"], sigterm=sigterm, started=started
     )
     logger = build_logger(cfg, resume_from, multirun)
-    callbacks = [RankSeed(cfg.seed), checkpoints]
+    callbacks = [RankSeed(cfg.seed), checkpoints, *progress_callbacks(trainer_args)]
     if isinstance(logger, WandbLogger):
         callbacks.append(WandbPanels(num_images=int(cfg.logger.get("panel_images", 4))))
     trainer = instantiate(
