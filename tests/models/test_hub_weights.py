@@ -178,3 +178,32 @@ def test_a_failed_download_is_one_line(caches, monkeypatch):
     with pytest.raises(ConfigError, match="downloading timm/resnet18.a1_in1k failed") as err:
         describe_init("resnet18", "imagenet", caches, deep_stem=False)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow  # one tiny train.py run
+def test_train_py_says_which_weights_and_records_them(toy_root, tmp_path):
+    import json
+
+    from cli import train_on_toy
+
+    torch_home = tmp_path / "torch"
+    name = torchvision.models.get_model_weights("resnet18").IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    model = torchvision.models.get_model("resnet18", weights=None)
+    torch.save(model.state_dict(), torch_home / "hub" / "checkpoints" / name)
+    proc = train_on_toy(
+        toy_root,
+        "model.pretrained=imagenet",
+        f"model.pretrained_dir={tmp_path / 'pretrained'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"TORCH_HOME": str(torch_home), "HF_HOME": str(tmp_path / "hf")},
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("backbone resnet18"))
+    assert line.startswith(
+        f"backbone resnet18: imagenet, torchvision resnet18 ({name}) from the torchvision cache"
+    )
+    assert f"public UniMatch file at {tmp_path / 'pretrained' / 'resnet18.pth'}" in line
+    init = json.loads((tmp_path / "run" / "results.json").read_text())["init"]
+    assert init["weights"] == f"torchvision resnet18 ({name})" and init["hub"] == "torchvision"
+    assert init["file"] == str(torch_home / "hub" / "checkpoints" / name)
+    assert init["random"][0] == "conv1.0" and init["tensors_loaded"] > 90
