@@ -40,13 +40,13 @@ format: setup  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 compare: setup  ## methods on one toy split (ARGS="methods=supervised,imas,augseg"): table + plot in outputs/compare (3 default methods: about 25 min)
-	$(PY) -m semiseg.compare $(ARGS)
+	$(PY) -m semiseg.tools.compare $(ARGS)
 
 bench: setup  ## time training steps against their model compute: ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"
-	$(PY) -m semiseg.bench $(ARGS)
+	$(PY) -m semiseg.tools.bench $(ARGS)
 
 report: setup  ## paper-style table of a sweep: ARGS="multirun/NAME"
-	$(PY) -m semiseg.report $(ARGS)
+	$(PY) -m semiseg.tools.report $(ARGS)
 
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

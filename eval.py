@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from semiseg.errors import exit_on_user_error
-from semiseg.runner import evaluate
+from semiseg.run.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from semiseg.errors import exit_on_user_error
-from semiseg.runner import optimized_metric, train
+from semiseg.run.fit import optimized_metric, train
 
 
 class JobFailed(RuntimeError):
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
         return optimized_metric(cfg, exit_on_user_error(train)(cfg))
     # In a sweep a failed job must not end the sweep: Hydra records the exception, runs the
     # remaining jobs and reports the first failure at the end; the job's folder has no
-    # results.json, which `python -m semiseg.report` shows as "failed".
+    # results.json, which `python -m semiseg.tools.report` shows as "failed".
     try:
         return optimized_metric(cfg, exit_on_user_error(train)(cfg))
     except SystemExit as stop:

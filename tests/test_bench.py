@@ -1,11 +1,12 @@
-"""`python -m semiseg.bench`: the model-compute replay, the profile, the memory format choice."""
+"""`python -m semiseg.tools.bench`: the model-compute replay, the profile, the memory format
+choice."""
 
 import pytest
 from cli import TINY, run_script
 
-from semiseg import bench
 from semiseg.errors import ConfigError
-from semiseg.runner import resolve_channels_last
+from semiseg.run.build import resolve_channels_last
+from semiseg.tools import bench
 
 ONE_STEP = ["bench.steps=1", "bench.warmup=0"]
 

@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from semiseg import bench, bench_data
 from semiseg.errors import ConfigError
+from semiseg.tools import bench, bench_data
 
 
 def test_synthetic_images_have_the_papers_sizes(tmp_path):

@@ -52,7 +52,7 @@ def test_toy_experiment_composes():
 
 
 def test_single_image_model_fails_in_one_line(whu):
-    from semiseg.runner import build_data_and_method
+    from semiseg.run.build import build_data_and_method
 
     cfg = _compose("dataset=whu_cd", f"dataset.root={whu}", "split=5%", "data.batch_size=2")
     with pytest.raises(ConfigError, match="use model=siamese_deeplabv3plus"):
@@ -62,7 +62,7 @@ def test_single_image_model_fails_in_one_line(whu):
 def test_one_step_and_a_validation_in_process(whu):
     import lightning as L
 
-    from semiseg.runner import build_data_and_method, change_results
+    from semiseg.run.build import build_data_and_method
 
     cfg = _compose(
         "experiment=unimatch_whu_cd", f"dataset.root={whu}", "split=5%", "model.encoder=resnet18",
@@ -77,7 +77,9 @@ def test_one_step_and_a_validation_in_process(whu):
     )  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     entry = module.val_history[0]
-    assert module.best_miou == entry["iou_changed"]  # the selection score
-    results = change_results(module)
+    assert module.best_score == entry["iou_changed"]  # the selection score
+    results = module.task.train_results(module.val_history, module.last_state)
+    assert results["selection"] == "iou_changed"
+    assert results["best_val_score"] == results["best_val_iou_changed"] == entry["iou_changed"]
     assert results["best_change_scores"] == {"step": 1, **results["change_scores"]}
     assert 0.0 <= entry["overall_accuracy"] <= 100.0

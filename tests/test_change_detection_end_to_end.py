@@ -119,5 +119,5 @@ def test_single_image_model_is_refused_in_one_line(whu, tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "error: dataset=whu_cd gives image pairs (A and B, 6 channels) and model DeepLabV3Plus "
-        "takes one image: use model=siamese_deeplabv3plus (or experiment=unimatch_whu_cd)"
+        "takes RGB images: use model=siamese_deeplabv3plus (or experiment=unimatch_whu_cd)"
     )

@@ -2,6 +2,7 @@
 on the schedule of a run that was never stopped (steps, validations, logged step numbers), and
 best.ckpt holds the weights of the best validation across resumes. A tiny model, in-process."""
 
+import copy
 import signal
 import sys
 from pathlib import Path
@@ -11,16 +12,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from semiseg.checkpointing import (
-    BEST,
-    LAST,
-    AtomicCheckpointIO,
-    Preempted,
-    RunCheckpoints,
-    config_mismatch,
-    peek,
-    resume_checkpoint,
-)
+from semiseg.checkpoints.callback import FIT_LOOP, TRAIN_PROGRESS, VAL_PROGRESS, RunCheckpoints
+from semiseg.checkpoints.io import BEST, LAST, AtomicCheckpointIO, peek
+from semiseg.checkpoints.preemption import Preempted
+from semiseg.checkpoints.resume import config_mismatch, resume_checkpoint
 from semiseg.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent / "methods"))
@@ -71,9 +66,9 @@ class Scripted(Recording):
     SCORES = {4: 50.0, 8: 70.0, 12: 60.0}
 
     def on_validation_epoch_end(self):
-        self.confusion.reset()
+        self.task.compute(self.eval_network_name)  # resets the task's counts
         miou = self.SCORES[self.global_step]
-        self.best_miou = max(self.best_miou, miou)
+        self.best_score = max(self.best_score, miou)
         self.val_history.append({"step": self.global_step, "miou": miou})
 
 
@@ -176,7 +171,7 @@ def test_best_ckpt_holds_the_best_validation_across_a_resume(tmp_path, new_dir):
     trainer = _fit([resumed, seen], ckpt_path=first / LAST, max_steps=12, module_cls=Scripted)
     assert [h["miou"] for h in trainer.lightning_module.val_history] == [50.0, 70.0, 60.0]
     best = peek(second / BEST)
-    assert best["global_step"] == 8 and best["semiseg"]["best_miou"] == 70.0
+    assert best["global_step"] == 8 and best["semiseg"]["best_score"] == 70.0
     _assert_same_weights(_weights(second / BEST), seen.by_step[8])
     assert resumed.best_step == 8
 
@@ -194,8 +189,8 @@ def test_best_ckpt_restarts_when_the_best_weights_are_gone(tmp_path, capsys):
         module_cls=Scripted,
     )
     assert "no best.ckpt of step 8" in capsys.readouterr().out
-    assert trainer.lightning_module.best_miou == 60.0  # what best.ckpt holds now
-    assert peek(tmp_path / "second" / BEST)["semiseg"]["best_miou"] == 60.0
+    assert trainer.lightning_module.best_score == 60.0  # what best.ckpt holds now
+    assert peek(tmp_path / "second" / BEST)["semiseg"]["best_score"] == 60.0
     _assert_same_weights(_weights(tmp_path / "second" / BEST), seen.by_step[12])
 
 
@@ -207,6 +202,61 @@ def test_elapsed_time_adds_up_over_segments(tmp_path):
     resumed = RunCheckpoints(tmp_path)
     _fit([resumed], ckpt_path=tmp_path / LAST)
     assert resumed.elapsed_s() >= earlier
+
+
+class LoopsSeen(Callback):
+    """A copy of checkpoint["loops"] as Lightning made it: Lightning runs Checkpoint callbacks
+    (RunCheckpoints) last, so this hook sees the dict before their rewrite."""
+
+    def __init__(self):
+        self.raw = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.raw.append(copy.deepcopy(checkpoint["loops"]))
+
+
+# What RunCheckpoints.on_save_checkpoint reads and writes in each progress entry it rewrites.
+COUNTERS = {
+    TRAIN_PROGRESS: ("ready", "started", "completed"),
+    VAL_PROGRESS: ("ready", "started", "processed", "completed"),
+}
+
+
+def _progress(loops: dict, entry: str) -> dict:
+    """loops[FIT_LOOP][entry], failing with the key path Lightning no longer writes."""
+    assert FIT_LOOP in loops, f"Lightning's checkpoint has no loops[{FIT_LOOP!r}]: {list(loops)}"
+    assert entry in loops[FIT_LOOP], (
+        f"Lightning's checkpoint has no loops[{FIT_LOOP!r}][{entry!r}]: the rewrite in "
+        f"RunCheckpoints.on_save_checkpoint would do nothing; keys: {sorted(loops[FIT_LOOP])}"
+    )
+    progress = loops[FIT_LOOP][entry]
+    for group in ("total", "current"):
+        for counter in COUNTERS[entry]:
+            value = progress.get(group, {}).get(counter)
+            assert isinstance(value, int), f"loops[{FIT_LOOP!r}][{entry!r}][{group!r}][{counter!r}]"
+    return progress
+
+
+def test_lightning_still_writes_the_loop_progress_the_rewrite_edits(tmp_path):
+    """The rewrite edits Lightning's private loop state; a Lightning that renames or reshapes it
+    would make the rewrite a silent no-op (and resumed runs shift their schedule). A real fit,
+    saved mid-epoch (rewind "batch") and mid-validation (rewind "validation")."""
+    seen = LoopsSeen()
+    _fit([seen, RunCheckpoints(tmp_path / "batch", every_n_steps=2)], max_steps=3)
+    raw = _progress(seen.raw[0], TRAIN_PROGRESS)  # the save at step 2, next batch fetched
+    assert raw["total"]["ready"] == raw["total"]["completed"] + 1  # what the rewrite undoes
+    saved = _progress(peek(tmp_path / "batch" / LAST)["loops"], TRAIN_PROGRESS)
+    for group in ("total", "current"):
+        assert saved[group]["ready"] == saved[group]["started"] == raw[group]["completed"]
+
+    seen = LoopsSeen()
+    with pytest.raises(Preempted):
+        _fit([seen, RunCheckpoints(tmp_path / "val"), SigtermInValidation(4)])
+    raw = _progress(seen.raw[-1], VAL_PROGRESS)
+    assert raw["current"]["completed"] >= 1  # an image done: what the rewrite undoes
+    saved = _progress(peek(tmp_path / "val" / LAST)["loops"], VAL_PROGRESS)
+    assert saved["current"] == {**saved["current"], "ready": 1, "started": 1, "processed": 0,
+                                "completed": 0}  # fmt: skip
 
 
 def test_identity_keys_that_differ_are_named():

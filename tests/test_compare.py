@@ -1,4 +1,4 @@
-from semiseg.compare import DEFAULT_SPLIT, markdown_table, split_methods, with_defaults
+from semiseg.tools.compare import DEFAULT_SPLIT, markdown_table, split_methods, with_defaults
 
 
 def test_default_split_only_when_none_is_given():

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 from trainers import quiet_trainer
 
-from semiseg.runner import build_data_and_method
+from semiseg.run.build import build_data_and_method
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from semiseg.checkpoints.load import model_from_checkpoint
 from semiseg.errors import ConfigError
 from semiseg.models import DeepLabV3Plus
-from semiseg.runner import model_from_checkpoint
 
 MODEL = {
     "_target_": "semiseg.models.deeplabv3plus.DeepLabV3Plus",

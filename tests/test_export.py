@@ -14,10 +14,10 @@ from trained import image_tensor
 
 import semiseg.predict
 from semiseg import export
+from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.data import palettes
 from semiseg.errors import exit_on_user_error
 from semiseg.evaluation.inference import predict
-from semiseg.runner import load_checkpoint, model_from_checkpoint
 
 FORMATS = ["onnx", "torchscript"]
 IMAGES = ["a.png", "sub/b.png"]  # copies of toy training images 0 and 1

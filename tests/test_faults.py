@@ -16,7 +16,8 @@ from cli import TINY, run_script, start_train, wait_for
 from lightning.pytorch.callbacks import Callback
 from test_checkpointing import _fit
 
-from semiseg.checkpointing import LAST, CheckpointWriteError, RunCheckpoints, peek
+from semiseg.checkpoints.callback import RunCheckpoints
+from semiseg.checkpoints.io import LAST, CheckpointWriteError, peek
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from cli import REPO
 from hydra import compose, initialize_config_dir
 
 from semiseg import hardware
-from semiseg.results import versus_reference
+from semiseg.run.results import versus_reference
 
 
 def test_fast_precision_follows_the_hardware(monkeypatch):

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from semiseg.errors import ConfigError
-from semiseg.runner import check_optimized_metric, optimized_metric
+from semiseg.run.fit import check_optimized_metric, optimized_metric
 
 
 def test_optimized_metric_is_a_results_value():
@@ -31,12 +31,12 @@ def test_toy_optuna_composes_a_maximising_search_of_lr_and_tau():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"optim.lr", "method.tau"}
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert cfg.optimized_metric == "best_val_miou" and cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.optimized_metric == "best_val_score" and cfg.hydra.mode.name == "MULTIRUN"
     assert "tau" in cfg.method  # the default method (unimatch) has the tuned key
 
 
 @pytest.mark.slow
-def test_two_trial_optuna_sweep_receives_each_runs_best_miou(tmp_path, toy_root):
+def test_two_trial_optuna_sweep_receives_each_runs_best_score(tmp_path, toy_root):
     sweep = tmp_path / "search"
     train_on_toy(
         toy_root,
@@ -51,7 +51,7 @@ def test_two_trial_optuna_sweep_receives_each_runs_best_miou(tmp_path, toy_root)
     for path in trials:
         results = json.loads(path.read_text())
         assert results["method"] == "fixmatch" and results["steps"] == 3
-        scores.append(results["best_val_miou"])
+        scores.append(results["best_val_score"])
         overrides = yaml.safe_load((path.parent / ".hydra" / "overrides.yaml").read_text())
         values = dict(
             o.split("=", 1) for o in overrides if o.startswith(("optim.lr", "method.tau"))

@@ -13,7 +13,7 @@ from cli import REPO, TINY, start_train, train_on_toy
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from semiseg.checkpointing import Preempted, Sigterm, launcher_signal
+from semiseg.checkpoints.preemption import Preempted, Sigterm, launcher_signal
 from semiseg.distributed import adopt_srun_tasks, launched_by_srun, resolve_devices
 
 SUBMITIT_SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from semiseg.runner import build_data_and_method
+from semiseg.run.build import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cli import REPO, TINY  # noqa: E402
@@ -64,4 +64,4 @@ def test_method_trains_and_validates_on_layout(layout_roots, name, method):
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 1
     assert len(module.val_history) == 1 and 0.0 <= module.val_history[0]["miou"] <= 100.0
-    assert len(module.last_per_class) == CASES[name][6]
+    assert len(module.last_state["per_class_iou"]) == CASES[name][6]

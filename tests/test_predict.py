@@ -10,12 +10,12 @@ from PIL import Image
 from torch import nn
 from trained import assert_argmax_equal, image_tensor
 
+from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.data import palettes
 from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import predict
 from semiseg.predict import find_images, output_names, tta_probabilities
-from semiseg.runner import load_checkpoint, model_from_checkpoint
 
 # (relative input path, toy training image it is a copy of): the same name in two folders, and
 # a JPEG one level deeper

@@ -1,5 +1,5 @@
-"""The paper recipes: each experiment config against the public code's values, the README's
-recipe table against the composed configs, and the ImageNet initialisation end to end."""
+"""The paper recipes: each experiment config against the public code's values, the recipe table
+of docs/recipes.md against the composed configs, and the ImageNet initialisation end to end."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ import torch
 from cli import REPO, run_script
 from hydra import compose, initialize_config_dir
 
-from semiseg import recipes
+from semiseg.tools import recipes
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +84,16 @@ def test_setting_the_split_equals_composing_with_it():
     assert cfg.dataset.crop_size == row.crop == 513 and cfg.data.split == "u2pl_1_4"
 
 
-def test_readme_shows_the_table(rows):
-    readme = (REPO / "README.md").read_text()
-    begin = readme.index(recipes.README_BEGIN) + len(recipes.README_BEGIN)
-    end = readme.index(recipes.README_END)
-    assert readme[begin:end].strip() == recipes.markdown_table(rows), (
-        "the README's recipe table is out of date: paste `python -m semiseg.recipes` into it"
+def test_docs_show_the_table(rows):
+    doc = (REPO / "docs" / "recipes.md").read_text()
+    assert doc.count(recipes.TABLE_BEGIN) == 1 and doc.count(recipes.TABLE_END) == 1, (
+        "docs/recipes.md must hold the recipe table once, between its begin and end markers"
+    )
+    begin = doc.index(recipes.TABLE_BEGIN) + len(recipes.TABLE_BEGIN)
+    end = doc.index(recipes.TABLE_END)
+    assert doc[begin:end].strip() == recipes.markdown_table(rows), (
+        "the recipe table of docs/recipes.md is out of date: paste the output of "
+        "`python -m semiseg.tools.recipes` into it"
     )
 
 

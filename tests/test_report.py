@@ -1,4 +1,4 @@
-"""Sweeps (`train.py -m`) and their paper table (`python -m semiseg.report`)."""
+"""Sweeps (`train.py -m`) and their paper table (`python -m semiseg.tools.report`)."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ import yaml
 from cli import REPO, TINY, run_script
 from wandb_records import summarize
 
-from semiseg.report import report
+from semiseg.tools.report import report
 
 
 def _job(root, name, overrides, results=None):
@@ -150,7 +150,7 @@ def test_runs_differing_in_other_overrides_are_not_merged(tmp_path):
 
 def test_report_of_an_empty_folder_fails_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "semiseg.report", str(tmp_path)],
+        [sys.executable, "-m", "semiseg.tools.report", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -193,7 +193,7 @@ def test_sweep_runs_every_job_and_reports_the_table(sweep):
     best = {(r["method"], r["split"]): r["best_val_miou"] for r in records}
     assert set(best) == {(m, s) for m in ("supervised", "fixmatch") for s in ("10", "20")}
     out = subprocess.run(
-        [sys.executable, "-m", "semiseg.report", str(sweep_dir)],
+        [sys.executable, "-m", "semiseg.tools.report", str(sweep_dir)],
         cwd=REPO,
         capture_output=True,
         text=True,

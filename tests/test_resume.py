@@ -80,7 +80,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(runs):
     assert 10 <= checkpoint["global_step"] < 20  # stopped mid-way, after the first validation
     state = checkpoint["semiseg"]
     assert [h["step"] for h in state["val_history"]] == [10]
-    assert state["best_miou"] == state["val_history"][0]["miou"] or state["best_miou"] > 0
+    assert state["best_score"] == state["val_history"][0]["miou"] or state["best_score"] > 0
     assert {"python", "numpy", "torch"} <= state["rng"][0].keys()
 
 

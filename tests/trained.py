@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from cli import TINY, run_script
 
+from semiseg.checkpoints.load import model_from_checkpoint
 from semiseg.data import transforms as tf
-from semiseg.runner import model_from_checkpoint
 
 
 def train_varied(run_dir, toy_root):

@@ -4,7 +4,8 @@ The module logs the scalars itself, to every logger: each loss term, `mask_ratio
 both learning rates, `val/miou`, `val/best_miou` and `val_iou/<class>`. At each validation this
 callback adds, on rank 0:
 
-- `val/per_class_iou`: a table of the IoU of every class;
+- the task's tables (tasks/): `val/per_class_iou`, the IoU of every class; ACDC's
+  `val/per_class_dice`; change detection's `val/change_scores` (no image panels for those two);
 - `val/samples`: a few fixed validation images with the ground truth and the prediction as W&B
   segmentation masks with the class names;
 - for methods that learn from unlabeled images, `val/unlabeled`: a few fixed unlabeled images with
@@ -20,7 +21,6 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from semiseg.data import transforms as tf
-from semiseg.evaluation.change import KEYS as CHANGE_KEYS
 from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
 
 IGNORE = 255
@@ -38,17 +38,9 @@ class WandbPanels(Callback):
         if logger is None:
             return
         step = trainer.global_step
-        rows = [[name, iou] for name, iou in pl_module.last_per_class.items()]
-        logger.log_table("val/per_class_iou", columns=["class", "iou"], data=rows, step=step)
-        if getattr(pl_module, "volume_eval", False):  # ACDC: per-class Dice, no RGB panels
-            dice = pl_module.last_dice.get("per_class_dice", {})
-            rows = [[name, value] for name, value in dice.items()]
-            logger.log_table("val/per_class_dice", columns=["class", "dice"], data=rows, step=step)
-            return
-        if getattr(pl_module, "change_eval", False):  # image pairs: the scores, no RGB panels
-            change = pl_module.val_history[-1]
-            rows = [[key, change.get(key)] for key in CHANGE_KEYS]
-            logger.log_table("val/change_scores", columns=["score", "value"], data=rows, step=step)
+        for name, (columns, rows) in pl_module.task.tables(pl_module.last_state).items():
+            logger.log_table(name, columns=columns, data=rows, step=step)
+        if not pl_module.task.rgb_panels:  # volumes and image pairs: tables only
             return
         if self.num_images <= 0 or trainer.datamodule is None:
             return

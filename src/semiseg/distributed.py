@@ -27,6 +27,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from semiseg.checkpoints.preemption import launcher_signal
 from semiseg.errors import ConfigError
 
 T = TypeVar("T")
@@ -228,8 +229,6 @@ def worker_init(worker_id: int) -> None:
     SIGTERM is blocked from the fork until here (`SigtermSafeLoader`), so a signal that arrives
     while a worker starts is ignored too, not fatal."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from semiseg.checkpointing import launcher_signal  # (imports this module)
-
     if callable(signal.getsignal(launcher_signal())):  # the run's, inherited: not a worker's
         signal.signal(launcher_signal(), signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

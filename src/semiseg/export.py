@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.data import change, palettes
 from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError, FaultError, one_line
-from semiseg.runner import load_checkpoint, model_from_checkpoint
 
 # format -> the suffix of its default file name (beside the checkpoint)
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript.pt"}

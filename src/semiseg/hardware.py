@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 FAST = "fast"
+# Lightning's short spellings of trainer.precision, and the names they stand for.
+PRECISION_NAMES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 # The CPU capabilities (torch.cpu.get_capabilities keys) that multiply bf16 natively.
 NATIVE_BF16_CPU = ("amx_bf16", "avx512_bf16")
 
@@ -35,3 +37,9 @@ def resolve_precision(precision, on_gpu: bool):
     if has_fast_bf16(on_gpu):
         return "bf16-mixed"
     return "16-mixed" if on_gpu else "32-true"
+
+
+def precision_name(precision) -> str:
+    """Lightning's full name of a trainer.precision value ("32" -> "32-true")."""
+    text = str(precision)
+    return PRECISION_NAMES.get(text, text)

@@ -25,12 +25,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from semiseg import export
+from semiseg.checkpoints.load import inference_device, load_checkpoint, model_from_checkpoint
 from semiseg.data import change, palettes
 from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
 from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import WINDOW_BATCH, predict
-from semiseg.runner import inference_device, load_checkpoint, model_from_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PRECISIONS = {"fp32": None, "32": None, "bf16": torch.bfloat16}

@@ -22,8 +22,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, _update_n
 
-from semiseg.hardware import FAST, resolve_precision
-from semiseg.results import precision_name
+from semiseg.hardware import FAST, precision_name, resolve_precision
 
 DAY_S = 24 * 3600
 MEASURE_STEPS = 5  # steps timed before the estimate is printed...

@@ -1,11 +1,11 @@
-"""semiseg.op_damage: per-class accuracy of a model under each intensity op, on a model whose
+"""semiseg.tools.op_damage: per-class accuracy of a model under each intensity op, on a model whose
 answers are worked out by hand (class 1 where the 8-bit mean brightness is above 76)."""
 
 import torch
 from torch import nn
 
 from semiseg.augment import intensity as I
-from semiseg.op_damage import class_accuracy, format_table, op_damage, random_crops
+from semiseg.tools.op_damage import class_accuracy, format_table, op_damage, random_crops
 
 
 class BrightIsOne(nn.Module):

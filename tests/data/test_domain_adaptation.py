@@ -96,7 +96,7 @@ def test_16_bit_colour_mask_without_mask_channel_is_a_clear_error(tmp_path):
 
 def test_synthia_reports_the_16_and_13_class_means():
     from semiseg.evaluation.metrics import subset_mious
-    from semiseg.runner import miou_subsets
+    from semiseg.run.build import miou_subsets
 
     cfg = compose_train("dataset=cityscapes", "source=synthia")
     subsets = miou_subsets(cfg.source, cfg.dataset, list(cfg.dataset.classes))

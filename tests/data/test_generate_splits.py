@@ -86,9 +86,11 @@ def test_custom_and_toy_generate_missing_splits_and_say_so(tmp_path):
     spec = DatasetSpec.from_config(
         {"root": root, "splits_dir": root / "splits", "name": "custom", "generate_splits": True}
     )
-    folder, note = spec.resolve_split("1/4")
+    split, note = spec.resolve_split("1/4")
+    folder = split.folder
     assert folder == root / "splits" / "3" and note.startswith("split 1/4: generated 3 labeled")
-    assert spec.resolve_split("1/4") == (folder, None)  # the same split, found this time
-    assert spec.resolve_split(3) == (folder, None)
+    again, note_again = spec.resolve_split("1/4")  # the same split, found this time
+    assert (again.folder, note_again) == (folder, None)
+    assert spec.resolve_split(3)[0].folder == folder
     with pytest.raises(SplitError, match="unknown split 'best' for custom: valid splits are 3"):
         spec.resolve_split("best")

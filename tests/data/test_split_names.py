@@ -11,7 +11,7 @@ from semiseg.data.splits import (
     SplitError,
     find_split,
     fraction_key,
-    split_folders,
+    Split,
     write_list,
     write_split,
 )
@@ -26,13 +26,19 @@ def test_fraction_key():
     assert fraction_key("16/1") is None and fraction_key("0/4") is None
 
 
-def test_split_folders_aliases_counts_and_names():
+def parsed(split):
+    found = Split.parse(split, PASCAL_ALIASES)
+    return found.count, list(found.candidates)
+
+
+def test_split_parse_aliases_counts_and_names():
     for split in ("1/16", 662, "662"):
-        assert split_folders(split, PASCAL_ALIASES) == (662, ["662", "1_16"])
-    assert split_folders("1_16", PASCAL_ALIASES) == (662, ["1_16", "662"])  # as typed first
-    assert split_folders(92, PASCAL_ALIASES) == (92, ["92"])
-    assert split_folders("u2pl_1_16", PASCAL_ALIASES) == (None, ["u2pl_1_16"])
-    assert split_folders("1/32", PASCAL_ALIASES) == (None, [])  # no alias: not a folder name
+        assert parsed(split) == (662, ["662", "1_16"])
+        assert Split.parse(split, PASCAL_ALIASES).name == str(split)
+    assert parsed("1_16") == (662, ["1_16", "662"])  # as typed first
+    assert parsed(92) == (92, ["92"])
+    assert parsed("u2pl_1_16") == (None, ["u2pl_1_16"])
+    assert parsed("1/32") == (None, [])  # no alias: not a folder name
 
 
 def test_find_split_reads_unimatch_fraction_folders(tmp_path):
@@ -58,7 +64,7 @@ def _spec(tmp_path, **kwargs):
 def test_any_folder_under_splits_dir_is_a_valid_split(tmp_path):
     spec = _spec(tmp_path)
     write_split(tmp_path / "splits", "mine", [Sample("a", "b")], [])
-    assert spec.resolve_split("mine") == (tmp_path / "splits" / "mine", None)
+    assert spec.resolve_split("mine")[0].folder == tmp_path / "splits" / "mine"
     assert spec.valid_splits() == ["92", "183", "662", "mine"]
 
 

@@ -25,7 +25,7 @@ from semiseg.methods.contrastive import (
     update_prototypes,
     weighted_pseudo_label_loss,
 )
-from semiseg.runner import build_data_and_method
+from semiseg.run.build import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_eval, run_script  # noqa: E402

@@ -481,7 +481,7 @@ def test_split_batch_gives_the_present_and_the_future_chunks():
 def test_w_loaders_draw_k_plus_one_batches(toy_root):
     from hydra import compose, initialize_config_dir
 
-    from semiseg.runner import build_data_and_method
+    from semiseg.run.build import build_data_and_method
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
@@ -493,7 +493,7 @@ def test_w_loaders_draw_k_plus_one_batches(toy_root):
 
 
 def test_bench_times_the_whole_iteration(toy_root):
-    from semiseg import bench
+    from semiseg.tools import bench
 
     report = bench.main(
         ["method=fst", f"dataset.root={toy_root}", *TINY, "bench.steps=1", "bench.warmup=0"]

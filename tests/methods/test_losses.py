@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from semiseg.augment.mixing import paste
 from semiseg.methods.losses import (
     consistency_loss,
     mask_ratio,
     ohem_ce,
-    paste,
     pseudo_label_accuracy,
     pseudo_labels,
 )

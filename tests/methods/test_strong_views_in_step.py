@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
 from semiseg.errors import ConfigError
-from semiseg.runner import build_data_and_method
+from semiseg.run.build import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY  # noqa: E402

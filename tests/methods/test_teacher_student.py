@@ -15,7 +15,7 @@ from test_clipping import TinyNet, _batches
 from torch.utils.data import DataLoader
 
 from semiseg.methods.teacher_student import TeacherStudentModule
-from semiseg.runner import build_data_and_method
+from semiseg.run.build import build_data_and_method
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_eval, train_on_toy  # noqa: E402

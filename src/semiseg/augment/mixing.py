@@ -14,7 +14,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from semiseg.methods.losses import IGNORE_INDEX, paste
+from semiseg.data.transforms import IGNORE as IGNORE_INDEX
+
+
+def paste(box: Tensor, target: Tensor, source: Tensor) -> Tensor:
+    """`target` with `source` inside the CutMix box (1 = inside); works for images (N, 3, H, W)
+    and for per-pixel maps (N, H, W). Returns a new tensor; the inputs are untouched."""
+    inside = box.bool()
+    if target.dim() == 4:
+        inside = inside.unsqueeze(1)
+    return torch.where(inside, source, target)
 
 
 class Mixed(NamedTuple):

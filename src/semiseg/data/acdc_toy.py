@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semiseg.data.splits import Sample, SplitError, write_list, write_split
+from semiseg.data.splits import Sample, write_list, write_split
 from semiseg.data.toy import generate_once
 
 VERSION = "acdc-toy-1"

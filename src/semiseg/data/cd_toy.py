@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semiseg.data.splits import Sample, SplitError, write_list
+from semiseg.data.splits import Sample, write_list
 from semiseg.data.toy import generate_once, stamp_is
 
 VERSION = "cd-toy-1"

@@ -26,87 +26,23 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
-from semiseg.data import acdc_toy, cd_toy, change, medical, toy
-from semiseg.data.checks import check_batches, check_overlap, note_once, scan_images, world_size
-from semiseg.data.datasets import LabeledDataset, UnlabeledDataset, ValDataset
+from semiseg.data import acdc_toy, cd_toy, toy
+from semiseg.data.checks import check_batches, world_size
+from semiseg.data.formats import FORMATS
+from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.spec import DatasetSpec, load_class_names
-from semiseg.data.splits import Sample, SplitError, SplitFiles
+from semiseg.data.splits import Split, SplitError, SplitFiles
 from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
 EPOCH_LENGTHS = ("reference", "unlabeled")
 
-__all__ = ["SemiSegDataModule", "build_val_dataset", "load_class_names"]
+__all__ = ["SemiSegDataModule", "ValidationData", "build_val_dataset", "load_class_names"]
 
 
-def build_val_dataset(dataset, num_classes: int | None = None) -> ValDataset:
+def build_val_dataset(dataset, num_classes: int | None = None):
     """The validation set of a dataset config (eval.py): the same checks as training."""
-    if dataset.get("format") == change.FORMAT:
-        root, splits_dir = Path(dataset.root), Path(dataset.splits_dir)
-        val_list = dataset.get("val_list") or "val.txt"
-        if not root.is_dir():
-            raise SplitError(
-                f"dataset.root {root} does not exist: point it at the dataset "
-                f"(dataset.root=DIR); expected layout: {change.LAYOUT}"
-            )
-        val = change.read_names(splits_dir / val_list)
-        change.check_pairs(root, val, val_list, labels=True)
-        return change.ChangeValDataset(root, val)
-    spec = DatasetSpec.from_config(dataset)
-    spec.check_root()
-    files = spec.load_val()
-    scan_images(spec.root, files, spec.check_images)
-    reader = spec.mask_reader(num_classes)
-    spec.verify_masks(files.val, reader)
-    return ValDataset(spec.root, files.val, read_mask=reader)
-
-
-def check_same_classes(source: DatasetSpec, target: DatasetSpec, names: list[str] | None) -> None:
-    """A source dataset must label the target's classes, in the same order."""
-    if not source.has_classes or names is None:
-        return
-    theirs = source.class_names()
-    if theirs != names:
-        differ = next(
-            (
-                f"class {i} is {a!r} there, {b!r} here"
-                for i, (a, b) in enumerate(zip(theirs, names, strict=False))
-                if a != b
-            ),
-            f"{len(theirs)} classes there, {len(names)} here",
-        )
-        raise SplitError(
-            f"source={source.name} labels other classes than dataset={target.name} ({differ}): "
-            "the source must label the target's classes in the same order (its label_map maps "
-            "them)"
-        )
-
-
-def check_source_overlap(
-    source: SplitFiles, target: SplitFiles, source_name: str, target_name: str
-) -> str | None:
-    """Source and target lists are relative to different roots: compare the files themselves.
-    A source image that is a target validation image fails; one that is also an unlabeled
-    target image is only reported."""
-    labeled = {_absolute(source.root, s) for s in source.labeled}
-    val = labeled & {_absolute(target.root, s) for s in target.val}
-    if val:
-        raise SplitError(
-            f"{len(val)} labeled images of source={source_name} are validation images of "
-            f"dataset={target_name} (e.g. {sorted(val)[0]}): validation images must not be "
-            "trained on; use another source or dataset"
-        )
-    shared = labeled & {_absolute(target.root, s) for s in target.unlabeled}
-    if shared:
-        return (
-            f"warning: {len(shared)} labeled images of source={source_name} are also unlabeled "
-            f"images of dataset={target_name} (e.g. {sorted(shared)[0]})"
-        )
-    return None
-
-
-def _absolute(root: Path | None, sample: Sample) -> str:
-    return os.path.normpath(os.path.abspath(Path(root) / sample.image))
+    return FORMATS[dataset.get("format") or "images"].val_set(dataset, num_classes)
 
 
 class SemiSegDataModule(L.LightningDataModule):
@@ -156,27 +92,17 @@ class SemiSegDataModule(L.LightningDataModule):
         # The validation list in splits_dir of the h5 and cd layouts: ACDC's public code validates
         # (and reports) on valtest.txt, its val and test cases together; change detection on test.txt.
         self.val_list = (dataset or {}).get("val_list") or "val.txt"
-        formats = (*medical.FORMATS, change.FORMAT)
-        augments = (*medical.AUGMENTS, change.AUGMENT)
-        if self.format not in formats:
+        if self.format not in FORMATS:
             raise ConfigError(
-                f"dataset.format={self.format!r} is unknown: use one of {', '.join(formats)}"
+                f"dataset.format={self.format!r} is unknown: use one of {', '.join(FORMATS)}"
             )
-        if self.augment not in augments:
+        if self.augment != FORMATS[self.format].AUGMENT:
+            takes = FORMATS[self.format].AUGMENT
             raise ConfigError(
-                f"dataset.augment={self.augment!r} is unknown: use one of {', '.join(augments)}"
+                f"dataset.format={self.format} with dataset.augment={self.augment}: "
+                f"format {self.format} takes augment {takes}"
             )
-        if (self.format == "h5") != (self.augment == "medical"):
-            raise ConfigError(
-                f"dataset.format={self.format} with dataset.augment={self.augment}: the medical "
-                "augmentation reads HDF5 slices (format h5) and HDF5 slices need it"
-            )
-        if (self.format == change.FORMAT) != (self.augment == change.AUGMENT):
-            raise ConfigError(
-                f"dataset.format={self.format} with dataset.augment={self.augment}: image pairs "
-                "(format cd) take the pair augmentation (augment change) and only they do"
-            )
-        if self.format != "images" and source is not None:
+        if source is not None and not FORMATS[self.format].TAKES_SOURCE:
             raise ConfigError(
                 f"dataset.format={self.format} does not support domain adaptation (source=)"
             )
@@ -191,6 +117,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.source_files: SplitFiles | None = None
         self.files = None
         self.split_folder: Path | None = None  # the folder the split was read from
+        self.resolved_split: Split | None = None  # name, labeled count and folder, set up once
         self.class_names: list[str] | None = None
 
     def prepare_data(self) -> None:
@@ -220,159 +147,14 @@ class SemiSegDataModule(L.LightningDataModule):
             num_classes = len(self.class_names)
         if source is not None:
             check_same_classes(source, spec, self.class_names)
-        folder, note = spec.resolve_split(self.split)
+        self.resolved_split, note = spec.resolve_split(self.split)
+        folder = self.resolved_split.folder
         if note:
             print(note, flush=True)
-        if self.format == "h5":
-            self._setup_h5(folder)
-            return
-        if self.format == change.FORMAT:
-            self._setup_change(folder)
-            return
-        files = spec.load_files(folder)
-        if source is not None:
-            self._setup_adaptation(files, folder, num_classes)
-            return
-        if self.unlabeled and not files.unlabeled:
-            raise SplitError(
-                f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
-                "semi-supervised methods need unlabeled images; use method=supervised"
-            )
-        overlap = check_overlap(files, folder, self.splits_dir / "val.txt")
-        if overlap:
-            note_once(overlap)
-        scan_images(spec.root, files, spec.check_images)
-        # Mask values and image/mask sizes: a bounded sample now, every mask again when loaded.
-        reader = spec.mask_reader(num_classes)
-        spec.verify_masks(files.labeled, reader, warn_0_255=True)
-        spec.verify_masks(files.val, reader)
-        # Unlabeled masks only feed the pseudo-label accuracy log: mapped, never checked.
-        gt_reader = spec.mask_reader(num_classes, check=False)
-
-        self.labeled_set = LabeledDataset(
-            self.root,
-            files.labeled,
-            self.crop_size,
-            length=self._labeled_length(files),
-            read_mask=reader,
-        )
-        self.unlabeled_set = None
-        if self.unlabeled:
-            self.unlabeled_set = UnlabeledDataset(
-                self.root,
-                files.unlabeled,
-                self.crop_size,
-                self.num_strong,
-                self.mix,
-                read_mask=gt_reader,
-            )
-        self.val_set = ValDataset(self.root, files.val, read_mask=reader)
+        fmt = FORMATS[self.format]
+        fmt.setup(self, folder, num_classes)
         self._check_batches()
         self.split_folder = folder
-        self.files = files
-
-    def _setup_adaptation(self, files: SplitFiles, folder: Path, num_classes: int | None) -> None:
-        """Labeled: the source dataset's training images; unlabeled: the split's images of the
-        target (`dataset`), its labeled list included; val: the target's val list."""
-        spec, source = self.spec, self.source_spec
-        source_files = source.load_source()
-        pool = list({s.image: s for s in (*files.labeled, *files.unlabeled)}.values())
-        target = SplitFiles(labeled=[], unlabeled=pool, val=files.val, root=spec.root)
-        message = check_source_overlap(source_files, target, source.name, spec.name)
-        if message:
-            note_once(message)
-        note_once(
-            f"domain adaptation: {len(source_files.labeled)} labeled images of {source.name} "
-            f"({source.root}), {len(pool)} unlabeled images of {spec.name} (split {folder.name}, "
-            f"labels unused), validation on {len(files.val)} images of {spec.name}"
-        )
-        scan_images(source.root, source_files, source.check_images)
-        scan_images(spec.root, target, spec.check_images)
-        source_reader = source.mask_reader(num_classes)
-        source.verify_masks(source_files.labeled, source_reader)
-        reader = spec.mask_reader(num_classes)
-        spec.verify_masks(target.val, reader)
-        gt_reader = spec.mask_reader(num_classes, check=False)
-
-        length = len(source_files.labeled)
-        if self.unlabeled or self.epoch_length == "unlabeled":
-            length = max(length, len(pool))
-        self.labeled_set = LabeledDataset(
-            source.root,
-            source_files.labeled,
-            self.crop_size,
-            length=length,
-            read_mask=source_reader,
-        )
-        self.unlabeled_set = None
-        if self.unlabeled:
-            self.unlabeled_set = UnlabeledDataset(
-                self.root, pool, self.crop_size, self.num_strong, self.mix, read_mask=gt_reader
-            )
-        self.val_set = ValDataset(self.root, target.val, read_mask=reader)
-        self._check_batches()
-        self.split_folder = folder
-        self.source_files = source_files
-        self.files = SplitFiles(
-            labeled=source_files.labeled, unlabeled=pool, val=files.val, root=spec.root
-        )
-
-    def _setup_h5(self, folder: Path) -> None:
-        """ACDC's layout (data/medical.py): one HDF5 file per line, the medical augmentation,
-        whole volumes for validation."""
-        labeled = medical.read_h5_list(folder / "labeled.txt")
-        unlabeled_file = folder / "unlabeled.txt"
-        unlabeled = medical.read_h5_list(unlabeled_file) if unlabeled_file.is_file() else []
-        val_file = self.splits_dir / self.val_list
-        if not val_file.is_file():
-            raise SplitError(
-                f"validation list {val_file} not found (dataset.val_list={self.val_list}): copy "
-                "UniMatch's splits/acdc/ into the splits folder, or name your list with "
-                "dataset.val_list=FILE"
-            )
-        val = medical.read_h5_list(val_file)
-        if self.unlabeled and not unlabeled:
-            raise SplitError(
-                f"split '{self.split}' in {self.splits_dir} has no unlabeled.txt (or it is empty): "
-                "semi-supervised methods need unlabeled images; use method=supervised"
-            )
-        if not val:
-            raise SplitError(f"{val_file} lists no volumes")
-        for what, samples in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val)):
-            medical.check_exist(self.root, samples, what)
-        files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=self.root)
-        self.labeled_set = medical.SliceLabeledDataset(
-            self.root, labeled, self.crop_size, length=self._labeled_length(files)
-        )
-        self.unlabeled_set = None
-        if self.unlabeled:
-            self.unlabeled_set = medical.SliceUnlabeledDataset(
-                self.root, unlabeled, self.crop_size, self.num_strong, self.mix
-            )
-        self.val_set = medical.VolumeDataset(self.root, val)
-        self._check_batches()
-        self.split_folder = folder
-        self.files = files
-
-    def _setup_change(self, folder: Path) -> None:
-        """Image pairs and their change masks (data/change.py), validated on `dataset.val_list`
-        (test.txt: the list the public remote-sensing code evaluates)."""
-        labeled, unlabeled, val = change.build_sets(
-            self.root, self.splits_dir, folder, self.val_list, self.unlabeled
-        )
-        files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=self.root)
-        self.labeled_set = change.ChangeLabeledDataset(
-            self.root, labeled, self.crop_size, length=self._labeled_length(files)
-        )
-        self.unlabeled_set = None
-        if self.unlabeled:
-            self.unlabeled_set = change.ChangeUnlabeledDataset(
-                self.root, unlabeled, self.crop_size, self.num_strong, self.mix
-            )
-        self.val_set = change.ChangeValDataset(self.root, val)
-        self._check_batches()
-        self.split_folder = folder
-        self.files = files
 
     def _check_batches(self) -> None:
         """What the loaders really yield per epoch (the labeled list may be repeated) must fill
@@ -427,26 +209,41 @@ class SemiSegDataModule(L.LightningDataModule):
         return {"labeled": labeled, "unlabeled": self._train_loader(self.unlabeled_set, stream=1)}
 
     def val_dataloader(self) -> DataLoader:
-        # Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each
-        # rank reads every N-th image and none twice (Lightning's default sampler would repeat
-        # images to even out the ranks, and the summed confusion matrix would count them twice).
-        from semiseg.distributed import ShardSampler
+        return val_loader(self.val_set, self.trainer, self.num_workers)
 
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            if len(self.val_set) < trainer.world_size:
-                raise SplitError(
-                    f"the validation list has {len(self.val_set)} images, fewer than the "
-                    f"{trainer.world_size} processes: every rank needs at least one"
-                )
-            sampler = ShardSampler(self.val_set, trainer.world_size, trainer.global_rank)
-        return SigtermSafeLoader(
-            self.val_set,
-            batch_size=1,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=worker_init,
-        )
+
+def val_loader(val_set, trainer, num_workers: int) -> DataLoader:
+    """Whole images of different sizes: one per batch, as the papers evaluate. Under DDP each
+    rank reads every N-th image and none twice (Lightning's default sampler would repeat images
+    to even out the ranks, and the summed confusion matrix would count them twice)."""
+    from semiseg.distributed import ShardSampler
+
+    sampler = None
+    if trainer is not None and trainer.world_size > 1:
+        if len(val_set) < trainer.world_size:
+            raise SplitError(
+                f"the validation list has {len(val_set)} images, fewer than the "
+                f"{trainer.world_size} processes: every rank needs at least one"
+            )
+        sampler = ShardSampler(val_set, trainer.world_size, trainer.global_rank)
+    return SigtermSafeLoader(
+        val_set,
+        batch_size=1,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init,
+    )
+
+
+class ValidationData(L.LightningDataModule):
+    """The validation set alone (eval.py), loaded as training validation loads it."""
+
+    def __init__(self, val_set, num_workers: int = 0):
+        super().__init__()
+        self.val_set = val_set
+        self.num_workers = num_workers
+
+    def val_dataloader(self) -> DataLoader:
+        return val_loader(self.val_set, self.trainer, self.num_workers)

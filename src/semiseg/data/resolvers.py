@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from semiseg.data.splits import split_folders
+from semiseg.data.splits import Split
 
 
 def split_crop(default, *, _parent_, _root_):
@@ -16,9 +16,10 @@ def split_crop(default, *, _parent_, _root_):
     split = OmegaConf.select(_root_, "split", default=None)  # eval.yaml has no split
     if split is None or not table:
         return default
-    names = set(split_folders(split, _parent_.get("split_aliases") or {})[1])
+    aliases = _parent_.get("split_aliases") or {}
+    names = set(Split.parse(split, aliases).candidates)
     for key, crop in table.items():
-        if names & set(split_folders(key, _parent_.get("split_aliases") or {})[1]):
+        if names & set(Split.parse(key, aliases).candidates):
             return int(crop)
     return default
 

@@ -8,7 +8,7 @@ written for an older version keeps working.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,14 @@ from semiseg.data.masks import IGNORE, MaskReader
 from semiseg.data.splits import (
     LAYOUT,
     Sample,
+    Split,
     SplitError,
     SplitFiles,
     available_splits,
-    find_split,
     fraction_key,
     hydra_underscore_hint,
     load_split_folder,
     read_list,
-    split_folders,
     split_name,
 )
 
@@ -124,23 +123,23 @@ class DatasetSpec:
         on_disk = available_splits(self.splits_dir)
         covered = set()
         for name in self.splits:
-            covered.update(split_folders(name, self.split_aliases)[1])
+            covered.update(Split.parse(name, self.split_aliases).candidates)
         return [*self.splits, *(n for n in on_disk if n not in covered)]
 
-    def resolve_split(self, split) -> tuple[Path, str | None]:
-        """The split's folder, and a line to print when the split had to be generated.
+    def resolve_split(self, split) -> tuple[Split, str | None]:
+        """The split with its folder, and a line to print when it had to be generated.
 
         Accepts a folder name, a labeled count, or a fraction alias (`1/16`); for datasets with
         `generate_splits` a missing count or fraction is generated (seed `split_seed`).
         """
-        name = split_name(split)
-        folder = find_split(self.splits_dir, name, self.split_aliases)
-        if folder is not None:
-            return folder, None
-        count = split_folders(name, self.split_aliases)[0]
-        if self.generate_splits and (count is not None or fraction_key(name) is not None):
-            return self._generate(name)
-        raise SplitError(self._unknown_split_message(name))
+        parsed = Split.parse(split, self.split_aliases)
+        found = parsed.find(self.splits_dir)
+        if found is not None:
+            return found, None
+        if self.generate_splits and (parsed.count is not None or fraction_key(parsed.name)):
+            folder, note = self._generate(parsed.name)
+            return replace(parsed, folder=folder), note
+        raise SplitError(self._unknown_split_message(parsed.name))
 
     def _generate(self, name: str) -> tuple[Path, str | None]:
         from semiseg.data.prepare.splits import generate
@@ -161,7 +160,8 @@ class DatasetSpec:
         return generated.folder, f"split {name}: generated {generated.summary()}"
 
     def _unknown_split_message(self, name: str) -> str:
-        count, folders = split_folders(name, self.split_aliases)
+        parsed = Split.parse(name, self.split_aliases)
+        count, folders = parsed.count, parsed.candidates
         known = count is not None and (
             str(count) in self.splits or str(count) in map(str, self.split_aliases.values())
         )

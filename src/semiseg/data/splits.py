@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,30 +111,46 @@ def fraction_key(name) -> str | None:
     return f"{num}/{den}" if 0 < num < den else None
 
 
-def split_folders(split, aliases: Mapping | None = None) -> tuple[int | None, list[str]]:
-    """The labeled count a split name stands for (None when it is not a count or a known
-    fraction) and the folder names it may have under splits_dir, in the order they are tried.
+@dataclass(frozen=True)
+class Split:
+    """A split as the user names it (`split=1/16`, `662`, `1_16`, `mine`), parsed once: the
+    labeled count it stands for (None when it is not a count or a known fraction) and the folder
+    names it may have under splits_dir, in the order they are tried; `folder` once found.
 
     With aliases {"1/16": 662}: "1/16", "1_16" and "662" all name the split of 662 images,
     stored as `662/` or, as in the public UniMatch tree, `1_16/`.
     """
-    name = split_name(split)
-    table = {fraction_key(k) or split_name(k): int(v) for k, v in (aliases or {}).items()}
-    count = int(name) if name.isdigit() else table.get(fraction_key(name) or name)
-    names = [name]
-    if count is not None:
-        names.append(str(count))
-        names += [key.replace("/", "_") for key, value in table.items() if value == count]
-    return count, list(dict.fromkeys(n for n in names if "/" not in n))
+
+    name: str
+    count: int | None
+    candidates: tuple[str, ...]
+    folder: Path | None = None
+
+    @classmethod
+    def parse(cls, split, aliases: Mapping | None = None) -> Split:
+        name = split_name(split)
+        table = {fraction_key(k) or split_name(k): int(v) for k, v in (aliases or {}).items()}
+        count = int(name) if name.isdigit() else table.get(fraction_key(name) or name)
+        names = [name]
+        if count is not None:
+            names.append(str(count))
+            names += [key.replace("/", "_") for key, value in table.items() if value == count]
+        candidates = tuple(dict.fromkeys(n for n in names if "/" not in n))
+        return cls(name, count, candidates)
+
+    def find(self, splits_dir: Path) -> Split | None:
+        """This split with the folder holding its labeled.txt, or None."""
+        for candidate in self.candidates:
+            folder = Path(splits_dir) / candidate
+            if (folder / "labeled.txt").is_file():
+                return replace(self, folder=folder)
+        return None
 
 
 def find_split(splits_dir: Path, split, aliases: Mapping | None = None) -> Path | None:
     """The folder holding the split's labeled.txt, or None."""
-    for name in split_folders(split, aliases)[1]:
-        folder = Path(splits_dir) / name
-        if (folder / "labeled.txt").is_file():
-            return folder
-    return None
+    found = Split.parse(split, aliases).find(splits_dir)
+    return found.folder if found else None
 
 
 def hydra_underscore_hint(split, aliases: Mapping | None) -> str:
@@ -150,12 +166,13 @@ def hydra_underscore_hint(split, aliases: Mapping | None) -> str:
 
 
 def resolve_split(splits_dir: Path, split) -> Path:
+    """The folder of a split named as its folder (no aliases: the dataset-less loaders)."""
     splits_dir = Path(splits_dir)
     name = split_name(split)
     if not splits_dir.is_dir():
         raise SplitError(f"splits folder {splits_dir} does not exist; expected layout: {LAYOUT}")
-    folder = splits_dir / name
-    if not (folder / "labeled.txt").is_file():
+    found = Split.parse(name).find(splits_dir)
+    if found is None:
         valid = available_splits(splits_dir)
         if not valid:
             raise SplitError(
@@ -164,7 +181,7 @@ def resolve_split(splits_dir: Path, split) -> Path:
         raise SplitError(
             f"unknown split '{name}' in {splits_dir}: valid splits are {', '.join(valid)}"
         )
-    return folder
+    return found.folder
 
 
 @dataclass

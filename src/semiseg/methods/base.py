@@ -2,8 +2,8 @@
 
 It owns what is common to all methods: the SGD optimizer with a backbone group and a head group,
 the per-iteration poly learning-rate decay, gradient clipping, validation (inference mode ->
-confusion matrix -> mIoU, exact under DDP), and what a checkpoint carries (validation history,
-best mIoU, every rank's random generators). A method subclass writes `training_losses(batch)` and
+the task's scores, exact under DDP: tasks/), and what a checkpoint carries (validation history,
+best score, every rank's random generators). A method subclass writes `training_losses(batch)` and
 nothing else; methods that step more than once per batch override `training_step`.
 
 Extension points for methods with more than one network (an EMA teacher, a projection head):
@@ -23,15 +23,11 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
 from semiseg.errors import ConfigError, NonFiniteError
-from semiseg.evaluation.change import change_percent
-from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
-from semiseg.evaluation.metrics import iou_per_class, mean_iou
-from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
 from semiseg.methods.losses import ce_dice, ohem_ce, supervised_ce
+from semiseg.tasks import build_task
 
 # Validation values are computed from the confusion matrix summed over ranks, so they are the same
 # on every rank; Lightning's advice to all-reduce them (sync_dist) would only cost a collective.
@@ -42,6 +38,13 @@ class SemiSegModule(L.LightningModule):
     # What the data module must provide; methods that learn from unlabeled images override it.
     uses_unlabeled: bool = False
     num_strong_views: int = 0
+    # What the run checks before training (run/build.py): a representation head on the
+    # decoder's features needs a model that gives them.
+    needs_decoder_features: bool = False
+
+    # Several optimizer steps per batch: the method's `iteration(batch, optimizer, step)` takes
+    # them all (semiseg.tools.bench times it whole); otherwise one step of `training_losses`.
+    several_steps_per_batch: bool = False
 
     def __init__(
         self,
@@ -76,17 +79,16 @@ class SemiSegModule(L.LightningModule):
                 f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce, ohem "
                 "or ce_dice"
             )
-        self.confusion = MulticlassConfusionMatrix(self.num_classes, ignore_index=255)
+        # What a validation predicts and scores, and which score selects best.ckpt (tasks/).
+        self.task = build_task(self.class_names, self.eval_cfg, crop_size)
         # Validation history survives checkpoints (see on_save_checkpoint) so resumed runs and
-        # results.json see every evaluation.
+        # results.json see every evaluation. `best_score` is the best selection score
+        # (task.selection: the mIoU, ACDC's mean Dice, the changed IoU).
         self.val_history: list[dict[str, float]] = []
-        self.best_miou = float("-inf")
-        self.last_per_class: dict[str, float] = {}
-        # eval.mode=volume (ACDC): per-volume Dice of the chosen network; the mean Dice over the
-        # foreground classes is then the selection score (`best_miou` holds the best mean Dice,
-        # the mIoU of the summed confusion matrix is still logged and kept in val_history).
-        self._volume_dice: dict[str, Tensor] = {}
-        self.last_dice: dict = {}
+        self.best_score = float("-inf")
+        self.last_state: dict = {}  # the last validation's per-class scores (no tensors)
+        self.last_scores: dict = {}  # the same with the confusion matrix (this process only)
+        self.scoring_only = False  # eval.py sets it: validation keeps no history, logs nothing
         # The resolved run config, stored in checkpoints so eval.py can rebuild the model.
         self.run_config: dict | None = None
         # Steps skipped for a NaN or inf loss: in all, and in a row (see optimizer_step_with).
@@ -99,6 +101,12 @@ class SemiSegModule(L.LightningModule):
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
         """Which streams the data module must yield for this method (read before building it)."""
         return {"unlabeled": cls.uses_unlabeled, "num_strong": cls.num_strong_views, "mix": None}
+
+    @classmethod
+    def needs_rgb_batches(cls, method_cfg) -> bool:
+        """Whether the step draws intensity ops on RGB batches normalised with the ImageNet
+        statistics (the in-step strong views, `strong_views=step`)."""
+        return method_cfg.get("strong_views") == "step"
 
     # ------------------------------------------------------------------ networks
     default_eval_network = "student"
@@ -282,7 +290,7 @@ class SemiSegModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validated_networks(self) -> dict[str, str]:
-        """The networks each validation evaluates: the chosen one first (its mIoU is `val/miou`,
+        """The networks each validation evaluates: the chosen one first (its scores are `val/*`,
         best checkpoint and results), then, with `eval.other_networks` (default true), the
         method's other networks, logged as `val/miou_<name>` (a teacher-student method shows
         whether its teacher leads or lags its student)."""
@@ -293,166 +301,48 @@ class SemiSegModule(L.LightningModule):
         return {n: self.networks()[n] for n in names}
 
     def on_validation_epoch_start(self) -> None:
-        # One confusion matrix per other network, made here (after every network exists).
-        others = list(self.validated_networks())[1:]
-        if others and not hasattr(self, "other_confusions"):
-            self.other_confusions = nn.ModuleDict(
-                {n: MulticlassConfusionMatrix(self.num_classes, ignore_index=255) for n in others}
-            ).to(self.device)
+        self.task.start(list(self.validated_networks()), self.device)
         # Parameters are equal on every rank (DDP averages gradients), but buffers are not
         # broadcast in training, as in the papers: without SyncBatchNorm (CPUs) each rank's
         # BatchNorm statistics drift. Validate every rank with rank 0's, the ones checkpointed,
-        # so the mIoU of a checkpoint does not depend on the number of ranks.
+        # so the scores of a checkpoint do not depend on the number of ranks.
         if self.trainer.world_size > 1:
             for path in dict.fromkeys(self.validated_networks().values()):
                 broadcast_buffers(self.get_submodule(path))
 
-    @property
-    def volume_eval(self) -> bool:
-        return self.eval_cfg.get("mode") == "volume"
-
-    @property
-    def change_eval(self) -> bool:
-        """Change detection (WHU-CD, LEVIR-CD): the changed-class IoU selects best.ckpt, as the
-        public remote-sensing code; F1, precision, recall and overall accuracy are logged too."""
-        return self.eval_cfg.get("task") == "change_detection"
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        image, mask = batch["image"], batch["mask"]
-        mode = self.eval_cfg["mode"]
-        if mode == "volume":
-            self._validate_volume(batch)
-            return
-        if mode == "center_crop":
-            image, mask = center_crop(image, mask, self.crop_size)
-        border = self.eval_cfg.get("window_border", "truncate")
-        window_batch = self.eval_cfg.get("window_batch", WINDOW_BATCH)
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        """Every validated network predicts the batch; the task counts it. Returns the chosen
+        network's prediction (eval.py's prediction writer saves it)."""
+        chosen = self.eval_network_name
         for name, path in self.validated_networks().items():
-            network = self.get_submodule(path)
-            probs = predict(
-                network, image, mode, self.crop_size, self.num_classes, border, window_batch
-            )
-            confusion = (
-                self.confusion if name == self.eval_network_name else self.other_confusions[name]
-            )
-            confusion.update(probs.argmax(1), mask)
-
-    def _validate_volume(self, batch) -> None:
-        """One volume (1, D, H, W), slice by slice at crop_size (evaluation/volume.py)."""
-        mask = batch["mask"][0]
-        absent = self.eval_cfg.get("dice_absent", "skip")
-        for name, path in self.validated_networks().items():
-            network = self.get_submodule(path)
-            pred = predict_volume(network, batch["image"], self.crop_size).argmax(1)
-            chosen = name == self.eval_network_name
-            confusion = self.confusion if chosen else self.other_confusions[name]
-            confusion.update(pred, mask)
-            if chosen:
-                dice = dice_per_class(pred, mask, self.num_classes, absent)
-                self._volume_dice[str(batch["name"][0])] = dice.cpu()
-
-    def _volume_results(self) -> float:
-        """The mean foreground Dice (percent) of this validation's volumes, over every rank;
-        fills `last_dice` (per class, per volume) for results.json and logs them."""
-        volumes = dict(self._volume_dice)
-        self._volume_dice = {}
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, volumes)
-            volumes = {k: v for part in gathered for k, v in part.items()}
-        names = sorted(volumes)
-        table = torch.stack([volumes[n] for n in names]) if names else torch.empty(0, 0)
-        per_class, mean = (
-            summarise(table)
-            if names
-            else (torch.full((self.num_classes,), torch.nan), float("nan"))
-        )
-
-        def pct(x):
-            return None if x != x else round(100.0 * float(x), 2)
-
-        self.last_dice = {
-            "per_class_dice": {
-                c: pct(v) for c, v in zip(self.class_names[1:], per_class[1:], strict=True)
-            },
-            "per_volume_dice": {
-                n: {c: pct(v) for c, v in zip(self.class_names[1:], volumes[n][1:], strict=True)}
-                for n in names
-            },
-        }
-        self.log_dict(
-            {
-                f"val_dice/{c}": v
-                for c, v in self.last_dice["per_class_dice"].items()
-                if v is not None
-            },
-            sync_dist=False,
-        )
-        return 100.0 * mean
+            pred, mask = self.task.predict(self.get_submodule(path), batch)
+            self.task.update(name, pred, mask, batch, chosen=name == chosen)
+            if name == chosen:
+                chosen_pred = pred
+        return chosen_pred
 
     def on_validation_epoch_end(self) -> None:
-        dice = self._volume_results() if self.volume_eval else None
-        confusion = self.confusion.compute()  # summed over ranks under DDP
-        self.confusion.reset()
-        others = {}
-        for name, metric in getattr(self, "other_confusions", {}).items():
-            others[name] = 100.0 * mean_iou(
-                metric.compute(), absent=self.eval_cfg.get("absent_class", "zero")
-            )
-            metric.reset()
+        task = self.task
+        scores = task.compute(self.eval_network_name)  # summed over ranks under DDP
         if self.trainer.sanity_checking:
             return
-        miou = 100.0 * mean_iou(confusion, absent=self.eval_cfg.get("absent_class", "zero"))
-        ious = iou_per_class(confusion)
-        self.last_per_class = {
-            name: round(100.0 * float(iou), 2) if not torch.isnan(iou) else None
-            for name, iou in zip(self.class_names, ious, strict=True)
-        }
-        change = change_percent(confusion) if self.change_eval else None
-        score = miou if dice is None else dice
-        if change is not None:
-            score = change["iou_changed"]
-        self.best_miou = max(self.best_miou, score)
-        entry = {"step": int(self.global_step), "miou": round(miou, 2)}
-        if change is not None:
-            entry.update(change)
-            self.log_dict({f"val/{k}": v for k, v in change.items()}, sync_dist=False)
-        if dice is not None:
-            entry["mean_dice"] = round(dice, 2)
-            self.log("val/mean_dice", dice, prog_bar=True, sync_dist=False)
-        entry.update({f"miou_{n}": round(v, 2) for n, v in others.items()})
+        self.last_scores = scores
+        if self.scoring_only:  # eval.py: the scores are all it asks for
+            return
+        self.last_state = task.last_state(scores)
+        entry = task.history_entry(self.global_step, scores)
         self.val_history.append(entry)
-        # The confusion matrix is already summed over ranks: every rank logs the same numbers,
-        # so no sync_dist (which would all-reduce once per call).
-        self.log("val/miou", miou, prog_bar=True, sync_dist=False)
-        best_name = "val/best_miou" if dice is None else "val/best_mean_dice"
-        if change is not None:
-            best_name = "val/best_iou_changed"
-        self.log(best_name, self.best_miou, sync_dist=False)
-        self.log_dict({f"val/miou_{n}": v for n, v in others.items()}, sync_dist=False)
-        self.log_dict(
-            {f"val_iou/{n}": v for n, v in self.last_per_class.items() if v is not None},
-            sync_dist=False,
-        )
-        also = "".join(f", {n} {v:.2f}" for n, v in others.items())
-        if change is not None:
-            self.print(
-                f"step {self.global_step}: val changed IoU {change['iou_changed']:.2f}, F1 "
-                f"{change['f1']:.2f}, precision {change['precision']:.2f}, recall "
-                f"{change['recall']:.2f}, OA {change['overall_accuracy']:.2f} (mIoU {miou:.2f}; "
-                f"{self.eval_network_name}{also}; best changed IoU {self.best_miou:.2f})"
-            )
-            return
-        if dice is not None:
-            self.print(
-                f"step {self.global_step}: val mean Dice {dice:.2f} (mIoU {miou:.2f}; "
-                f"{self.eval_network_name}{also}; best mean Dice {self.best_miou:.2f})"
-            )
-            return
-        self.print(
-            f"step {self.global_step}: val mIoU {miou:.2f} ({self.eval_network_name}"
-            f"{also}; best {self.best_miou:.2f})"
-        )
+        self.best_score = max(self.best_score, entry[task.selection])
+        # The scores come from confusion matrices already summed over ranks: every rank logs the
+        # same numbers, so no sync_dist (which would all-reduce once per call).
+        values = task.logged(scores)
+        self.log("val/miou", scores["miou"], prog_bar=True, sync_dist=False)
+        if task.selection != "miou":  # the selection score in the progress bar too
+            name = f"val/{task.selection}"
+            self.log(name, values.pop(name, entry[task.selection]), prog_bar=True, sync_dist=False)
+        self.log(task.best_log_key, self.best_score, sync_dist=False)
+        self.log_dict(values, sync_dist=False)
+        self.print(task.line(self.global_step, scores, self.eval_network_name, self.best_score))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -466,9 +356,8 @@ class SemiSegModule(L.LightningModule):
             "networks": self.networks(),
             "eval_network": self.eval_network_name,
             "val_history": self.val_history,
-            "best_miou": self.best_miou,
-            "last_per_class": self.last_per_class,
-            "last_dice": self.last_dice,
+            "best_score": self.best_score,
+            "last_state": self.last_state,
             "nonfinite_steps": self.nonfinite_steps,
             "rng": gather_rng_states(),
             "wandb_run_id": next(
@@ -496,9 +385,8 @@ class SemiSegModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("semiseg", {})
         self.val_history = list(state.get("val_history", []))
-        self.best_miou = state.get("best_miou", float("-inf"))
-        self.last_per_class = dict(state.get("last_per_class", {}))
-        self.last_dice = dict(state.get("last_dice", {}))
+        self.best_score = state.get("best_score", state.get("best_miou", float("-inf")))
+        self.last_state = dict(state.get("last_state", {}))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         trainer = self._trainer
         if trainer is None or not state.get("rng"):

@@ -67,6 +67,7 @@ BOTH = ("logits", "representation")
 
 class CSS(TeacherStudentModule):
     num_strong_views = 1  # the data workers' strong view of each unlabeled image
+    needs_decoder_features = True  # the representation head sits on DeepLabV3+'s decoder
 
     def __init__(
         self,
@@ -119,7 +120,7 @@ class CSS(TeacherStudentModule):
             self.labeled_epoch_steps = max(1, per_rank // self.trainer.datamodule.batch_size)
 
     def contrast_weight(self) -> float:
-        if self._trainer is None:  # semiseg.bench: the first epoch's weight
+        if self._trainer is None:  # semiseg.tools.bench: the first epoch's weight
             return 1.0
         if self.rampdown_epochs is None or not self.labeled_epoch_steps:
             return rampdown(self.global_step, self.total_steps)

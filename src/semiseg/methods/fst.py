@@ -54,13 +54,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semiseg.augment.mixing import half_area_boxes
+from semiseg.augment.mixing import half_area_boxes, paste
 from semiseg.errors import ConfigError
 from semiseg.methods.losses import (
     IGNORE_INDEX,
     entropy,
     entropy_filtered_ce,
-    paste,
     pseudo_label_accuracy,
 )
 from semiseg.methods.teacher_student import TeacherStudentModule
@@ -79,6 +78,7 @@ class NonFiniteLoss(Exception):
 
 class FST(TeacherStudentModule):
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
+    several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
     def __init__(
         self,

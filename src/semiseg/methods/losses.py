@@ -68,15 +68,6 @@ def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
     return conf, labels
 
 
-def paste(box: Tensor, target: Tensor, source: Tensor) -> Tensor:
-    """`target` with `source` inside the CutMix box (1 = inside); works for images (N, 3, H, W)
-    and for per-pixel maps (N, H, W). Returns a new tensor; the inputs are untouched."""
-    inside = box.bool()
-    if target.dim() == 4:
-        inside = inside.unsqueeze(1)
-    return torch.where(inside, source, target)
-
-
 def consistency_loss(
     logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
 ) -> Tensor:

@@ -78,6 +78,10 @@ class IntensityAugmented(TeacherStudentModule):
     range), or `strong_view=workers`: the data workers' colour jitter, grayscale and blur of the
     same crop (UniMatch's strong view), to measure what the intensity ops themselves bring."""
 
+    @classmethod
+    def needs_rgb_batches(cls, method_cfg) -> bool:
+        return True  # the papers' intensity ops, on RGB batches
+
     paper_policy: IntensityPolicy
 
     def __init__(self, *args, strong_view: str = "intensity", intensity=None, **kwargs):

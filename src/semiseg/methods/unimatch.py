@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from semiseg.augment.mixing import paste
 from semiseg.methods.losses import (
     consistency_loss,
     mask_ratio,
-    paste,
     pseudo_label_accuracy,
     pseudo_labels,
 )

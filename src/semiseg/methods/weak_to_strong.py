@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semiseg.augment.mixing import unimatch_boxes
+from semiseg.augment.mixing import paste, unimatch_boxes
 from semiseg.augment.strong import unimatch_strong
 from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
-from semiseg.methods.losses import paste, pseudo_labels
+from semiseg.methods.losses import pseudo_labels
 
 MIX_PARTNERS = ("same", "shuffle", "flip")
 STRONG_VIEWS = ("workers", "step")

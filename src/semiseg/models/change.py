@@ -22,6 +22,8 @@ from semiseg.models.deeplabv3plus import DeepLabV3Plus
 class ChangeDeepLabV3Plus(DeepLabV3Plus):
     """DeepLabV3+ on the feature differences of an image pair given as (N, 6, H, W)."""
 
+    inputs = ("pair",)
+
     def __init__(self, *args, in_channels: int = 6, **kwargs):
         if in_channels != 6:
             raise ConfigError(

@@ -58,6 +58,11 @@ class DeepLabV3Plus(nn.Module):
       `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier).
     """
 
+    # What build checks before training: the inputs it takes (rgb | channels | pair) and
+    # whether forward(x, outputs=("features",)) gives decoder features (CSS's representation head).
+    inputs = ("rgb",)
+    decoder_features = True
+
     def __init__(
         self,
         num_classes: int,

@@ -35,7 +35,7 @@ SMP_PREFIX = "smp:"
 # The public code's file names where they differ from the encoder's name.
 IMAGENET_FILES = {"xception65": "xception.pth", "xception": "xception.pth"}
 WEIGHTS_HELP = (
-    "put the ImageNet file published with the UniMatch code there (README: 'Pretrained "
+    "put the ImageNet file published with the UniMatch code there (docs/recipes.md: 'Pretrained "
     "backbones'), give another file with model.pretrained=PATH, or train from random weights "
     "with model.pretrained=scratch"
 )
@@ -97,7 +97,7 @@ def resolve_init(encoder: str, pretrained, pretrained_dir="pretrained", deep_ste
     raise ConfigError(
         f"model.pretrained=imagenet: {where} nor in the hub caches ({hub_weights.hf_cache()}, "
         f"{hub_weights.torch_cache()}); put the ImageNet file published with the UniMatch code "
-        f"there (README: 'Pretrained backbones'), or fill the hub cache with {first.label} "
+        f"there (docs/recipes.md: 'Pretrained backbones'), or fill the hub cache with {first.label} "
         "(once online: HF_HUB_OFFLINE=0 python train.py ... downloads it), give another file "
         "with model.pretrained=PATH, or train from random weights with model.pretrained=scratch"
     )

@@ -83,6 +83,9 @@ class UNetDecoder(nn.Module):
 class UNet(nn.Module):
     """`encoder` and `pretrained` are accepted for the run's records (always `scratch`)."""
 
+    inputs = ("rgb", "channels")  # model.in_channels: any number of channels
+    decoder_features = False
+
     def __init__(
         self,
         num_classes: int,
@@ -133,6 +136,9 @@ def decode_perturbed(decode, features: list[torch.Tensor], p: float):
 class SmpUNet(nn.Module):
     """segmentation-models-pytorch's UNet (`encoder` an smp encoder name, random weights), with
     the same interface; the perturbed stream applies Dropout2d to every encoder feature."""
+
+    inputs = ("rgb", "channels")  # model.in_channels: any number of channels
+    decoder_features = False
 
     def __init__(
         self,

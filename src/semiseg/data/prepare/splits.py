@@ -26,11 +26,11 @@ import numpy as np
 
 from semiseg.data.splits import (
     Sample,
+    Split,
     SplitError,
     available_splits,
     fraction_key,
     read_list,
-    split_folders,
     split_name,
     write_list,
     write_split,
@@ -103,7 +103,7 @@ def pool_from_splits(splits_dir: Path) -> list[Sample]:
 
 def requested_count(split, pool_size: int, aliases: Mapping | None = None) -> int:
     """A labeled count from a split name: a count, a known alias, or a fraction of the pool."""
-    count, _ = split_folders(split, aliases)
+    count = Split.parse(split, aliases).count
     if count is not None:
         return count
     fraction = fraction_key(split)

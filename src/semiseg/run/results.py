@@ -1,10 +1,59 @@
-"""results.json: the one file a run leaves for humans, sweeps and reports."""
+"""results.json: the one file a run leaves for humans, sweeps and reports.
+
+Every training run's file has the same first keys (method, dataset, split, seed, steps), then its
+task's keys (tasks/): `selection` names the score that selected best.ckpt, `best_val_score` is
+that score of best.ckpt and `best_step` its step; `best_val_miou` is best.ckpt's mIoU.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+from semiseg.checkpoints.io import BEST, LAST
+from semiseg.hardware import precision_name
+
+# The results.json values train.py can return to a sweeper (`optimized_metric`).
+OPTIMIZABLE = ("best_val_score", "best_val_miou", "val_miou", "wall_time_s")
+
+
+def train_results(cfg, trainer, module, trainer_args: dict, init: dict, resumed_from) -> dict:
+    """The results.json of a training run (wall_time_s is added by the caller)."""
+    results = {
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "source": cfg.source.name if cfg.get("source") else None,  # domain adaptation
+        "split": cfg.split,
+        "seed": int(cfg.seed),
+        "steps": int(trainer.global_step),
+        "task": module.task.name,
+        **module.task.train_results(module.val_history, module.last_state),
+        "eval_mode": cfg.eval.mode,
+        "eval_network": module.eval_network_name,
+        "val_history": module.val_history,
+        "world_size": trainer.world_size,
+        "precision": str(trainer_args.get("precision")),
+        "init": init,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "checkpoints": {"last": f"checkpoints/{LAST}", "best": f"checkpoints/{BEST}"},
+    }
+    return results
+
+
+def done_line(results: dict, task) -> str:
+    """The line a finished training run prints."""
+    score = f"val mIoU {results['val_miou']} (best.ckpt {results['best_val_miou']})"
+    if task.selection != "miou":
+        last = results["val_history"][-1].get(task.selection) if results["val_history"] else None
+        score = (
+            f"val {task.selection_label} {last} (best.ckpt {results['best_val_score']}), "
+            f"mIoU {results['val_miou']}"
+        )
+    return (
+        f"done: {results['method']} on {results['dataset']} split {results['split']}: "
+        f"{score} after {results['steps']} steps in {results['wall_time_s']} s"
+    )
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -18,15 +67,6 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 def read_results(path: Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-# Lightning's short spellings of trainer.precision and the names the references are stored under.
-PRECISION_NAMES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
-
-
-def precision_name(precision) -> str:
-    text = str(precision)
-    return PRECISION_NAMES.get(text, text)
 
 
 def versus_reference(results: dict, reference) -> str:

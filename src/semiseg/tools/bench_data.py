@@ -1,4 +1,4 @@
-"""Time the data pipeline alone: python -m semiseg.bench bench.data_only=true dataset.crop_size=321
+"""Time the data pipeline alone: python -m semiseg.tools.bench bench.data_only=true dataset.crop_size=321
 
 Without a `dataset=` override, synthetic images of the papers' sizes are written to a temporary
 folder first: Pascal-like JPEGs of 500x375 (crop below 700) or Cityscapes-like PNGs of 2048x1024
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from semiseg.data import transforms as tf
 from semiseg.data.datasets import LabeledDataset
 from semiseg.errors import ConfigError
+from semiseg.paths import config_dir
 
 # width, height, format and classes of the papers' images; the noise brings the files near
 # the real sizes (VOC JPEGs about 100 KB, Cityscapes PNGs about 2.5 MB), so decoding costs alike
@@ -197,8 +198,7 @@ def compose_config(overrides: list[str], bench: dict, tmp: Path) -> tuple:
             "data.batch_size=2",  # the papers' per-GPU batch; the synthetic lists are short
             *overrides,
         ]
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=False)
     with open_dict(cfg):
         cfg.split = str(cfg.split)

@@ -1,7 +1,7 @@
 """Train supervised, FixMatch and UniMatch on the same split, seed and step budget, then write a
 Markdown table and a plot of val mIoU over steps.
 
-    python -m semiseg.compare [--out DIR] [methods=supervised,fixmatch,unimatch] [OVERRIDES ...]
+    python -m semiseg.tools.compare [--out DIR] [methods=supervised,fixmatch,unimatch] [OVERRIDES ...]
 
 `methods=` (or `--methods`) lists any of supervised, fixmatch, unimatch, meanteacher, imas, augseg,
 fst (FST takes K + 1 optimizer steps per step counted, so about 4x the time),
@@ -10,7 +10,7 @@ css.
 Any train.py override can follow (e.g. split=20 trainer.max_steps=300). The runs go through
 train.py itself (Hydra multirun, one after another), so they are exactly what a user would run.
 Without a `split=` override the comparison runs on split 10, where the toy recipe shows the gap
-(see README, Results).
+(see docs/results.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from semiseg.paths import checkout_dir
+
+REPO = checkout_dir()  # train.py and outputs/ live there
 DEFAULT_SPLIT = 10
 
 

@@ -1,11 +1,11 @@
 """The papers' recipes as this project resolves them, beside the public code's own values.
 
-    python -m semiseg.recipes      prints the recipe table of the README
+    python -m semiseg.tools.recipes      prints the recipe table of docs/recipes.md
 
 Each `experiment=*` config is composed for each official split, exactly as train.py would compose
 it, and its backbone, initialisation, crop, batch, learning rate, epochs and optimizer steps are
 read from the result. `REFERENCE` holds what the public UniMatch code runs (its configs, scripts,
-README and training logs). tests/test_recipes.py checks that the two agree and that the README
+README and training logs). tests/test_recipes.py checks that the two agree and that docs/recipes.md
 shows this table, so neither can drift.
 """
 
@@ -14,18 +14,18 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from semiseg.data.splits import split_folders
+from semiseg.data.splits import Split
 from semiseg.models.encoders import imagenet_file
+from semiseg.paths import config_dir
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-README_BEGIN = "<!-- recipe-table:begin (python -m semiseg.recipes) -->"
-README_END = "<!-- recipe-table:end -->"
+# The table's markers in docs/recipes.md (the first names the command that prints it).
+TABLE_BEGIN = "<!-- recipe-table:begin (python -m semiseg.tools.recipes) -->"
+TABLE_END = "<!-- recipe-table:end -->"
 
 PASCAL_CLASSIC = ["92", "183", "366", "732", "1464"]
 PASCAL_BLENDED = ["1/16", "1/8", "1/4", "u2pl_1_16", "u2pl_1_8", "u2pl_1_4"]
@@ -232,7 +232,7 @@ def compose_experiment(experiment: str):
     """The config train.py composes for `experiment=<experiment>`."""
     import semiseg.data  # noqa: F401  (registers the dataset configs' resolvers)
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[f"experiment={experiment}"])
 
 
@@ -242,7 +242,7 @@ def resolve(experiment: str, split: str, cfg=None) -> Row:
     cfg = (cfg or compose_experiment(experiment)).copy()
     cfg.split = split
     dataset, model = cfg.dataset, cfg.model
-    n_labeled = split_folders(split.removeprefix("u2pl_"), dataset.split_aliases)[0]
+    n_labeled = Split.parse(split.removeprefix("u2pl_"), dataset.split_aliases).count
     n_unlabeled = int(dataset.train_images) - n_labeled
     semi = get_class(cfg.method._target_).uses_unlabeled
     # The data module's epoch: see semiseg.data.datamodule (labeled repeated to the unlabeled
@@ -325,9 +325,9 @@ def markdown_table(all_rows: list[Row] | None = None) -> str:
 
 
 def main() -> None:
-    print(README_BEGIN)
+    print(TABLE_BEGIN)
     print(markdown_table())
-    print(README_END)
+    print(TABLE_END)
 
 
 if __name__ == "__main__":

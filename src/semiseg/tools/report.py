@@ -1,4 +1,4 @@
-"""The paper table of a sweep: python -m semiseg.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
+"""The paper table of a sweep: python -m semiseg.tools.report SWEEP_DIR [--metric best_val_miou] [--out DIR]
 
 Reads every run under SWEEP_DIR (a `python train.py -m ...` folder, or any folder of runs such as
 outputs/) and writes, next to them or into --out:
@@ -15,7 +15,7 @@ so the gains are steadier than the differences of the means (toy split 10: super
 points from seed 0 to seed 1).
 
 With --per-seed, report.md also gets one table per dataset and split with every seed's value as
-a column, then the mean +- std and the paired gain: the README's table of the toy's seeds.
+a column, then the mean +- std and the paired gain: the seeds table of docs/results.md.
 
 Runs that differ in any other override (their `.hydra/overrides.yaml`, e.g. a sweep over
 method.tau or model.encoder) are not merged: each value gets its own row, and the override is a
@@ -492,7 +492,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m semiseg.report", description=__doc__.split("\n\n")[0]
+        prog="python -m semiseg.tools.report", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, or any folder of runs")
     parser.add_argument(

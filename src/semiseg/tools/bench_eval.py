@@ -1,4 +1,4 @@
-"""Time sliding-window inference: python -m semiseg.bench bench.eval=true [bench.precision=bf16]
+"""Time sliding-window inference: python -m semiseg.tools.bench bench.eval=true [bench.precision=bf16]
 [bench.channels_last=true] [bench.images=2] [model.encoder=resnet101] [eval.window_batch=8]
 
 One random 1024x2048 image (Cityscapes' size, `bench.height`/`bench.width`) predicted as
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from semiseg.bench import _peak_memory_mb, _sync
 from semiseg.errors import ConfigError
 from semiseg.evaluation.inference import WINDOW_BATCH, predict, window_starts
+from semiseg.paths import config_dir
+from semiseg.tools.bench import _peak_memory_mb, _sync
 
 DEFAULTS = {
     "images": 2,
@@ -42,9 +42,8 @@ def main(overrides: list[str], bench_overrides: dict | None = None) -> dict:
             raise ConfigError(f"bench.{key} is unknown here: use one of {', '.join(DEFAULTS)}")
         default = DEFAULTS[key]
         bench[key] = value.lower() == "true" if isinstance(default, bool) else type(default)(value)
-    conf = Path(__file__).resolve().parents[2] / "conf"
     dataset = [] if any(x.startswith("dataset=") for x in overrides) else ["dataset=cityscapes"]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[*dataset, "model.pretrained=scratch", *overrides])
     window = int(cfg.dataset.crop_size)
     classes = len(cfg.dataset.classes or []) or 19

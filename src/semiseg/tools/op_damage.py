@@ -1,6 +1,6 @@
 """How much each intensity op of iMAS/AugSeg hides each class from a trained model.
 
-    python -m semiseg.op_damage RUN/checkpoints/best.ckpt [--crops 96] [--policy augseg|imas]
+    python -m semiseg.tools.op_damage RUN/checkpoints/best.ckpt [--crops 96] [--policy augseg|imas]
 
 Takes random crops of the checkpoint's validation images as the training pipeline makes them
 (long side scaled by U(0.5, 2.0), a crop of the training crop size), then for every op of the
@@ -9,7 +9,7 @@ policy, with magnitudes from the lower and the upper half of its range (u in [0,
 predicted as that class) beside the accuracy on the unchanged crops. A strong view that a good
 model cannot read teaches the student on labels its input does not support: on the toy, whose
 classes are light/dark textures, contrast and brightness near 0.05, solarize and invert do that
-(README, Results).
+(docs/results.md).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def format_table(results: dict[str, list[float | None]], class_names: list[str])
 
 
 def main(argv=None) -> None:
+    from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
     from semiseg.data.datamodule import build_val_dataset
-    from semiseg.runner import load_checkpoint, model_from_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt_path")

@@ -1,12 +1,12 @@
-"""Time training steps: python -m semiseg.bench method=unimatch model.encoder=resnet101 \
+"""Time training steps: python -m semiseg.tools.bench method=unimatch model.encoder=resnet101 \
     dataset.crop_size=321 data.batch_size=2 [bench.steps=5] [bench.precision=bf16] \
     [bench.channels_last=auto|true|false] [bench.compile=true] [bench.profile=true]
 
 Composes the same config as train.py (any override works) and runs the method's own step outside
 Lightning, so each phase can be timed: data loading, forwards (all of them, the no-grad partner
 forward included), backward, optimizer step. A method with several optimizer steps per batch
-(FST: `module.iteration`) is timed over its whole iteration, its backward passes and optimizer
-steps summed. Prints seconds per step, images per second and peak memory. A benchmark, not a
+(its class sets `several_steps_per_batch`; they are taken by `module.iteration`) is timed over its
+whole iteration, its backward passes and optimizer steps summed. Prints seconds per step, images per second and peak memory. A benchmark, not a
 test: nothing here asserts a speed.
 
 Model compute: what the step would cost if it were nothing but its network calls. Forward hooks
@@ -20,12 +20,10 @@ the model. `bench.profile=true` adds a torch.profiler table of one more step.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -33,9 +31,8 @@ from omegaconf import open_dict
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-from semiseg.runner import build_data_and_method, resolve_channels_last
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from semiseg.paths import config_dir
+from semiseg.run.build import build_data_and_method, resolve_channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -58,7 +55,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _iteration(module, batch, optimizer, autocast, device, t1: float) -> tuple[float, float]:
-    """A method's whole iteration (`module.iteration`, FST: K virtual steps and the real one),
+    """A method's whole iteration (`module.iteration`: all its optimizer steps of one batch),
     its backward passes and optimizer steps timed inside its step callback; everything else
     (forwards, EMA updates, snapshots) is counted as forward. Returns the t2, t3 that split the
     time from t1 into forward, backward and optimizer as for a one-step method."""
@@ -185,15 +182,17 @@ def _settings(overrides: list[str]) -> tuple[dict, list[str]]:
 
 
 def main(overrides: list[str]) -> dict:
+    from semiseg.tools import bench_data, bench_eval  # (bench_eval imports this module)
+
     # bench.data_only=true / bench.eval=true: the data pipeline / sliding-window inference alone
     own = dict(item[6:].split("=", 1) for item in overrides if item.startswith("bench."))
-    for flag, name in (("data_only", "bench_data"), ("eval", "bench_eval")):
+    for flag, tool in (("data_only", bench_data), ("eval", bench_eval)):
         if own.pop(flag, "false").lower() == "true":
             rest = [item for item in overrides if not item.startswith("bench.")]
-            return importlib.import_module(f"semiseg.{name}").main(rest, own)
+            return tool.main(rest, own)
     overrides = [x for x in overrides if x.split("=")[0] not in ("bench.data_only", "bench.eval")]
     bench, rest = _settings(overrides)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=rest, return_hydra_config=False)
     with open_dict(cfg):
         cfg.split = str(cfg.split)
@@ -238,7 +237,7 @@ def main(overrides: list[str]) -> dict:
             batch = _to(next_batch(), device)
             _sync(device)
         t1 = time.perf_counter()
-        if hasattr(module, "iteration"):  # several optimizer steps per batch (FST)
+        if module.several_steps_per_batch:  # its `iteration` takes them all
             t2, t3 = _iteration(module, batch, optimizer, autocast, device, t1)
         else:
             with record_function("## forward phase"), autocast:

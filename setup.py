@@ -1,0 +1,11 @@
+"""The packages of src/, and the repository's conf/ shipped inside them as semiseg/conf, where
+`semiseg.paths.config_dir()` finds it in an installed package (pyproject.toml holds the rest)."""
+
+from setuptools import find_namespace_packages, find_packages, setup
+
+configs = ["semiseg.conf", *(f"semiseg.conf.{p}" for p in find_namespace_packages("conf"))]
+setup(
+    packages=[*find_packages("src"), *configs],
+    package_dir={"": "src", "semiseg.conf": "conf"},
+    package_data={p: ["*.yaml"] for p in configs},
+)
