@@ -1,12 +1,20 @@
 """Shared test setup: never reach a network; one toy dataset for the whole session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Empty hub caches: model.pretrained=imagenet must not find weights a developer downloaded.
+_HUB = tempfile.mkdtemp(prefix="semiseg-test-hub-")
+os.environ["HF_HOME"], os.environ["TORCH_HOME"] = f"{_HUB}/hf", f"{_HUB}/torch"
+os.environ.pop("HF_HUB_CACHE", None)
+atexit.register(shutil.rmtree, _HUB, True)
 
 
 @pytest.fixture(scope="session")

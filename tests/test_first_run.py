@@ -12,16 +12,34 @@ from semiseg.run.results import versus_reference
 
 
 def test_fast_precision_follows_the_hardware(monkeypatch):
-    amx = torch.cpu.get_capabilities().get("amx_bf16", False)
-    assert hardware.resolve_precision("fast", on_gpu=False) == ("bf16-mixed" if amx else "32-true")
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False})
-    assert hardware.resolve_precision("fast", on_gpu=False) == "32-true"
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    assert hardware.resolve_precision("fast", on_gpu=False) == "bf16-mixed"
+    caps = torch.cpu.get_capabilities()
+    native = caps.get("amx_bf16", False) or caps.get("avx512_bf16", False)
+    assert hardware.resolve_precision("fast", on_gpu=False) == (
+        "bf16-mixed" if native else "32-true"
+    )
+    for flags, expected in [
+        ({"amx_bf16": True, "avx512_bf16": False}, "bf16-mixed"),  # Intel with AMX
+        ({"amx_bf16": False, "avx512_bf16": True}, "bf16-mixed"),  # AMD EPYC Zen 4: no AMX
+        ({"amx_bf16": False, "avx512_bf16": False}, "32-true"),  # bf16 emulated: fp32
+        ({"avx2": True}, "32-true"),  # a torch that reports neither key
+    ]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        assert hardware.resolve_precision("fast", on_gpu=False) == expected, flags
+    # a GPU: its own bf16 support decides, whatever the CPU has
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert hardware.resolve_precision("fast", on_gpu=True) == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    assert hardware.resolve_precision("fast", on_gpu=True) == "bf16-mixed"
     for explicit in ("32-true", "bf16-mixed", "16-mixed", 32):
         assert hardware.resolve_precision(explicit, on_gpu=False) == explicit
+
+
+def test_this_torch_reports_the_bf16_flags():
+    caps = torch.cpu.get_capabilities()
+    for flag in hardware.NATIVE_BF16_CPU:
+        assert flag in caps, flag
 
 
 def test_versus_reference_line():
@@ -40,12 +58,38 @@ def test_versus_reference_line():
     assert "no validation" in versus_reference({**run, "best_val_miou": None}, reference)
 
 
+def test_the_reference_is_of_the_precision_the_run_used():
+    reference = {
+        "method": "supervised", "split": 10, "steps": 800,
+        "by_precision": {
+            "bf16-mixed": {"best_val_miou": 38.78, "source": "bf16 run"},
+            "32-true": {"best_val_miou": 33.77, "source": "fp32 run"},
+        },
+    }  # fmt: skip
+    run = {"method": "unimatch", "best_val_miou": 44.0, "split": 10, "steps": 800}
+    bf16 = versus_reference({**run, "precision": "bf16-mixed"}, reference)
+    assert bf16 == "unimatch 44.00 vs supervised 38.78 (+5.22 mIoU); supervised: bf16 run"
+    fp32 = versus_reference({**run, "precision": "32-true"}, reference)
+    assert fp32 == "unimatch 44.00 vs supervised 33.77 (+10.23 mIoU); supervised: fp32 run"
+    assert versus_reference({**run, "precision": "32"}, reference) == fp32  # Lightning's "32"
+    fp16 = versus_reference({**run, "precision": "16-mixed"}, reference)
+    assert fp16 == (
+        "no stored supervised figure for 16-mixed (stored: bf16-mixed, 32-true): unimatch 44.00 "
+        "is not compared across precisions"
+    )
+    assert "38.78" not in fp16 and "33.77" not in fp16
+
+
 def test_first_run_composes_unimatch_on_split_10_with_a_reference():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=first_run"])
     assert cfg.method.name == "unimatch" and cfg.split == 10 and cfg.dataset.name == "toy"
     assert cfg.trainer.precision == "fast" and cfg.data.batch_size == 4
-    assert cfg.reference.method == "supervised" and cfg.reference.best_val_miou > 0
+    assert cfg.reference.method == "supervised"
+    figures = cfg.reference.by_precision
+    assert set(figures) == {"bf16-mixed", "32-true"}  # what `fast` resolves to on CPUs
+    for figure in figures.values():
+        assert figure.best_val_miou > 0 and figure.source
     assert cfg.model.encoder == "resnet18"  # the toy recipe still applies
 
 

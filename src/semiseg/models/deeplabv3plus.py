@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.models.encoders import build_encoder, load_pretrained, pretrained_file
+from semiseg.models.encoders import build_encoder, load_init
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -77,10 +77,8 @@ class DeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
-        # imagenet | scratch | a path (see encoders.pretrained_file); None is scratch
-        weights = pretrained_file(encoder, pretrained, pretrained_dir)
-        if weights is not None:
-            load_pretrained(self.backbone, weights)
+        # imagenet | scratch | a path (see encoders.resolve_init); None is scratch
+        load_init(self.backbone, encoder, pretrained, pretrained_dir, deep_stem)
         low_ch, high_ch = self.backbone.channels
         self.fp_dropout = fp_dropout
         self.head = ASPP(high_ch, dilations)

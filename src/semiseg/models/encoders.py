@@ -6,18 +6,21 @@ Its `channels` attribute is `(low_ch, high_ch)`.
 
 Names are timm model names by default (`resnet101`); `smp:<name>` selects a
 segmentation-models-pytorch encoder instead; `xception65` (or `xception`) is the UniMatch
-reference's own Xception-65 (xception.py), not timm's aligned Xception of that name. Weights are
-never downloaded: everything is built with random init, and `load_pretrained` reads a local file.
+reference's own Xception-65 (xception.py), not timm's aligned Xception of that name. Everything
+is built with random init; `load_init` then reads the weights `model.pretrained` names.
 
-`model.pretrained` chooses the initialisation (`pretrained_file` turns it into a file):
+`model.pretrained` chooses the initialisation (`resolve_init` turns it into a file):
 - `imagenet`: the ImageNet file of the public UniMatch code, `<pretrained_dir>/resnet50.pth`,
   `resnet101.pth` (deep stem) or `xception.pth`, as its model code loads it (other encoders:
-  `<pretrained_dir>/<encoder>.pth`);
+  `<pretrained_dir>/<encoder>.pth`); without it, the encoder's ImageNet weights that timm or
+  torchvision publish, from their hub caches (hub_weights.py; downloaded only with
+  HF_HUB_OFFLINE=0), with one line saying which and what maps;
 - `scratch`: random initialisation, only when asked for (the papers never report it);
 - a path: any local state dict in the encoder's layout.
 """
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -25,8 +28,8 @@ import timm
 import torch
 from torch import nn
 
-from semiseg.errors import ConfigError
-from semiseg.models import xception
+from semiseg.errors import ConfigError, one_line
+from semiseg.models import hub_weights, xception
 
 SMP_PREFIX = "smp:"
 # The public code's file names where they differ from the encoder's name.
@@ -44,38 +47,139 @@ def imagenet_file(encoder: str) -> str:
     return IMAGENET_FILES.get(name, f"{name}.pth")
 
 
-def pretrained_file(encoder: str, pretrained, pretrained_dir="pretrained") -> Path | None:
-    """The weights file `model.pretrained` asks for (None: random init), checked to exist.
+@dataclass(frozen=True)
+class Init:
+    """What `model.pretrained` resolves to: scratch, a file, or published weights from a hub
+    cache (`hub`, see hub_weights.py)."""
 
-    Called before any data is read, so a missing file costs the user nothing.
+    kind: str  # scratch | imagenet | file
+    path: Path | None = None
+    hub: hub_weights.HubWeights | None = None
+
+
+def resolve_init(encoder: str, pretrained, pretrained_dir="pretrained", deep_stem=True) -> Init:
+    """The initialisation `model.pretrained` asks for, its file checked to exist.
+
+    `imagenet`: the public file in `pretrained_dir` when it is there; else the encoder's weights
+    published by timm or torchvision from their hub caches (downloaded there only when the hubs
+    may be reached, see hub_weights.online). Called before any data is read, so a missing file
+    costs the user nothing.
     """
     if pretrained is None or str(pretrained) == "scratch":
-        return None
-    if str(pretrained) == "imagenet":
-        path = Path(pretrained_dir) / imagenet_file(encoder)
+        return Init("scratch")
+    if str(pretrained) != "imagenet":
+        path = Path(pretrained)
         if not path.is_file():
+            raise ConfigError(f"model.pretrained: no such file: {path}; {WEIGHTS_HELP}")
+        return Init("file", path)
+    path = Path(pretrained_dir) / imagenet_file(encoder)
+    if path.is_file():
+        return Init("imagenet", path)
+    published = hub_weights.candidates(encoder, deep_stem)
+    for weights in published:
+        file = hub_weights.cached_file(weights)
+        if file is not None:
+            return Init("imagenet", file, weights)
+    where = f"no ImageNet weights for {encoder} at {path} (model.pretrained_dir={pretrained_dir})"
+    if not published:
+        raise ConfigError(f"model.pretrained=imagenet: {where}; {WEIGHTS_HELP}")
+    first = published[0]
+    if hub_weights.online():
+        try:
+            return Init("imagenet", hub_weights.download(first), first)
+        except Exception as err:
             raise ConfigError(
-                f"model.pretrained=imagenet: no ImageNet weights for {encoder} at {path} "
-                f"(model.pretrained_dir={pretrained_dir}); {WEIGHTS_HELP}"
-            )
-        return path
-    path = Path(pretrained)
-    if not path.is_file():
-        raise ConfigError(f"model.pretrained: no such file: {path}; {WEIGHTS_HELP}")
-    return path
+                f"model.pretrained=imagenet: {where}, and downloading {first.label} failed "
+                f"({' '.join(one_line(err).split())}); put the ImageNet file published with the UniMatch code at "
+                f"{path}, or copy {first.label} into "
+                f"{hub_weights.hf_cache() if first.hub == 'timm' else hub_weights.torch_cache()}"
+            ) from None
+    raise ConfigError(
+        f"model.pretrained=imagenet: {where} nor in the hub caches ({hub_weights.hf_cache()}, "
+        f"{hub_weights.torch_cache()}); put the ImageNet file published with the UniMatch code "
+        f"there (docs/recipes.md: 'Pretrained backbones'), or fill the hub cache with {first.label} "
+        "(once online: HF_HUB_OFFLINE=0 python train.py ... downloads it), give another file "
+        "with model.pretrained=PATH, or train from random weights with model.pretrained=scratch"
+    )
 
 
-def describe_init(encoder: str, pretrained, pretrained_dir="pretrained") -> dict:
-    """What results.json records of the initialisation: the file and its SHA-256, or scratch."""
-    path = pretrained_file(encoder, pretrained, pretrained_dir)
-    if path is None:
-        return {"backbone": "scratch"}
+def pretrained_file(encoder: str, pretrained, pretrained_dir="pretrained", deep_stem=True):
+    """The weights file `model.pretrained` asks for (None: random init), checked to exist."""
+    return resolve_init(encoder, pretrained, pretrained_dir, deep_stem).path
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
-    kind = "imagenet" if str(pretrained) == "imagenet" else "file"
-    return {"backbone": kind, "file": str(path), "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def describe_init(encoder: str, pretrained, pretrained_dir="pretrained", deep_stem=True) -> dict:
+    """What results.json records of the initialisation: the file and its SHA-256, or scratch;
+    for published weights also which (`weights`, `hub`), the public file the paper recipes use
+    (`paper_file`) and, where the layouts differ, the modules left random (`random`)."""
+    init = resolve_init(encoder, pretrained, pretrained_dir, deep_stem)
+    if init.path is None:
+        return {"backbone": "scratch"}
+    record = {"backbone": init.kind, "file": str(init.path), "sha256": _sha256(init.path)}
+    if init.hub is None:
+        return record
+    with torch.device("meta"):  # the layout only: nothing allocated, no weights read
+        skeleton = build_encoder(encoder, deep_stem=deep_stem)
+    loaded, left = hub_weights.unmatched(init.hub, skeleton)
+    record.update(
+        weights=init.hub.label,
+        hub=init.hub.hub,
+        paper_file=str(Path(pretrained_dir) / imagenet_file(encoder)),
+        tensors_loaded=loaded,
+        random=hub_weights.modules_of(left),
+    )
+    return record
+
+
+def init_line(encoder: str, init: dict) -> str:
+    """The one line train.py prints about the backbone's initialisation (`init`: describe_init)."""
+    if "file" not in init:
+        return f"backbone {encoder}: scratch (random initialisation)"
+    if "weights" not in init:
+        return f"backbone {encoder}: {init['backbone']} (weights from {init['file']})"
+    line = f"backbone {encoder}: imagenet, {init['weights']} from the {init['hub']} cache"
+    if init["random"]:
+        shown = ", ".join(init["random"][:8]) + (", ..." if len(init["random"]) > 8 else "")
+        line += f": {init['tensors_loaded']} tensors loaded, {shown} left random"
+        if any(m.startswith("conv1.") for m in init["random"]):
+            line += (
+                " (UniMatch's deep stem, three 3x3 convs 64-64-128, is not their 7x7 conv; "
+                "model.deep_stem=false maps every tensor)"
+            )
+    else:
+        line += ": every tensor loaded"
+    return (
+        f"{line}; the paper recipes use the public UniMatch file at {init['paper_file']} "
+        "(other ImageNet weights: figures may differ)"
+    )
+
+
+def load_init(
+    encoder: nn.Module, name: str, pretrained, pretrained_dir="pretrained", deep_stem=True
+) -> Init:
+    """Initialise `encoder` (built by build_encoder(name)) as `model.pretrained` asks."""
+    init = resolve_init(name, pretrained, pretrained_dir, deep_stem)
+    if init.hub is not None:
+        try:
+            loaded, _ = hub_weights.load(encoder, init.hub, init.path)
+        except Exception as err:
+            raise ConfigError(
+                f"model.pretrained=imagenet: cannot read {init.hub.label} from {init.path}: "
+                f"{' '.join(one_line(err).split())}"
+            ) from None
+        if not loaded:
+            raise ConfigError(f"model.pretrained=imagenet: {init.path} maps no tensor of {name}")
+    elif init.path is not None:
+        load_pretrained(encoder, init.path)
+    return init
 
 
 def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) -> nn.Module:

@@ -22,7 +22,7 @@ from semiseg.data.datamodule import load_class_names
 from semiseg.distributed import in_rank_order, launched_by_torchrun, resolve_devices
 from semiseg.errors import ConfigError
 from semiseg.hardware import FAST, resolve_precision
-from semiseg.models.encoders import describe_init
+from semiseg.models.encoders import describe_init, init_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
 
@@ -144,11 +144,13 @@ def check_backbone_init(cfg: DictConfig, verbose: bool = True) -> dict:
             "backbone), model.pretrained=scratch (random weights) or model.pretrained=PATH"
         )
     init = describe_init(
-        model.encoder, model.get("pretrained", "scratch"), model.get("pretrained_dir", ".")
+        model.encoder,
+        model.get("pretrained", "scratch"),
+        model.get("pretrained_dir", "."),
+        model.get("deep_stem", True),
     )
     if verbose and rank_zero_only.rank == 0:
-        where = f"weights from {init['file']}" if "file" in init else "random initialisation"
-        print(f"backbone {model.encoder}: {init['backbone']} ({where})", flush=True)
+        print(init_line(model.encoder, init), flush=True)
     return init
 
 

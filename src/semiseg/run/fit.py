@@ -21,6 +21,7 @@ from semiseg.dashboards import WandbPanels
 from semiseg.data.splits import SplitError, split_name
 from semiseg.distributed import RankSeed, from_rank_zero, init_process_group, shared_run_dir
 from semiseg.errors import ConfigError, one_line
+from semiseg.progress import progress_callbacks
 from semiseg.run.build import (
     build_data_and_method,
     build_logger,
@@ -118,7 +119,7 @@ def _train_in(cfg, out: Path, lock: RunLock, trainer_args, own, started, multiru
         checkpoint_dir, every_n_steps=own["checkpoint_every"], sigterm=sigterm, started=started
     )
     logger = build_logger(cfg, resume_from, multirun)
-    callbacks = [RankSeed(cfg.seed), checkpoints]
+    callbacks = [RankSeed(cfg.seed), checkpoints, *progress_callbacks(trainer_args)]
     if isinstance(logger, WandbLogger):
         callbacks.append(WandbPanels(num_images=int(cfg.logger.get("panel_images", 4))))
     trainer = instantiate(

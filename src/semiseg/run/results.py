@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from semiseg.checkpoints.io import BEST, LAST
+from semiseg.hardware import precision_name
 
 # The results.json values train.py can return to a sweeper (`optimized_metric`).
 OPTIMIZABLE = ("best_val_score", "best_val_miou", "val_miou", "wall_time_s")
@@ -70,17 +71,35 @@ def read_results(path: Path) -> dict:
 
 def versus_reference(results: dict, reference) -> str:
     """One line comparing this run's best val mIoU with a stored reference figure (the config's
-    `reference`: `method`, `best_val_miou`, the `split` and `steps` it was measured at and
-    `source`, where it comes from); a run of another split or length is told so."""
-    name, figure = reference["method"], float(reference["best_val_miou"])
+    `reference`: `method`, the `split` and `steps` it was measured at, and either `best_val_miou`
+    with `source` (where it comes from), or `by_precision`: those two per trainer.precision, of
+    which the run's resolved precision picks one); a run of another split or length is told so,
+    and a precision without a stored figure is named instead of compared across."""
+    name = reference["method"]
+    figure = reference
+    if reference.get("by_precision") is not None:
+        stored = {precision_name(k): v for k, v in reference["by_precision"].items()}
+        precision = precision_name(results.get("precision"))
+        if precision not in stored:
+            return (
+                f"no stored {name} figure for {precision} (stored: {', '.join(stored)}): "
+                f"{results['method']} {_score(results.get('best_val_miou'))} is not compared "
+                "across precisions"
+            )
+        figure = stored[precision]
+    value = float(figure["best_val_miou"])
     best = results.get("best_val_miou")
     if best is None:
-        return f"no validation to compare with {name}'s {figure:.2f}"
+        return f"no validation to compare with {name}'s {value:.2f}"
     line = (
-        f"{results['method']} {best:.2f} vs {name} {figure:.2f} ({best - figure:+.2f} mIoU); "
-        f"{name}: {reference['source']}"
+        f"{results['method']} {best:.2f} vs {name} {value:.2f} ({best - value:+.2f} mIoU); "
+        f"{name}: {figure['source']}"
     )
     setting = (str(reference["split"]), int(reference["steps"]))
     if (str(results["split"]), int(results["steps"])) != setting:
         line += f" (measured at split {setting[0]}, {setting[1]} steps: not this run's setting)"
     return line
+
+
+def _score(best) -> str:
+    return "(no validation)" if best is None else f"{best:.2f}"
