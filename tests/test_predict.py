@@ -233,3 +233,22 @@ def test_images_of_one_size_are_predicted_in_batches_with_the_same_result(
         )
     with pytest.raises(ConfigError, match="batch_size=0: give how many images"):
         run(cfg)
+
+
+def test_a_volume_checkpoint_is_refused_in_one_line(tmp_path):
+    """An ACDC checkpoint (1-channel volumes): predict.py says to use eval.py, no traceback."""
+    import torch
+
+    dataset = {"name": "acdc", "eval_mode": "volume", "in_channels": 1, "crop_size": 256}
+    state = {"config": {"dataset": dataset}, "class_names": ["bg", "rv", "myo", "lv"]}
+    torch.save({"semiseg": state, "state_dict": {}}, tmp_path / "acdc.ckpt")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    proc = run_script(
+        "predict.py", f"ckpt_path={tmp_path / 'acdc.ckpt'}", f"input={tmp_path / 'images'}",
+        f"output={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1
+    assert "1-channel volumes (dataset=acdc)" in lines[0] and "eval.py save_predictions" in lines[0]

@@ -150,6 +150,18 @@ def _save(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
+def refuse_volumes(dataset_cfg) -> None:
+    """predict.py reads RGB pictures: a checkpoint of single-channel volumes (ACDC) stops in one
+    line that says how to label its volumes."""
+    channels = int(dataset_cfg.get("in_channels") or 3)
+    if dataset_cfg.get("eval_mode") == "volume" or channels not in (3, 6):
+        raise ConfigError(
+            f"predict.py takes RGB images, and this checkpoint was trained on {channels}-channel "
+            f"volumes (dataset={dataset_cfg.get('name')}): label its volumes with eval.py "
+            "save_predictions=true (predictions/<volume>.h5)"
+        )
+
+
 class _Source:
     """What predict.py needs of `ckpt_path`: a training checkpoint (.ckpt) or a file written
     by export.py (its JSON beside it): classes, eval mode, crop, palette and the network."""
@@ -167,6 +179,7 @@ class _Source:
         state = self.checkpoint["semiseg"]
         dataset_cfg = state["config"]["dataset"]
         change.refuse_pairs(dataset_cfg, "predict.py")
+        refuse_volumes(dataset_cfg)
         self.format = "checkpoint"
         self.requested = network
         self.network = network or state.get("eval_network", "student")
