@@ -74,6 +74,8 @@ class SemiSegModule(L.LightningModule):
         self.channels_last = bool(channels_last)
         # torch.compile of every network (`trainer.compile`), done in setup after the NHWC switch.
         self.compile_networks = bool(compile)
+        if self.optim_cfg.get("name", "sgd") not in ("sgd", "adamw"):
+            raise ConfigError(f"optim.name '{self.optim_cfg['name']}' is unknown: use sgd or adamw")
         if self.labeled_loss_cfg["name"] not in ("ce", "ohem", "ce_dice"):
             raise ConfigError(
                 f"labeled_loss.name '{self.labeled_loss_cfg['name']}' is unknown: use ce, ohem "
@@ -141,10 +143,17 @@ class SemiSegModule(L.LightningModule):
         ]
 
     def configure_optimizers(self):
+        """`optim.name`: sgd (momentum; the papers' DeepLabV3+ runs) or adamw (`optim.betas`;
+        UniMatch V2), both with `optim.weight_decay` on every parameter as the public codes."""
         cfg = self.optim_cfg
         groups = self.param_groups()
         for group in groups:
             group["initial_lr"] = group["lr"]
+        if cfg.get("name", "sgd") == "adamw":
+            betas = tuple(cfg.get("betas") or (0.9, 0.999))
+            return torch.optim.AdamW(
+                groups, lr=cfg["lr"], betas=betas, weight_decay=cfg["weight_decay"]
+            )
         return torch.optim.SGD(
             groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
         )

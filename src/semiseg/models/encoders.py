@@ -41,6 +41,28 @@ WEIGHTS_HELP = (
 )
 
 
+# Meta's DINOv2 files (model=dpt), renamed as the public UniMatch V2 code names them.
+DINOV2_FILES = {
+    "dinov2_small": "dinov2_vits14_pretrain.pth",
+    "dinov2_base": "dinov2_vitb14_pretrain.pth",
+    "dinov2_large": "dinov2_vitl14_pretrain.pth",
+    "dinov2_giant": "dinov2_vitg14_pretrain.pth",
+}
+
+
+def weights_help(encoder: str) -> str:
+    """How to provide the weights `model.pretrained=imagenet` asks for."""
+    if encoder in DINOV2_FILES:
+        return (
+            f"put Meta's DINOv2 file {DINOV2_FILES[encoder]} there as {encoder}.pth (the "
+            "UniMatch V2 README's 'Pretrained backbones'), give another file with "
+            "model.pretrained=PATH, or train from random weights with model.pretrained=scratch"
+        )
+    if encoder.startswith("dinov2_"):
+        return f"Meta released no weights for {encoder}: train it with model.pretrained=scratch"
+    return WEIGHTS_HELP
+
+
 def imagenet_file(encoder: str) -> str:
     """The file name of `encoder`'s ImageNet weights in the public code's `pretrained/` folder."""
     name = encoder.removeprefix(SMP_PREFIX)
@@ -70,7 +92,7 @@ def resolve_init(encoder: str, pretrained, pretrained_dir="pretrained", deep_ste
     if str(pretrained) != "imagenet":
         path = Path(pretrained)
         if not path.is_file():
-            raise ConfigError(f"model.pretrained: no such file: {path}; {WEIGHTS_HELP}")
+            raise ConfigError(f"model.pretrained: no such file: {path}; {weights_help(encoder)}")
         return Init("file", path)
     path = Path(pretrained_dir) / imagenet_file(encoder)
     if path.is_file():
@@ -80,9 +102,10 @@ def resolve_init(encoder: str, pretrained, pretrained_dir="pretrained", deep_ste
         file = hub_weights.cached_file(weights)
         if file is not None:
             return Init("imagenet", file, weights)
-    where = f"no ImageNet weights for {encoder} at {path} (model.pretrained_dir={pretrained_dir})"
+    kind = "DINOv2" if encoder.startswith("dinov2_") else "ImageNet"
+    where = f"no {kind} weights for {encoder} at {path} (model.pretrained_dir={pretrained_dir})"
     if not published:
-        raise ConfigError(f"model.pretrained=imagenet: {where}; {WEIGHTS_HELP}")
+        raise ConfigError(f"model.pretrained=imagenet: {where}; {weights_help(encoder)}")
     first = published[0]
     if hub_weights.online():
         try:
