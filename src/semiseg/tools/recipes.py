@@ -82,6 +82,17 @@ OUTSIDE_TABLE = [
     "first_run",  # the toy demo of `make train`, not a paper recipe
 ]
 
+# UniMatch V2 (DINOv2 + DPT, AdamW): resolved and checked against its public configs like the
+# table's experiments (tests/methods/test_unimatch_v2_recipes.py), outside the table of
+# docs/recipes.md until that page shows their rows.
+UNIMATCH_V2_EXPERIMENTS = {
+    "unimatch_v2_pascal": PASCAL_CLASSIC,
+    "unimatch_v2_cityscapes": CITYSCAPES_HALVES,
+    "unimatch_v2_ade20k": ["1/64", "1/32", "1/16", "1/8"],
+    "unimatch_v2_coco": COCO,
+}
+OUTSIDE_TABLE += list(UNIMATCH_V2_EXPERIMENTS)
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -176,7 +187,26 @@ CSS = {
 }  # fmt: skip
 
 
+# The public UniMatch V2 runs: configs/<dataset>.yaml on 4 GPUs (scripts/train.sh), whose
+# backbone is dinov2_small (the README's results are dinov2_base); AdamW betas (0.9, 0.999).
+_V2_HYPER = (("method.tau", 0.95), ("method.ema_alpha", 0.996), ("optim.lr_multi", 40.0))
+UNIMATCH_V2 = {
+    "pascal": Reference("dinov2_small", "dinov2_small.pth", 518, 4, 4, 5e-6, 60,
+                        weight_decay=0.01, hyper=_V2_HYPER),
+    "cityscapes": Reference("dinov2_small", "dinov2_small.pth", 798, 2, 4, 5e-6, 180,
+                            weight_decay=0.01,
+                            hyper=(*_V2_HYPER, ("dataset.labeled_loss.thresh", 0.7),
+                                   ("dataset.labeled_loss.min_kept", 200_000))),
+    "ade20k": Reference("dinov2_small", "dinov2_small.pth", 518, 2, 4, 5e-6, 60,
+                        weight_decay=0.01, hyper=_V2_HYPER),
+    "coco": Reference("dinov2_small", "dinov2_small.pth", 518, 4, 4, 5e-6, 20,
+                      weight_decay=0.01, hyper=_V2_HYPER),
+}  # fmt: skip
+
+
 def _reference(experiment: str, split: str) -> Reference:
+    if experiment.startswith("unimatch_v2_"):
+        return UNIMATCH_V2[experiment.removeprefix("unimatch_v2_")]
     method, dataset = experiment.split("_", 1)
     dataset = dataset.removesuffix("_blended")
     if method in ("imas", "augseg", "fst"):
