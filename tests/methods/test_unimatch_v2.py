@@ -398,3 +398,35 @@ def test_resize_of_validation_images_is_the_public_one():
         inside = F.interpolate(image, (70, 56), mode="bilinear", align_corners=True)
         expected = F.interpolate(model(inside), (75, 61), mode="bilinear", align_corners=True)
         assert torch.allclose(model(image), expected, atol=1e-5)
+
+
+def public_sliding_window(model, img, grid, nclass):
+    """supervised.py's evaluate(mode='sliding_window'): windows of the crop, stride 2/3, the last
+    one ending at the border; softmax sums."""
+    b, _, h, w = img.shape
+    final = torch.zeros(b, nclass, h, w)
+    row = 0
+    while row < h:
+        col = 0
+        while col < w:
+            pred = model(img[:, :, row : row + grid, col : col + grid])
+            final[:, :, row : row + grid, col : col + grid] += pred.softmax(dim=1)
+            if col == w - grid:
+                break
+            col = min(col + int(grid * 2 / 3), w - grid)
+        if row == h - grid:
+            break
+        row = min(row + int(grid * 2 / 3), h - grid)
+    return final
+
+
+def test_sliding_window_validation_is_the_public_one():
+    """Cityscapes: eval.mode=sliding_window with eval.window_border=align (the V2 recipe)."""
+    from semiseg.evaluation.inference import predict
+
+    model = randomise(tiny(3)).eval()
+    image = torch.randn(2, 3, 56, 98)
+    with torch.no_grad():
+        theirs = public_sliding_window(model, image, 42, 3)
+        ours = predict(model, image, "sliding_window", 42, 3, border="align", window_batch=4)
+    assert torch.allclose(ours, theirs, atol=1e-5)

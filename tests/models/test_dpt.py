@@ -316,3 +316,14 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for (name, a), b in zip(plain.named_parameters(), again.parameters(), strict=True):
         if a.requires_grad:
             assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_bf16_autocast_forward_and_backward():
+    """The few-GPU path: bf16 autocast runs the ViT (attention, interpolated positions) and the
+    head, and the gradients reach every trainable weight."""
+    model = tiny().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 42, 28), complementary_dropout=True)
+    assert out.shape == (2, 5, 42, 28) and torch.isfinite(out).all()
+    out.float().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,5 +1,8 @@
 """DPT on a DINOv2 ViT: the segmentation network of UniMatch V2 (model/semseg/dpt.py there).
 
+`model.encoder`: dinov2_small, dinov2_base, dinov2_large, dinov2_giant (Meta's released sizes) or
+dinov2_tiny (this project's own, 192 wide, scratch only: the toy and CPU tests).
+
 Four blocks of the ViT are tapped (S/B: 2, 5, 8, 11; L: 4, 11, 17, 23; g: 9, 19, 29, 39); their
 normed patch tokens are projected (1x1) to `out_channels`, resized to strides 14/4, 14/2, 14, 28
 (transposed convolutions x4 and x2, identity, a stride-2 3x3 convolution), reduced by 3x3
