@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from semiseg.errors import ConfigError, exit_on_user_error
-from semiseg.methods.unimatch_v2 import UniMatchV2
+from semiseg.methods.unimatch_v2 import FixMatchV2, UniMatchV2
 from semiseg.models.deeplabv3plus import DeepLabV3Plus
 from semiseg.run.build import build_data_and_method
 
@@ -152,6 +152,60 @@ def test_step_loss_is_the_public_one(tau):
     ours["loss"].backward()
     assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
     assert all(p.grad is None for p in module.teacher.parameters())
+
+
+def public_fixmatch_step(model_sd, ema_sd, batch, tau=0.95):
+    """The body of the V2 code's fixmatch.py loop up to `loss`."""
+    img_x, mask_x = batch["labeled"]["image"].clone(), batch["labeled"]["mask"].clone()
+    u = {k: v.clone() for k, v in batch["unlabeled"].items()}
+    img_u_w, img_u_s, ignore_mask, cutmix_box = u["weak"], u["strong1"], u["ignore"], u["box1"]
+    layers, heads = TINY["layers"], TINY["num_heads"]
+    with torch.no_grad():
+        pred_u_w = public_dpt(ema_sd, img_u_w, layers, heads).detach()
+        conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
+        mask_u_w = pred_u_w.argmax(dim=1)
+    box = cutmix_box.unsqueeze(1).expand(img_u_s.shape) == 1
+    img_u_s[box] = img_u_s.flip(0)[box]
+    num_lb, num_ulb = img_x.shape[0], img_u_s.shape[0]
+    pred_x, pred_u_s = public_dpt(model_sd, torch.cat((img_x, img_u_s)), layers, heads).split(
+        [num_lb, num_ulb]
+    )
+    m, c, i = mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+    m[cutmix_box == 1] = mask_u_w.flip(0)[cutmix_box == 1]
+    c[cutmix_box == 1] = conf_u_w.flip(0)[cutmix_box == 1]
+    i[cutmix_box == 1] = ignore_mask.flip(0)[cutmix_box == 1]
+    loss_x = nn.CrossEntropyLoss(ignore_index=255)(pred_x, mask_x)
+    loss_u_s = nn.CrossEntropyLoss(reduction="none")(pred_u_s, m) * ((c >= tau) & (i != 255))
+    loss_u_s = loss_u_s.sum() / (i != 255).sum().item()
+    return {"loss": (loss_x + loss_u_s) / 2.0, "loss_x": loss_x, "loss_s": loss_u_s}
+
+
+def test_fixmatch_v2_step_loss_is_the_public_one():
+    torch.manual_seed(0)
+    module = FixMatchV2(
+        model=randomise(tiny(3), seed=0), class_names=["a", "b", "c"], optim=ADAMW,
+        evaluation={"mode": "original"}, crop_size=28, tau=0.6,
+    )  # fmt: skip
+    randomise(module.teacher.network, seed=1)
+    module.train()
+    batch = _batch()
+    ours = module.training_losses(batch)
+    theirs = public_fixmatch_step(
+        module.model.state_dict(), module.teacher.network.state_dict(), batch, tau=0.6
+    )
+    for key in ("loss", "loss_x", "loss_s"):
+        assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-4, abs=1e-6), key
+    assert float(ours["loss_s"]) > 0
+    # after an experiment=unimatch_v2_* recipe, method=fixmatch_v2 replaces the method only
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=unimatch_v2_pascal", "method=fixmatch_v2"])
+    assert FixMatchV2.data_requirements(cfg.method) == {
+        "unlabeled": True,
+        "num_strong": 1,
+        "mix": None,
+    }
+    assert cfg.method.name == "fixmatch_v2" and cfg.optim.name == "adamw"
+    assert cfg.model._target_ == "semiseg.models.dpt.DPT"
 
 
 # ---------------------------------------------------------------- the loss by hand

@@ -110,3 +110,41 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
             "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
             "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
         }
+
+
+class FixMatchV2(UniMatchV2):
+    """The FixMatch of the UniMatch V2 code (its fixmatch.py): UniMatch V2's teacher, partner and
+    thresholds with one strong view and no Complementary Dropout; the labeled images and the
+    CutMix strong view go through the student in one forward; loss = (L_x + L_s) / 2."""
+
+    num_strong_views = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, complementary_dropout=False, **kwargs)
+
+    def training_losses(self, batch):
+        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+        u, mix = self.unlabeled_views(batch["unlabeled"])
+        ignore = u["ignore"]
+
+        conf_w, labels_w, _ = self.teacher_pseudo_labels(u["weak"])
+        if self.mix_partner == "flip":
+            mix["conf"], mix["labels"] = conf_w.flip(0), labels_w.flip(0)
+        else:
+            mix["conf"], mix["labels"] = self.mix_pseudo_labels(mix["weak"])
+        u_s = paste(u["box1"], u["strong1"], mix["strong1"])
+
+        n_x = x.shape[0]
+        logits = self.model(torch.cat((x, u_s)))
+        pred_x, pred_s = logits[:n_x], logits[n_x:]
+
+        target = self.cutmix_targets(u["box1"], labels_w, conf_w, ignore, mix)
+        loss_x = self.labeled_loss(pred_x, y)
+        loss_s = consistency_loss(pred_s, *target, self.tau)
+        return {
+            "loss": (loss_x + loss_s) / 2,
+            "loss_x": loss_x,
+            "loss_s": loss_s,
+            "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
+        }

@@ -80,6 +80,7 @@ OUTSIDE_TABLE = [
     "supervised_cd_toy",
     "unimatch_pascal_slurm",
     "first_run",  # the toy demo of `make train`, not a paper recipe
+    "dpt_toy",  # DINOv2 + DPT from scratch on the toy, for any method
 ]
 
 # UniMatch V2 (DINOv2 + DPT, AdamW): resolved and checked against its public configs like the
