@@ -3,6 +3,7 @@ forward, for the tests of skipped steps (train.py method._target_=poisoned.Poiso
 
 import torch
 
+from semiseg.data.batch import Labeled, TrainBatch
 from semiseg.methods.supervised import Supervised
 
 
@@ -24,5 +25,6 @@ class PoisonedSupervised(Supervised):
     def training_losses(self, batch):
         seen, self.batches_seen = self.batches_seen, self.batches_seen + 1
         if self.poisoned(seen):
-            batch = {**batch, "image": torch.full_like(batch["image"], float("nan"))}
+            image = torch.full_like(batch.labeled.image, float("nan"))
+            batch = TrainBatch(Labeled(image, batch.labeled.mask), batch.unlabeled)
         return super().training_losses(batch)

@@ -47,8 +47,8 @@ class Recording(SemiSegModule):
         self.norms = []
 
     def training_losses(self, batch):
-        logits = self.model(batch["image"])
-        return {"loss": 1000.0 * self.labeled_loss(logits, batch["mask"])}
+        logits = self.model(batch.labeled.image)
+        return {"loss": 1000.0 * self.labeled_loss(logits, batch.labeled.mask)}
 
     def on_before_optimizer_step(self, optimizer):
         super().on_before_optimizer_step(optimizer)

@@ -30,6 +30,8 @@ from semiseg.run.build import build_data_and_method
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_eval, run_script  # noqa: E402
 
+from semiseg.data.batch import TrainBatch
+
 SMALL = ["method.num_queries=8", "method.num_negatives=16"]  # the contrastive loss in ms
 
 
@@ -230,7 +232,7 @@ def test_training_step(toy_root, mode):
     module, batch = _css(toy_root, f"method.label_mode={mode}", "method.mix_mode=classmix")
     module.train()
     torch.manual_seed(0)
-    losses = module.training_losses(batch)
+    losses = module.training_losses(TrainBatch.parse(batch))
     losses["loss"].backward()
     assert {"loss_x", "loss_u", "loss_contrast", "contrast_weight", "rep_mask_ratio"} <= set(losses)
     assert all(torch.isfinite(torch.as_tensor(v)) for k, v in losses.items() if k != "pseudo_acc")
@@ -279,7 +281,7 @@ def test_the_trap_on_a_model_state_with_clustered_representations(toy_root, temp
     module.train()
     hook = _clustered(module, batch)
     try:
-        losses = module.training_losses(batch)
+        losses = module.training_losses(TrainBatch.parse(batch))
     finally:
         hook.remove()
     not_padded = batch["unlabeled"]["ignore"] != 255

@@ -20,12 +20,14 @@ from torch.utils.data import DataLoader
 
 from semiseg.augment.mixing import half_area_boxes
 from semiseg.methods import fst as fst_module
-from semiseg.methods.fst import FST, split_batch
+from semiseg.methods.fst import FST
 from semiseg.methods.losses import entropy, entropy_filtered_ce
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_script  # noqa: E402
 from trainers import quiet_trainer
+
+from semiseg.data.batch import TrainBatch
 
 K = 3
 LR = 0.1
@@ -462,7 +464,7 @@ def test_cutmix_takes_the_next_image_inside_the_box(monkeypatch):
     module.model.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     batch = next(iter(DataLoader(_samples(4), batch_size=4)))
     batch["unlabeled"]["ignore"][1, 0, 0] = 255
-    module.training_losses(batch)
+    module.training_losses(TrainBatch.parse(batch))
     weak = batch["unlabeled"]["weak"]
     mixed = seen[-1][4:]
     for i in range(4):
@@ -471,11 +473,13 @@ def test_cutmix_takes_the_next_image_inside_the_box(monkeypatch):
         assert torch.equal(mixed[i][:, ~box[i]], weak[i][:, ~box[i]])
 
 
-def test_split_batch_gives_the_present_and_the_future_chunks():
-    batch = next(iter(DataLoader(_samples(8), batch_size=8)))
-    chunks = split_batch(batch, 4)
+def test_chunk_gives_the_present_and_the_future_batches():
+    raw = next(iter(DataLoader(_samples(8), batch_size=8)))
+    chunks = TrainBatch.parse(raw).chunk(4)
     assert len(chunks) == 4
-    assert torch.equal(chunks[2]["unlabeled"]["weak"], batch["unlabeled"]["weak"][4:6])
+    assert torch.equal(chunks[2].unlabeled.weak, raw["unlabeled"]["weak"][4:6])
+    assert torch.equal(chunks[3].labeled.mask, raw["labeled"]["mask"][6:8])
+    assert [len(c.unlabeled) for c in chunks] == [2, 2, 2, 2]
 
 
 def test_w_loaders_draw_k_plus_one_batches(toy_root):

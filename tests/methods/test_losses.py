@@ -13,7 +13,7 @@ from semiseg.methods.losses import (
     pseudo_label_accuracy,
     pseudo_labels,
 )
-from semiseg.methods.weak_to_strong import WeakToStrongModule
+from semiseg.methods.weak_to_strong import Targets
 
 
 def two_class_logits(p_class0: list[float]) -> torch.Tensor:
@@ -59,8 +59,8 @@ def test_box_pasted_from_mix_batch_supplies_labels_conf_and_ignore():
         "conf": row([0.5, 0.99, 0.5, 0.99]),  # inside the box: pixel 1 confident, pixel 2 not
         "ignore": row([0, 0, 255, 0], torch.long),  # pixel 2 is padding in the partner image
     }
-    labels, conf, ign = WeakToStrongModule.cutmix_targets(
-        box, ours["labels"], ours["conf"], ignore, mix
+    labels, conf, ign = Targets(ours["labels"], ours["conf"], ignore).cutmix(
+        box, Targets(mix["labels"], mix["conf"], mix["ignore"])
     )
     assert labels.tolist() == [[[0, 1, 1, 0]]]
     assert conf.tolist() == [[[0.99, 0.99, 0.5, 0.99]]]

@@ -15,6 +15,8 @@ from semiseg.run.build import build_data_and_method
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY  # noqa: E402
 
+from semiseg.data.batch import TrainBatch, Unlabeled
+
 
 def _build(toy_root, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -35,17 +37,19 @@ def test_workers_send_weak_views_and_the_step_makes_the_rest(toy_root, method):
     assert {"weak", "ignore", "mix_weak", "mix_ignore"} <= set(u)
 
     torch.manual_seed(0)
-    views, mix = module.unlabeled_views(u)
+    typed = TrainBatch.parse(batch)
+    views, mix = module.unlabeled_views(typed.unlabeled)
     for k in range(1, module.num_strong_views + 1):
-        strong, box = views[f"strong{k}"], views[f"box{k}"]
+        strong, box = views.strong(k), views.box(k)
         assert strong.shape == u["weak"].shape and strong.dtype == torch.float32
         assert box.shape == u["ignore"].shape and box.dtype == torch.bool
         assert not torch.equal(strong, u["weak"])
-        assert mix[f"strong{k}"].shape == u["mix_weak"].shape
-    assert "strong1" not in u  # the batch itself is not written
+        assert mix.strong(k).shape == u["mix_weak"].shape
+        assert not torch.equal(mix.strong(k), strong)
+    assert typed.unlabeled.strong1 is None  # the batch itself is not written
 
     module.train()
-    losses = module.training_losses(batch)
+    losses = module.training_losses(typed)
     losses["loss"].backward()
     assert torch.isfinite(losses["loss"])
     assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
@@ -57,9 +61,9 @@ def test_flip_partner_takes_the_batchs_own_strong_views_reversed(toy_root):
     )
     u = _first_batch(datamodule)["unlabeled"]
     assert "mix_weak" not in u
-    views, mix = module.unlabeled_views(u)
+    views, mix = module.unlabeled_views(Unlabeled.from_dict(u))
     for key in ("weak", "strong1", "strong2", "ignore"):
-        assert torch.equal(mix[key], views[key].flip(0)), key
+        assert torch.equal(getattr(mix, key), getattr(views, key).flip(0)), key
 
 
 def test_an_unknown_strong_views_value_is_a_config_error(toy_root):
@@ -77,7 +81,7 @@ def test_intensity_methods_can_take_the_workers_strong_view(toy_root, method, mo
     batch = _first_batch(datamodule)
     u = batch["unlabeled"]
     assert "strong1" in u and not torch.equal(u["strong1"], u["weak"])
-    assert torch.equal(module.strong_view(u), u["strong1"])
+    assert torch.equal(module.strong_view(TrainBatch.parse(batch).unlabeled), u["strong1"])
 
     # the step trains on that view: the intensity ops are never called
     def no_intensity(*args):
@@ -85,7 +89,7 @@ def test_intensity_methods_can_take_the_workers_strong_view(toy_root, method, mo
 
     monkeypatch.setattr("semiseg.methods.teacher_student.random_intensity", no_intensity)
     module.train()
-    losses = module.training_losses(batch)
+    losses = module.training_losses(TrainBatch.parse(batch))
     losses["loss"].backward()
     assert torch.isfinite(losses["loss"])
 
@@ -100,6 +104,6 @@ def test_intensity_methods_make_their_strong_view_in_the_step_by_default(toy_roo
     # one invert: every 8-bit value v becomes 255 - v
     from semiseg.augment.intensity import from_uint8, to_uint8
 
-    strong = module.strong_view(u)
+    strong = module.strong_view(Unlabeled.from_dict(u))
     assert torch.equal(to_uint8(strong), 255 - to_uint8(u["weak"]))
     assert torch.allclose(from_uint8(255 - to_uint8(u["weak"])), strong)

@@ -21,12 +21,15 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from cli import REPO, TINY, run_eval, train_on_toy  # noqa: E402
 from trainers import quiet_trainer
 
+from semiseg.data.batch import TrainBatch
+
 
 class SupervisedTeacherStudent(TeacherStudentModule):
     """The foundation alone: a plain labeled loss, the teacher updated by the base."""
 
     def training_losses(self, batch):
-        return {"loss": self.labeled_loss(self.model(batch["image"]), batch["mask"])}
+        labeled = batch.labeled
+        return {"loss": self.labeled_loss(self.model(labeled.image), labeled.mask)}
 
 
 class StudentAfterEachStep(Callback):
@@ -114,7 +117,7 @@ def test_training_step_of_each_method(toy_root, method):
     datamodule, module = build_data_and_method(cfg)
     batch = {k: next(iter(loader)) for k, loader in datamodule.train_dataloader().items()}
     module.train()
-    losses = module.training_losses(batch)
+    losses = module.training_losses(TrainBatch.parse(batch))
     losses["loss"].backward()
     assert {"loss", "loss_x", "loss_u", "mask_ratio", "pseudo_acc"} <= set(losses)
     # pseudo_acc is NaN while no pixel is confident (a fresh model at tau 0.95): by design

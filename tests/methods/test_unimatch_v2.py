@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError, exit_on_user_error
 from semiseg.methods.unimatch_v2 import FixMatchV2, UniMatchV2
 from semiseg.models.deeplabv3plus import DeepLabV3Plus
@@ -138,7 +139,7 @@ def test_step_loss_is_the_public_one(tau):
     module.train()
     batch = _batch()
     torch.manual_seed(5)
-    ours = module.training_losses(batch)
+    ours = module.training_losses(TrainBatch.parse(batch))
     torch.manual_seed(5)
     theirs = public_step(
         module.model.state_dict(), module.teacher.network.state_dict(), batch, tau=tau
@@ -189,7 +190,7 @@ def test_fixmatch_v2_step_loss_is_the_public_one():
     randomise(module.teacher.network, seed=1)
     module.train()
     batch = _batch()
-    ours = module.training_losses(batch)
+    ours = module.training_losses(TrainBatch.parse(batch))
     theirs = public_fixmatch_step(
         module.model.state_dict(), module.teacher.network.state_dict(), batch, tau=0.6
     )
@@ -270,7 +271,7 @@ def test_loss_worked_out_by_hand():
         conf = _hand_batch()["unlabeled"]["weak"][:1, :2].softmax(1).max(1).values[0, 0, 0]
     module.tau = float(conf)  # exactly 0.95 in float32: the first pixel sits at the threshold
     module.train()
-    losses = module.training_losses(_hand_batch())
+    losses = module.training_losses(TrainBatch.parse(_hand_batch()))
     ln2, soft = math.log(2), math.log(1 + math.exp(-2))
     # labeled: logits (0, 0) on its one labeled pixel -> ln 2
     assert float(losses["loss_x"]) == pytest.approx(ln2)
@@ -290,7 +291,7 @@ def test_loss_worked_out_by_hand():
 
     # just above the threshold, the first pixel no longer counts
     module.tau = float(torch.nextafter(conf, torch.tensor(1.0)))
-    losses = module.training_losses(_hand_batch())
+    losses = module.training_losses(TrainBatch.parse(_hand_batch()))
     assert float(losses["loss_s1"]) == pytest.approx(ln2 / 3)
     assert float(losses["loss_s2"]) == pytest.approx((2 + soft) / 2)
     assert float(losses["mask_ratio"]) == pytest.approx(1 / 3)
@@ -299,7 +300,7 @@ def test_loss_worked_out_by_hand():
 def test_without_complementary_dropout_the_views_go_through_a_plain_forward():
     module = _module(Channels(), complementary_dropout=False)
     module.train()
-    module.training_losses(_hand_batch())
+    module.training_losses(TrainBatch.parse(_hand_batch()))
     assert module.model.calls == [(1, False), (4, False)]
 
 
@@ -402,7 +403,7 @@ def test_training_step_with_the_real_config_and_data(toy_root):
     batch = {k: next(iter(loader)) for k, loader in datamodule.train_dataloader().items()}
     assert batch["unlabeled"]["weak"].shape[-2:] == (28, 28)
     module.train()
-    losses = module.training_losses(batch)
+    losses = module.training_losses(TrainBatch.parse(batch))
     losses["loss"].backward()
     assert {"loss", "loss_x", "loss_s", "loss_s1", "loss_s2", "mask_ratio"} <= set(losses)
     assert all(torch.isfinite(torch.as_tensor(v)) for k, v in losses.items() if k != "pseudo_acc")

@@ -13,6 +13,7 @@ import torch
 
 from semiseg.augment.intensity import AUGSEG_POLICY
 from semiseg.augment.mixing import Mixed, label_injecting_cutmix
+from semiseg.data.batch import TrainBatch
 from semiseg.methods.hardness import reliability
 from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
 from semiseg.methods.teacher_student import IntensityAugmented
@@ -21,17 +22,17 @@ from semiseg.methods.teacher_student import IntensityAugmented
 class AugSeg(IntensityAugmented):
     paper_policy = AUGSEG_POLICY
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
         n_x = x.shape[0]
 
         # 1. Teacher pseudo-labels of the weak view, and how reliable each image's are.
-        conf, labels, logits_t = self.teacher_pseudo_labels(u["weak"])
+        conf, labels, logits_t = self.teacher_pseudo_labels(u.weak)
         rho = reliability(logits_t)
 
         # 2. Random intensity augmentation, then the label-injecting CutMix.
-        strong = Mixed(self.strong_view(u), labels, conf, u["ignore"])
+        strong = Mixed(self.strong_view(u), labels, conf, u.ignore)
         strong = label_injecting_cutmix(strong, x, y, rho)
 
         # 3. The student on labeled and strong images in one batch.
@@ -43,6 +44,6 @@ class AugSeg(IntensityAugmented):
             "loss_x": loss_x,
             "loss_u": loss_u,
             "reliability": rho.mean(),
-            "mask_ratio": mask_ratio(conf, u["ignore"], self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, self.tau),
         }

@@ -4,7 +4,8 @@ It owns what is common to all methods: the SGD optimizer with a backbone group a
 the per-iteration poly learning-rate decay, gradient clipping, validation (inference mode ->
 the task's scores, exact under DDP: tasks/), and what a checkpoint carries (validation history,
 best score, every rank's random generators). A method subclass writes `training_losses(batch)` and
-nothing else; methods that step more than once per batch override `training_step`.
+nothing else (`batch` a `data.batch.TrainBatch`); methods that step more than once per batch
+override `training_step`.
 
 Extension points for methods with more than one network (an EMA teacher, a projection head):
 - `networks()`: the networks a checkpoint can be evaluated with, by name (`student`, `teacher`),
@@ -24,6 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from semiseg.data.batch import TrainBatch
 from semiseg.distributed import broadcast_buffers, gather_rng_states, seed_process, set_rng_state
 from semiseg.errors import ConfigError, NonFiniteError
 from semiseg.methods.losses import ce_dice, ohem_ce, supervised_ce
@@ -250,18 +252,15 @@ class SemiSegModule(L.LightningModule):
             return ohem_ce(logits, target, cfg.get("thresh", 0.7), cfg.get("min_kept", 200_000))
         return supervised_ce(logits, target)
 
-    def training_losses(self, batch) -> dict[str, Tensor]:
+    def training_losses(self, batch: TrainBatch) -> dict[str, Tensor]:
         """Return a dict with the total `loss` and any terms to log. Written by each method."""
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx: int) -> None:
+        batch = TrainBatch.parse(batch)
         losses = self.training_losses(batch)
         if self.optimizer_step_with(losses["loss"]):
-            self.log_train(losses, batch_size=self.labeled_batch_size(batch))
-
-    def labeled_batch_size(self, batch) -> int:
-        labeled = batch["labeled"] if "labeled" in batch else batch
-        return int(labeled["image"].shape[0])
+            self.log_train(losses, batch_size=len(batch.labeled))
 
     def log_train(self, values: dict[str, Tensor | float], batch_size: int) -> None:
         logs = {

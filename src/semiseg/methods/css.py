@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from semiseg.augment.mixing import Mixed, reco_mix
+from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
 from semiseg.methods.contrastive import (
     class_sums,
@@ -126,10 +127,10 @@ class CSS(TeacherStudentModule):
             return rampdown(self.global_step, self.total_steps)
         return rampdown(self.global_step // self.labeled_epoch_steps, self.rampdown_epochs)
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        weak, ignore = u["weak"], u["ignore"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
+        weak, ignore = u.weak, u.ignore
         padded = ignore == IGNORE_INDEX
         n_u = weak.shape[0]
 
@@ -142,8 +143,8 @@ class CSS(TeacherStudentModule):
             similarity = prototype_similarity(teacher["representation"], self.prototypes)
             similarity = upsample(similarity, weak.shape[-2:])
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
-        logit_space = Mixed(u["strong1"], labels_c, conf_c.masked_fill(padded, 0), ignore)
-        rep_space = Mixed(u["strong1"], labels_r, conf_r.masked_fill(padded, 0), ignore)
+        logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
+        rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
 
         # 2. ReCo's mixing within the batch (image i with image i + 1), both spaces alike.
         partner = torch.arange(n_u).roll(-1)
@@ -192,7 +193,7 @@ class CSS(TeacherStudentModule):
             "image_weight": weights.mean(),
             "mask_ratio": mask_ratio(conf_c, ignore, self.tau),
             "rep_mask_ratio": mask_ratio(conf_r, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(learned_labels, learned_conf, u["gt"], self.tau),
+            "pseudo_acc": pseudo_label_accuracy(learned_labels, learned_conf, u.gt, self.tau),
         }
 
     @torch.no_grad()

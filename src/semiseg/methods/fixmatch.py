@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 
 from semiseg.augment.mixing import paste
+from semiseg.data.batch import TrainBatch
 from semiseg.methods.losses import (
     consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
 )
-from semiseg.methods.weak_to_strong import WeakToStrongModule
+from semiseg.methods.weak_to_strong import Targets, WeakToStrongModule
 
 
 class FixMatch(WeakToStrongModule):
@@ -22,33 +23,32 @@ class FixMatch(WeakToStrongModule):
         super().__init__(*args, **kwargs)
         self.weight_s = weight_s
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u, mix = self.unlabeled_views(batch["unlabeled"])
-        box = u["box1"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u, mix = self.unlabeled_views(batch.unlabeled)
 
         if self.mix_partner != "flip":
-            mix["conf"], mix["labels"] = self.mix_pseudo_labels(mix["weak"])
-        u_s = paste(box, u["strong1"], mix["strong1"])
+            mix_conf, mix_labels = self.mix_pseudo_labels(mix.weak)
+        u_s = paste(u.box1, u.strong1, mix.strong1)
 
         n_x = x.shape[0]
-        logits = self.model(torch.cat((x, u["weak"])))
+        logits = self.model(torch.cat((x, u.weak)))
         pred_x, pred_w = logits[:n_x], logits[n_x:]
         pred_s = self.model(u_s)
 
         conf_w, labels_w = pseudo_labels(pred_w)
         if self.mix_partner == "flip":
-            mix["conf"], mix["labels"] = conf_w.flip(0), labels_w.flip(0)
-        ignore = u["ignore"]
-        labels_s, conf_s, ignore_s = self.cutmix_targets(box, labels_w, conf_w, ignore, mix)
+            mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
+        ours = Targets(labels_w, conf_w, u.ignore)
+        target_s = ours.cutmix(u.box1, Targets(mix_labels, mix_conf, mix.ignore))
 
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s = consistency_loss(pred_s, labels_s, conf_s, ignore_s, self.tau)
+        loss_s = consistency_loss(pred_s, *target_s, self.tau)
         loss = (loss_x + self.weight_s * loss_s) / 2
         return {
             "loss": loss,
             "loss_x": loss_x,
             "loss_s": loss_s,
-            "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf_w, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u.gt, self.tau),
         }

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from semiseg.augment.mixing import half_area_boxes, paste
+from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
 from semiseg.methods.losses import (
     IGNORE_INDEX,
@@ -115,14 +116,14 @@ class FST(TeacherStudentModule):
         return needs
 
     # ------------------------------------------------------------------ the loss of one step
-    def training_losses(self, batch) -> dict[str, Tensor]:
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        n_x, n_u = x.shape[0], u["weak"].shape[0]
+    def training_losses(self, batch: TrainBatch) -> dict[str, Tensor]:
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
+        n_x, n_u = x.shape[0], u.weak.shape[0]
 
         # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
-        conf, labels, teacher_logits = self.teacher_pseudo_labels(u["weak"])
-        images, ignore = u["weak"], u["ignore"]
+        conf, labels, teacher_logits = self.teacher_pseudo_labels(u.weak)
+        images, ignore = u.weak, u.ignore
         targets, uncertainty = labels, entropy(teacher_logits)
 
         # 2. With base=cutmix, one batch in two: image i with image i + 1's pixels, pseudo-labels,
@@ -145,19 +146,20 @@ class FST(TeacherStudentModule):
             "loss_x": loss_x,
             "loss_u": loss_u,
             "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], 0.0),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, 0.0),
         }
 
     # ------------------------------------------------------------------ one iteration
     def training_step(self, batch, batch_idx: int) -> None:
+        batch = TrainBatch.parse(batch)
         try:
             losses = self.iteration(batch, self.optimizers().optimizer, self.lightning_step)
         except NonFiniteLoss as bad:
             self._skip_step(bad.loss)  # counted, logged; stops after max_nonfinite_steps in a row
             return
         self.nonfinite_in_a_row = 0
-        present = split_batch(batch, self.k + 1)[0] if self.variant == "W" else batch
-        self.log_train(losses, batch_size=self.labeled_batch_size(present))
+        present = batch.chunk(self.k + 1)[0] if self.variant == "W" else batch
+        self.log_train(losses, batch_size=len(present.labeled))
 
     def iteration(self, batch, optimizer: torch.optim.Optimizer, step: Step) -> dict:
         """The K virtual steps and the real one; returns the real step's losses. On
@@ -194,7 +196,7 @@ class FST(TeacherStudentModule):
         return losses
 
     def _future_average(self, batch, step: Step, start: dict, optimizer) -> dict:
-        present, *futures = split_batch(batch, self.k + 1)
+        present, *futures = batch.chunk(self.k + 1)
         total = None
         for i, future in enumerate(futures):
             if i > 0:
@@ -263,14 +265,6 @@ class FST(TeacherStudentModule):
             for t, saved in zip(teacher, start["teacher"], strict=True):
                 t.copy_(saved)
             self.ema_updates = start["ema_updates"]
-
-
-def split_batch(batch, parts: int) -> list:
-    """The batch (nested dicts of tensors) cut into `parts` equal chunks along dimension 0."""
-    if isinstance(batch, dict):
-        pieces = {k: split_batch(v, parts) for k, v in batch.items()}
-        return [{k: v[i] for k, v in pieces.items()} for i in range(parts)]
-    return list(batch.chunk(parts))
 
 
 def _copy_state(state: dict) -> dict:

@@ -14,6 +14,7 @@ import torch
 
 from semiseg.augment.intensity import IMAS_POLICY
 from semiseg.augment.mixing import Mixed, hard_cutmix, hard_cutmix_triggered
+from semiseg.data.batch import TrainBatch
 from semiseg.methods.hardness import blend_views, easiness, easiness_weighted_loss
 from semiseg.methods.losses import mask_ratio, pseudo_label_accuracy, pseudo_labels
 from semiseg.methods.teacher_student import IntensityAugmented
@@ -26,10 +27,10 @@ class IMAS(IntensityAugmented):
         super().__init__(*args, **kwargs)
         self.cutmix_side = tuple(cutmix_side)
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        weak, ignore, n_x = u["weak"], u["ignore"], x.shape[0]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
+        weak, ignore, n_x = u.weak, u.ignore, x.shape[0]
 
         # 1. Teacher pseudo-labels; easiness from the student's and the teacher's views of them.
         conf, labels, _ = self.teacher_pseudo_labels(weak)
@@ -68,5 +69,5 @@ class IMAS(IntensityAugmented):
             "easiness": e.mean(),
             "cutmix": float(mixed is not None),
             "mask_ratio": mask_ratio(conf, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, self.tau),
         }

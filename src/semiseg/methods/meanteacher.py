@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from semiseg.augment.mixing import Mixed, cutmix_with
+from semiseg.data.batch import TrainBatch
 from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
 from semiseg.methods.teacher_student import TeacherStudentModule
 
@@ -14,18 +15,18 @@ from semiseg.methods.teacher_student import TeacherStudentModule
 class MeanTeacher(TeacherStudentModule):
     num_strong_views = 1  # the UniMatch strong view and CutMix box, made by the data workers
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-        n_x, n_u = x.shape[0], u["weak"].shape[0]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
+        n_x, n_u = x.shape[0], u.weak.shape[0]
 
         # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient).
-        conf, labels, _ = self.teacher_pseudo_labels(u["weak"])
+        conf, labels, _ = self.teacher_pseudo_labels(u.weak)
 
         # 2. CutMix within the batch: image i receives the box of image n - 1 - i, its strong
         #    pixels, pseudo-labels, confidences and padding alike.
-        strong = Mixed(u["strong1"], labels, conf, u["ignore"])
-        strong = cutmix_with(strong, u["box1"], torch.arange(n_u).flip(0))
+        strong = Mixed(u.strong1, labels, conf, u.ignore)
+        strong = cutmix_with(strong, u.box1, torch.arange(n_u).flip(0))
 
         # 3. The student on labeled and strong images in one batch.
         logits = self.model(torch.cat((x, strong.images)))
@@ -35,6 +36,6 @@ class MeanTeacher(TeacherStudentModule):
             "loss": loss_x + self.weight_u * loss_u,
             "loss_x": loss_x,
             "loss_u": loss_u,
-            "mask_ratio": mask_ratio(conf, u["ignore"], self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, self.tau),
         }

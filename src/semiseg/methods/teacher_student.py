@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from semiseg.augment.intensity import IntensityPolicy, policy_with, random_intensity
+from semiseg.data.batch import Unlabeled
 from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
 from semiseg.methods.losses import pseudo_labels
@@ -96,7 +97,7 @@ class IntensityAugmented(TeacherStudentModule):
         workers = method_cfg.get("strong_view", "intensity") == "workers"
         return {"unlabeled": True, "num_strong": 1 if workers else 0, "mix": None}
 
-    def strong_view(self, u: dict) -> Tensor:
+    def strong_view(self, u: Unlabeled) -> Tensor:
         if self.strong_source == "workers":
-            return u["strong1"]
-        return random_intensity(u["weak"], self.policy)
+            return u.strong1
+        return random_intensity(u.weak, self.policy)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import torch
 
 from semiseg.augment.mixing import paste
+from semiseg.data.batch import TrainBatch
 from semiseg.methods.losses import (
     consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
 )
-from semiseg.methods.weak_to_strong import WeakToStrongModule
+from semiseg.methods.weak_to_strong import Targets, WeakToStrongModule
 
 
 class UniMatch(WeakToStrongModule):
@@ -23,22 +24,21 @@ class UniMatch(WeakToStrongModule):
         super().__init__(*args, **kwargs)
         self.weights = {"s1": weight_s1, "s2": weight_s2, "fp": weight_fp}
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u, mix = self.unlabeled_views(batch["unlabeled"])
-        box1, box2 = u["box1"], u["box2"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u, mix = self.unlabeled_views(batch.unlabeled)
 
         # 1. Pseudo-labels of the partner batch (flip: taken from the weak forward below).
         if self.mix_partner != "flip":
-            mix["conf"], mix["labels"] = self.mix_pseudo_labels(mix["weak"])
+            mix_conf, mix_labels = self.mix_pseudo_labels(mix.weak)
 
         # 2. CutMix: paste the partner's strong views into ours, inside each view's own box.
-        u_s1 = paste(box1, u["strong1"], mix["strong1"])
-        u_s2 = paste(box2, u["strong2"], mix["strong2"])
+        u_s1 = paste(u.box1, u.strong1, mix.strong1)
+        u_s2 = paste(u.box2, u.strong2, mix.strong2)
 
         # 3. Labeled + weak in one batch; the decoder also sees the dropout-perturbed features.
         n_x = x.shape[0]
-        logits, logits_fp = self.model(torch.cat((x, u["weak"])), feature_perturbation=True)
+        logits, logits_fp = self.model(torch.cat((x, u.weak)), feature_perturbation=True)
         pred_x, pred_w = logits[:n_x], logits[n_x:]
         pred_fp = logits_fp[n_x:]
 
@@ -48,16 +48,15 @@ class UniMatch(WeakToStrongModule):
         # 5. Pseudo-labels of the weak view; inside box k they come from the partner.
         conf_w, labels_w = pseudo_labels(pred_w)
         if self.mix_partner == "flip":
-            mix["conf"], mix["labels"] = conf_w.flip(0), labels_w.flip(0)
-        ignore = u["ignore"]
-        target1 = self.cutmix_targets(box1, labels_w, conf_w, ignore, mix)
-        target2 = self.cutmix_targets(box2, labels_w, conf_w, ignore, mix)
+            mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
+        ours = Targets(labels_w, conf_w, u.ignore)
+        partner = Targets(mix_labels, mix_conf, mix.ignore)
 
         # 6. Losses, with the reference's masking and denominators.
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s1 = consistency_loss(pred_s1, *target1, self.tau)
-        loss_s2 = consistency_loss(pred_s2, *target2, self.tau)
-        loss_fp = consistency_loss(pred_fp, labels_w, conf_w, ignore, self.tau)
+        loss_s1 = consistency_loss(pred_s1, *ours.cutmix(u.box1, partner), self.tau)
+        loss_s2 = consistency_loss(pred_s2, *ours.cutmix(u.box2, partner), self.tau)
+        loss_fp = consistency_loss(pred_fp, *ours, self.tau)
         w = self.weights
         loss = (loss_x + w["s1"] * loss_s1 + w["s2"] * loss_s2 + w["fp"] * loss_fp) / 2
         return {
@@ -66,6 +65,6 @@ class UniMatch(WeakToStrongModule):
             "loss_s1": loss_s1,
             "loss_s2": loss_s2,
             "loss_fp": loss_fp,
-            "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf_w, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u.gt, self.tau),
         }

@@ -31,10 +31,11 @@ from typing import Any
 import torch
 
 from semiseg.augment.mixing import paste
+from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
 from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
 from semiseg.methods.teacher_student import TeacherStudentModule
-from semiseg.methods.weak_to_strong import WeakToStrongModule
+from semiseg.methods.weak_to_strong import Targets, WeakToStrongModule
 
 
 class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
@@ -70,21 +71,22 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
         conf, labels, _ = self.teacher_pseudo_labels(mix_weak)
         return conf, labels
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u, mix = self.unlabeled_views(batch["unlabeled"])
-        ignore = u["ignore"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u, mix = self.unlabeled_views(batch.unlabeled)
 
         # 1. The teacher's pseudo-labels of the weak view (and of the partner's, if another).
-        conf_w, labels_w, _ = self.teacher_pseudo_labels(u["weak"])
+        conf_w, labels_w, _ = self.teacher_pseudo_labels(u.weak)
         if self.mix_partner == "flip":
-            mix["conf"], mix["labels"] = conf_w.flip(0), labels_w.flip(0)
+            mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
         else:
-            mix["conf"], mix["labels"] = self.mix_pseudo_labels(mix["weak"])
+            mix_conf, mix_labels = self.mix_pseudo_labels(mix.weak)
+        ours = Targets(labels_w, conf_w, u.ignore)
+        partner = Targets(mix_labels, mix_conf, mix.ignore)
 
         # 2. CutMix: the partner's strong view k inside box k.
-        u_s1 = paste(u["box1"], u["strong1"], mix["strong1"])
-        u_s2 = paste(u["box2"], u["strong2"], mix["strong2"])
+        u_s1 = paste(u.box1, u.strong1, mix.strong1)
+        u_s2 = paste(u.box2, u.strong2, mix.strong2)
 
         # 3. The student: labeled images, then both strong views in one forward.
         pred_x = self.model(x)
@@ -95,11 +97,9 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
             pred_s1, pred_s2 = self.model(strong).chunk(2)
 
         # 4. Losses, with the public masking and denominators.
-        target1 = self.cutmix_targets(u["box1"], labels_w, conf_w, ignore, mix)
-        target2 = self.cutmix_targets(u["box2"], labels_w, conf_w, ignore, mix)
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s1 = consistency_loss(pred_s1, *target1, self.tau)
-        loss_s2 = consistency_loss(pred_s2, *target2, self.tau)
+        loss_s1 = consistency_loss(pred_s1, *ours.cutmix(u.box1, partner), self.tau)
+        loss_s2 = consistency_loss(pred_s2, *ours.cutmix(u.box2, partner), self.tau)
         loss_s = (loss_s1 + loss_s2) / 2
         return {
             "loss": (loss_x + loss_s) / 2,
@@ -107,8 +107,8 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
             "loss_s": loss_s,
             "loss_s1": loss_s1,
             "loss_s2": loss_s2,
-            "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf_w, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u.gt, self.tau),
         }
 
 
@@ -122,29 +122,29 @@ class FixMatchV2(UniMatchV2):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, complementary_dropout=False, **kwargs)
 
-    def training_losses(self, batch):
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u, mix = self.unlabeled_views(batch["unlabeled"])
-        ignore = u["ignore"]
+    def training_losses(self, batch: TrainBatch):
+        x, y = batch.labeled.image, batch.labeled.mask
+        u, mix = self.unlabeled_views(batch.unlabeled)
 
-        conf_w, labels_w, _ = self.teacher_pseudo_labels(u["weak"])
+        conf_w, labels_w, _ = self.teacher_pseudo_labels(u.weak)
         if self.mix_partner == "flip":
-            mix["conf"], mix["labels"] = conf_w.flip(0), labels_w.flip(0)
+            mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
         else:
-            mix["conf"], mix["labels"] = self.mix_pseudo_labels(mix["weak"])
-        u_s = paste(u["box1"], u["strong1"], mix["strong1"])
+            mix_conf, mix_labels = self.mix_pseudo_labels(mix.weak)
+        u_s = paste(u.box1, u.strong1, mix.strong1)
 
         n_x = x.shape[0]
         logits = self.model(torch.cat((x, u_s)))
         pred_x, pred_s = logits[:n_x], logits[n_x:]
 
-        target = self.cutmix_targets(u["box1"], labels_w, conf_w, ignore, mix)
+        ours = Targets(labels_w, conf_w, u.ignore)
+        target = ours.cutmix(u.box1, Targets(mix_labels, mix_conf, mix.ignore))
         loss_x = self.labeled_loss(pred_x, y)
         loss_s = consistency_loss(pred_s, *target, self.tau)
         return {
             "loss": (loss_x + loss_s) / 2,
             "loss_x": loss_x,
             "loss_s": loss_s,
-            "mask_ratio": mask_ratio(conf_w, ignore, self.tau),
-            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u["gt"], self.tau),
+            "mask_ratio": mask_ratio(conf_w, u.ignore, self.tau),
+            "pseudo_acc": pseudo_label_accuracy(labels_w, conf_w, u.gt, self.tau),
         }

@@ -2,7 +2,7 @@
 
 Partners (`mix_partner`):
 - `same`: the same images in the same order, augmented a second time (the public code's
-  behaviour: one sampler drives both loaders). The data module delivers them as `mix_*` keys.
+  behaviour: one sampler drives both loaders). The data module delivers them as `batch.mix`.
 - `shuffle`: other unlabeled images, drawn at random by the data module.
 - `flip`: the batch itself in reverse order (`batch.flip(0)`, as UniMatch V2). No extra views
   are loaded and no extra forward runs: the partner's pseudo-labels are the weak view's.
@@ -15,13 +15,14 @@ Strong views (`strong_views`):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from semiseg.augment.mixing import paste, unimatch_boxes
 from semiseg.augment.strong import unimatch_strong
+from semiseg.data.batch import Unlabeled
 from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
 from semiseg.methods.losses import pseudo_labels
@@ -67,24 +68,19 @@ class WeakToStrongModule(SemiSegModule):
             "mix": None if partner == "flip" else partner,
         }
 
-    def unlabeled_views(self, u: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def unlabeled_views(self, u: Unlabeled) -> tuple[Unlabeled, Unlabeled]:
         """(the unlabeled batch with its strong views and boxes, the partner batch's views)."""
         if self.strong_views == "step":
-            u = dict(u)
-            n, size = u["weak"].shape[0], u["weak"].shape[-1]
+            n, size = len(u), u.weak.shape[-1]
+            made, partner = {}, {}
             for k in range(1, self.num_strong_views + 1):
-                u[f"strong{k}"] = unimatch_strong(u["weak"])
-                u[f"box{k}"] = unimatch_boxes(n, size, device=u["weak"].device)
+                made[f"strong{k}"] = unimatch_strong(u.weak)
+                made[f"box{k}"] = unimatch_boxes(n, size, device=u.weak.device)
                 if self.mix_partner != "flip":
-                    u[f"mix_strong{k}"] = unimatch_strong(u["mix_weak"])
-        return u, self.mix_views(u)
-
-    def mix_views(self, u: dict) -> dict[str, Tensor]:
-        """The partner batch's views: weak, strong1[, strong2], ignore."""
-        keys = ["weak", "ignore"] + [f"strong{k}" for k in range(1, self.num_strong_views + 1)]
-        if self.mix_partner == "flip":
-            return {k: u[k].flip(0) for k in keys}
-        return {k: u[f"mix_{k}"] for k in keys}
+                    partner[f"strong{k}"] = unimatch_strong(u.mix.weak)
+            mix = u.mix.with_views(**partner) if partner else u.mix
+            u = u.with_views(**made, mix=mix)
+        return u, (u.flipped() if self.mix_partner == "flip" else u.mix)
 
     @torch.no_grad()
     def mix_pseudo_labels(self, mix_weak: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,12 +92,14 @@ class WeakToStrongModule(SemiSegModule):
         self.model.train()
         return conf, labels
 
-    @staticmethod
-    def cutmix_targets(box, labels, conf, ignore, mix) -> tuple[Tensor, Tensor, Tensor]:
-        """Labels, confidences and ignore mask for a CutMixed strong view: ours outside the
-        box, the partner's inside it."""
-        return (
-            paste(box, labels, mix["labels"]),
-            paste(box, conf, mix["conf"]),
-            paste(box, ignore, mix["ignore"]),
-        )
+
+class Targets(NamedTuple):
+    """What a view is trained towards: pseudo-labels, their confidences, the ignore mask."""
+
+    labels: Tensor  # (N, H, W)
+    conf: Tensor  # (N, H, W)
+    ignore: Tensor  # (N, H, W), 255 = not trained on
+
+    def cutmix(self, box: Tensor, partner: Targets) -> Targets:
+        """The targets of a CutMixed strong view: ours outside the box, the partner's inside."""
+        return Targets(*(paste(box, own, other) for own, other in zip(self, partner, strict=True)))

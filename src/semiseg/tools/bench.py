@@ -31,6 +31,7 @@ from omegaconf import open_dict
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
+from semiseg.data.batch import TrainBatch
 from semiseg.paths import config_dir
 from semiseg.run.build import build_data_and_method, resolve_channels_last
 
@@ -234,7 +235,7 @@ def main(overrides: list[str]) -> dict:
         recorder.calls = []  # only the latest step's calls are kept (their inputs too)
         t0 = time.perf_counter()
         with record_function("## data"):
-            batch = _to(next_batch(), device)
+            batch = TrainBatch.parse(_to(next_batch(), device))
             _sync(device)
         t1 = time.perf_counter()
         if module.several_steps_per_batch:  # its `iteration` takes them all

@@ -210,10 +210,9 @@ def _reference(experiment: str, split: str) -> Reference:
         return UNIMATCH_V2[experiment.removeprefix("unimatch_v2_")]
     method, dataset = experiment.split("_", 1)
     dataset = dataset.removesuffix("_blended")
-    if method in ("imas", "augseg", "fst"):
-        return TEACHER_STUDENT[(method, dataset)]
-    if method == "css":
-        return CSS[dataset]
+    tabled = {**TEACHER_STUDENT, **{("css", name): ref for name, ref in CSS.items()}}
+    if (method, dataset) in tabled:  # the public configs of these methods, one by one
+        return tabled[(method, dataset)]
     supervised = method == "supervised"
     # The public README: the supervised baseline doubles the batch (no lr change).
     batch = 4 if supervised else 2
