@@ -239,7 +239,7 @@ def test_a_volume_checkpoint_is_refused_in_one_line(tmp_path):
     """An ACDC checkpoint (1-channel volumes): predict.py says to use eval.py, no traceback."""
     import torch
 
-    dataset = {"name": "acdc", "eval_mode": "volume", "in_channels": 1, "crop_size": 256}
+    dataset = {"name": "acdc", "task": "volume", "eval_mode": "volume", "in_channels": 1}
     state = {"config": {"dataset": dataset}, "class_names": ["bg", "rv", "myo", "lv"]}
     torch.save({"semiseg": state, "state_dict": {}}, tmp_path / "acdc.ckpt")
     (tmp_path / "images").mkdir()

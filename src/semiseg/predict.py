@@ -31,6 +31,7 @@ from semiseg.data import transforms as tf
 from semiseg.data.splits import SplitError
 from semiseg.errors import ConfigError, one_line
 from semiseg.evaluation.inference import WINDOW_BATCH, predict
+from semiseg.tasks import task_class
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PRECISIONS = {"fp32": None, "32": None, "bf16": torch.bfloat16}
@@ -150,15 +151,19 @@ def _save(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
-def refuse_volumes(dataset_cfg) -> None:
-    """predict.py reads RGB pictures: a checkpoint of single-channel volumes (ACDC) stops in one
-    line that says how to label its volumes."""
+def refuse_non_pictures(config: dict) -> None:
+    """predict.py reads RGB pictures: a checkpoint of another input (ACDC volumes, change pairs)
+    stops in one line that says how to label its inputs."""
+    dataset_cfg = config["dataset"]
+    change.refuse_pairs(dataset_cfg, "predict.py")
+    kind = (config.get("eval") or {}).get("task") or dataset_cfg.get("task")
+    task_class(kind).refuse_pictures(dataset_cfg, "predict.py")
     channels = int(dataset_cfg.get("in_channels") or 3)
-    if dataset_cfg.get("eval_mode") == "volume" or channels not in (3, 6):
+    if channels != 3:
         raise ConfigError(
             f"predict.py takes RGB images, and this checkpoint was trained on {channels}-channel "
-            f"volumes (dataset={dataset_cfg.get('name')}): label its volumes with eval.py "
-            "save_predictions=true (predictions/<volume>.h5)"
+            f"inputs (dataset={dataset_cfg.get('name')}): predict them with eval.py "
+            "save_predictions=true"
         )
 
 
@@ -178,8 +183,7 @@ class _Source:
         self.checkpoint = load_checkpoint(path)
         state = self.checkpoint["semiseg"]
         dataset_cfg = state["config"]["dataset"]
-        change.refuse_pairs(dataset_cfg, "predict.py")
-        refuse_volumes(dataset_cfg)
+        refuse_non_pictures(state["config"])
         self.format = "checkpoint"
         self.requested = network
         self.network = network or state.get("eval_network", "student")

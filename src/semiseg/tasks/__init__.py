@@ -23,12 +23,17 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def build_task(class_names: list[str], evaluation: dict, crop_size: int) -> Task:
-    """The task `evaluation["task"]` names (segmentation when unset)."""
-    name = evaluation.get("task") or "segmentation"
+def task_class(name: str | None) -> type[Task]:
+    """The task kind `name` (eval.task) names; segmentation when unset."""
+    name = name or "segmentation"
     if name not in TASKS:
         raise ConfigError(f"eval.task={name!r} is unknown: use one of {', '.join(TASKS)}")
-    return TASKS[name](class_names, evaluation, crop_size)
+    return TASKS[name]
 
 
-__all__ = ["TASKS", "Task", "build_task"]
+def build_task(class_names: list[str], evaluation: dict, crop_size: int) -> Task:
+    """The task `evaluation["task"]` names (segmentation when unset)."""
+    return task_class(evaluation.get("task"))(class_names, evaluation, crop_size)
+
+
+__all__ = ["TASKS", "Task", "build_task", "task_class"]

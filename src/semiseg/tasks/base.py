@@ -30,6 +30,11 @@ class Task(nn.Module):
     selection_label = "mIoU"
     items = "images"  # what the validation items are (eval.py reports num_<items>)
 
+    @classmethod
+    def refuse_pictures(cls, dataset_cfg: dict, tool: str) -> None:
+        """Raise ConfigError when `tool` (predict.py) cannot label single pictures with a model
+        of this task; the tasks of pictures can."""
+
     def __init__(self, class_names: list[str], evaluation: dict, crop_size: int):
         super().__init__()
         self.class_names = list(class_names)

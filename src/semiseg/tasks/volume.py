@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from semiseg.errors import ConfigError
 from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
 from semiseg.tasks.base import Task, percent_or_none
 
@@ -20,6 +21,15 @@ class VolumeTask(Task):
     selection_label = "mean Dice"
     items = "volumes"
     rgb_panels = False  # single-channel slices
+
+    @classmethod
+    def refuse_pictures(cls, dataset_cfg, tool):
+        channels = int(dataset_cfg.get("in_channels") or 1)
+        raise ConfigError(
+            f"{tool} takes RGB images, and this checkpoint was trained on {channels}-channel "
+            f"volumes (dataset={dataset_cfg.get('name')}): label its volumes with eval.py "
+            "save_predictions=true (predictions/<volume>.h5)"
+        )
 
     def __init__(self, class_names, evaluation, crop_size):
         super().__init__(class_names, evaluation, crop_size)
