@@ -29,6 +29,7 @@ from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.data import change, palettes
 from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError, FaultError, one_line
+from semiseg.exported_files import check_model_hash, hashes, metadata_path, model_files, publish
 
 # format -> the suffix of its default file name (beside the checkpoint)
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript.pt"}
@@ -54,12 +55,6 @@ class Logits(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
-
-
-def metadata_path(path) -> Path:
-    """The JSON written beside an exported file: `model.onnx` -> `model.onnx.json`."""
-    path = Path(str(path))
-    return path.with_name(path.name + ".json")
 
 
 def _require(fmt: str, packages, purpose: str) -> None:
@@ -223,6 +218,7 @@ def load_exported(path, network: str | None = None, device: torch.device | None 
             f"eval.model={network}: {path.name} holds the {meta['network']}; export the "
             f"{network} with export.py eval.model={network}"
         )
+    check_model_hash(path, meta)
     if meta.get("mean") != MEAN or meta.get("std") != STD:
         raise ConfigError(
             f"{meta_file.name}: mean {meta.get('mean')} / std {meta.get('std')} differ from "
@@ -329,8 +325,25 @@ def run(cfg: DictConfig) -> dict:
     example = torch.randn(
         shapes[0][0], 3, *shapes[0][1:], generator=torch.Generator().manual_seed(1)
     )
+    # Exported and checked under a temporary name beside the output: a failed export or parity
+    # check leaves any earlier model and its JSON as they were.
+    staged = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        EXPORTERS[fmt](model, path, example)
+        results = _export_and_check(fmt, model, path, staged, example, shapes)
+        _check_parity(results, path, atol, min_agreement)
+        meta = _metadata(cfg, state, fmt, path, network, class_names, palette, results)
+        meta["sha256"] = hashes(path, staged)
+        publish(path, staged, meta)
+    finally:
+        for leftover in model_files(staged):
+            leftover.unlink(missing_ok=True)
+    print(f"done in {time.time() - started:.1f} s: {path} and {metadata_path(path).name}")
+    return meta
+
+
+def _export_and_check(fmt, model, path: Path, staged: Path, example, shapes) -> list[dict]:
+    try:
+        EXPORTERS[fmt](model, staged, example)
     except (ConfigError, FaultError):
         raise
     except OSError as err:
@@ -338,8 +351,10 @@ def run(cfg: DictConfig) -> dict:
     except Exception as err:  # the exporter's own errors are many lines
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FaultError(f"exporting to {fmt} failed: {type(err).__name__}: {first}") from err
+    return parity(model, load_model(fmt, staged), shapes)
 
-    results = parity(model, load_model(fmt, path), shapes)
+
+def _check_parity(results: list[dict], path: Path, atol: float, min_agreement: float) -> None:
     for result in results:
         print(
             f"parity {'x'.join(map(str, result['shape']))}: max |logits - PyTorch| "
@@ -349,13 +364,17 @@ def run(cfg: DictConfig) -> dict:
     worst = max(r["max_abs_diff"] for r in results)
     agreement = min(r["argmax_agreement"] for r in results)
     if not (worst <= atol and agreement >= min_agreement):  # NaN fails too
+        kept = "the earlier export is kept" if path.exists() else "nothing written"
         raise FaultError(
             f"the exported {path.name} does not match PyTorch: max abs logit difference "
             f"{worst:.3g} (parity.atol {atol:g}), argmax agreement {agreement:.5f} "
-            f"(parity.min_agreement {min_agreement:g}); no {metadata_path(path).name} written"
+            f"(parity.min_agreement {min_agreement:g}); {kept}"
         )
 
-    meta = {
+
+def _metadata(cfg, state, fmt, path, network, class_names, palette, results) -> dict:
+    dataset_cfg = state["config"]["dataset"]
+    return {
         "format": fmt,
         "file": path.name,
         "ckpt_path": str(cfg.ckpt_path),
@@ -370,12 +389,10 @@ def run(cfg: DictConfig) -> dict:
         "pixel_scale": "RGB / 255, then (x - mean) / std",
         "eval_mode": str(dataset_cfg.get("eval_mode", "original")),
         "crop_size": int(dataset_cfg["crop_size"]),
-        "parity": {"atol": atol, "min_agreement": min_agreement, "results": results},
+        "parity": {
+            "atol": float(cfg.parity.atol),
+            "min_agreement": float(cfg.parity.min_agreement),
+            "results": results,
+        },
         "torch_version": torch.__version__,
     }
-    meta_file = metadata_path(path)
-    tmp = meta_file.with_name(meta_file.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_file)
-    print(f"done in {time.time() - started:.1f} s: {path} and {meta_file.name}")
-    return meta

@@ -68,7 +68,7 @@ def test_nan_losses_in_a_row_stop_the_run_in_one_line(tmp_path, toy_root):
         "trainer.max_steps=10",
     )
     line = _one_line_error(proc)
-    assert line.startswith("error: stopped at step 1: 3 non-finite losses in a row")
+    assert line.startswith("error: stopped at step 1: 3 non-finite losses or gradients in a row")
     assert "optim.max_nonfinite_steps=3" in line
     assert proc.stdout.count("step skipped") == 3
     assert not (tmp_path / "run" / "results.json").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from semiseg.checkpoints.io import BEST, LAST, copy_atomic, peek
+from semiseg.checkpoints.io import BEST, LAST, CheckpointWriteError, copy_atomic, peek
 from semiseg.checkpoints.preemption import Preempted, Sigterm
 from semiseg.data.splits import SplitError
 
@@ -161,17 +161,28 @@ class RunCheckpoints(Checkpoint):
     def save(self, trainer, force: bool = False, rewind: str | None = None) -> None:
         if force or self.saved_step != trainer.global_step:
             self._rewind = rewind
+            error = None
             try:
                 # a resumable checkpoint (optimizer, loops, callbacks), said so to Lightning
                 trainer.save_checkpoint(self.path, weights_only=False)
+            except CheckpointWriteError as err:  # rank 0's write failed before the barrier
+                error = err
+                if trainer.world_size > 1:  # the barrier the other ranks wait in
+                    trainer.strategy.barrier("Trainer.save_checkpoint")
             finally:
                 self._rewind = None
+            raise_on_every_rank(trainer, error)
             self.saved_step = trainer.global_step
 
     def _copy(self, source: Path, target: Path, trainer) -> None:
+        error = None
         if trainer.is_global_zero:
-            copy_atomic(source, target)
+            try:
+                copy_atomic(source, target)
+            except CheckpointWriteError as err:
+                error = err
         trainer.strategy.barrier("semiseg.best_checkpoint")
+        raise_on_every_rank(trainer, error)
 
     # -------------------------------------------------------------- best.ckpt after a resume
     def settle_best(self, trainer, pl_module, resumed: Path) -> None:
@@ -220,3 +231,15 @@ def _holds_best(path: Path, step: int, best: float) -> bool:
     except Exception:  # a foreign or broken file is not it
         return False
     return saved.get("global_step") == step and saved.get("semiseg", {}).get("best_score") == best
+
+
+def raise_on_every_rank(trainer, error: CheckpointWriteError | None) -> None:
+    """Rank 0 writes the checkpoints; its write error (a full disk) is raised on every rank.
+    Raised on rank 0 alone, the other ranks would wait in their next collective until its
+    timeout (a hang of up to 30 minutes under srun, which has no agent to end them)."""
+    if trainer.world_size > 1:
+        message = trainer.strategy.broadcast(str(error) if error else None, src=0)
+        if message and error is None:
+            error = CheckpointWriteError(message)
+    if error is not None:
+        raise error

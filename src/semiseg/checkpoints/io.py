@@ -7,6 +7,8 @@ place; a failed write (a full disk) leaves the previous checkpoint and no tempor
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from semiseg.errors import FaultError
+from semiseg.errors import FaultError, one_line
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
@@ -89,3 +91,18 @@ def peek(path: Path) -> dict:
     """A checkpoint's entries without reading its weights into memory (and without running any
     code a checkpoint file could carry)."""
     return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def why_unreadable(err: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line. A file that carries code
+    (a pickled object whose loading would call a function) is named as such: torch's own message
+    is a dozen lines that end by suggesting weights_only=False, which would run that code."""
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = found.group(1) if found else "an object"
+        return (
+            f"it carries code (it would call {what} when loaded), which semiseg never runs: "
+            "use a checkpoint written by train.py"
+        )
+    lines = one_line(err).splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from semiseg.errors import ConfigError, one_line
+from semiseg.checkpoints.io import why_unreadable
+from semiseg.errors import ConfigError
 
 
 def load_checkpoint(path: str) -> dict:
@@ -22,7 +23,7 @@ def load_checkpoint(path: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a checkpoint, or one carrying code: never run it
         raise ConfigError(
-            f"ckpt_path {path} cannot be read as a checkpoint: {one_line(err)}"
+            f"ckpt_path {path} cannot be read as a checkpoint: {why_unreadable(err)}"
         ) from None
     if "semiseg" not in checkpoint or not checkpoint["semiseg"].get("config"):
         raise ConfigError(f"{path} is not a semiseg training checkpoint (no 'semiseg' entry)")

@@ -119,7 +119,7 @@ def scan_images(root: Path, files: SplitFiles, limit: int) -> None:
         try:
             with Image.open(path) as img:
                 img.load()
-        except (OSError, SyntaxError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise SplitError(
                 f"cannot read {path}: {e}; replace or re-create the file (or remove it from "
                 "the lists)"

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from semiseg.data import palettes
+from semiseg.data.image_files import too_large, upright
 from semiseg.data.splits import SplitError
 
 IGNORE = 255
@@ -155,8 +156,12 @@ def read_values(
             wide = _is_16bit_colour(img)
             if not wide:
                 img.load()
+    except Image.DecompressionBombError as e:
+        raise too_large(path, "mask", e) from None
     except OSError as e:
         raise SplitError(f"cannot read mask {path}: {e}") from None
+    if not wide:
+        img = upright(img)  # turned by its EXIF orientation, as its image
     mode = img.mode
     if wide:
         if channel is None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from semiseg.data.checks import drop_missing_unlabeled_masks, note_once
+from semiseg.data.image_files import displayed_size, too_large
 from semiseg.data.masks import IGNORE, MaskReader
 from semiseg.data.splits import (
     LAYOUT,
@@ -281,10 +282,12 @@ class DatasetSpec:
 
 
 def check_same_size(root: Path, sample: Sample, mask_size: tuple[int, int]) -> None:
-    """The image's size from its header only (no decoding)."""
+    """The image's size as displayed (its EXIF orientation), from its header only."""
     try:
         with Image.open(root / sample.image) as img:
-            size = img.size
+            size = displayed_size(img)
+    except Image.DecompressionBombError as e:
+        raise too_large(root / sample.image, "image", e) from None
     except OSError as e:
         raise SplitError(f"cannot read image {root / sample.image}: {e}") from None
     if size != mask_size:

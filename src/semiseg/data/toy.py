@@ -21,11 +21,12 @@ Layout (the split-file format of every other dataset):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,24 @@ def is_current(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> bool:
     return stamp_is(Path(root) / VERSION_FILE, _stamp(seed, domain))
 
 
+@contextlib.contextmanager
+def install_lock(root: Path) -> Iterator[None]:
+    """Held while one process checks and generates `root`: independent jobs started on a fresh
+    clone (a seed sweep, a job array) generate it once, the others wait and then find it
+    complete. Without it, a second job would remove the tree the first had just installed
+    while the first was reading it. An flock on a file beside `root`: released by the kernel
+    when its holder dies, so a killed job never leaves the next one waiting."""
+    import fcntl
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def install_atomically(
     root: Path,
     write: Callable[[Path], None],
@@ -255,6 +274,14 @@ def generate(root: Path, seed: int = 0, force: bool = False, domain: str = DEFAU
     root = Path(root)
     if not force and is_current(root, seed, domain):
         return root
+    with install_lock(root):
+        if not force and is_current(root, seed, domain):  # another job generated it meanwhile
+            return root
+        _generate_here(root, seed, domain)
+    return root
+
+
+def _generate_here(root: Path, seed: int, domain: str) -> None:
     if root.exists():
         foreign = sorted({p.name for p in root.iterdir()} - _OWN_NAMES) if root.is_dir() else []
         if foreign or not root.is_dir():
@@ -271,7 +298,6 @@ def generate(root: Path, seed: int = 0, force: bool = False, domain: str = DEFAU
         lambda: is_current(root, seed, domain),
     )
     print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
-    return root
 
 
 def ensure(root: Path, seed: int = 0, domain: str = DEFAULT_DOMAIN) -> Path:
@@ -288,13 +314,16 @@ def generate_once(
     current = lambda: stamp_is(root / version_file, stamp)  # noqa: E731
     if current():
         return root
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise SplitError(
-            f"refusing to write the {what} dataset to {root}: it holds files the generator did "
-            "not write; choose an empty or new folder"
-        )
-    print(f"generating {what} dataset in {root} ...", flush=True)
-    install_atomically(root, write, stamp, current, version_file)
+    with install_lock(root):
+        if current():  # another job generated it meanwhile
+            return root
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise SplitError(
+                f"refusing to write the {what} dataset to {root}: it holds files the generator "
+                "did not write; choose an empty or new folder"
+            )
+        print(f"generating {what} dataset in {root} ...", flush=True)
+        install_atomically(root, write, stamp, current, version_file)
     return root
 
 

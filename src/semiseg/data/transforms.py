@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
+from semiseg.data.image_files import open_displayed
 from semiseg.data.splits import SplitError
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -29,11 +30,7 @@ def load_image(path: Path) -> Image.Image:
     """An 8-bit RGB image. 16-bit grayscale is scaled to 0..255 (convert("RGB") would clip every
     value above 255 to white); an alpha channel is dropped (the colours are the image, as
     segmentation datasets store them); float images are refused."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except OSError as e:
-        raise SplitError(f"cannot read image {path}: {e}") from None
+    img = open_displayed(path, "image")  # turned by its EXIF orientation
     if img.mode.startswith("I"):
         values = np.asarray(img)
         if values.size and (values.min() < 0 or values.max() > 65535):
@@ -53,11 +50,7 @@ def load_image(path: Path) -> Image.Image:
 
 def load_mask(path: Path) -> Image.Image:
     """Class indices as an 'L' image; palette PNGs give their index, never the RGB colour."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except OSError as e:
-        raise SplitError(f"cannot read mask {path}: {e}") from None
+    img = open_displayed(path, "mask")  # turned by its EXIF orientation, as its image
     if img.mode == "L":
         return img
     if img.mode in ("P", "1") or img.mode.startswith("I"):

@@ -176,8 +176,12 @@ class SemiSegModule(L.LightningModule):
 
         A NaN or inf loss (on any rank) is not stepped: no backward, no optimizer step, and the
         BatchNorm statistics its forwards changed are put back, so the model is exactly as
-        before. The step does not count: global_step and the poly schedule stay where they were
-        and the run still takes trainer.max_steps real steps. Returns whether it stepped.
+        before. A finite loss whose gradients hold NaN or inf (an overflow in the backward) is
+        skipped alike, after its backward: no optimizer step, no `after_optimizer_step` (the EMA
+        teacher does not move). With the 16-mixed GradScaler the scaler makes that check itself
+        (scaled gradients overflow by design; it skips the step and lowers its scale). The step
+        does not count: global_step and the poly schedule stay where they were and the run still
+        takes trainer.max_steps real steps. Returns whether it stepped.
         """
         optimizer = self.optimizers()
         iteration = self.global_step  # optimizer steps taken before this one
@@ -185,9 +189,13 @@ class SemiSegModule(L.LightningModule):
         if not self._all_finite(loss):
             self._skip_step(loss)
             return False
-        self.nonfinite_in_a_row = 0
         self.manual_backward(loss)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and not self._gradients_finite():
+            optimizer.zero_grad(set_to_none=True)
+            self._skip_step(loss, gradients=True)
+            return False
+        self.nonfinite_in_a_row = 0
         scale = scaler.get_scale() if scaler is not None else None
         optimizer.step()
         self.poly_update(optimizer, iteration)
@@ -205,11 +213,21 @@ class SemiSegModule(L.LightningModule):
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         return finite
 
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient is finite. Under DDP the backward has already averaged them
+        over the ranks, so every rank sees the same answer without a collective."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([g.isfinite().all() for g in grads]).all())
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # The BatchNorm statistics before this step's forwards, for a skipped step to restore.
         self._buffers_before = [b.detach().clone() for b in self.model.buffers()]
 
-    def _skip_step(self, loss: Tensor) -> None:
+    def _skip_step(self, loss: Tensor, gradients: bool = False) -> None:
+        """Put the BatchNorm statistics back, count the skipped step, stop after too many in a
+        row. `gradients`: the loss was finite, its gradients were not."""
         with torch.no_grad():
             for buffer, before in zip(self.model.buffers(), self._buffers_before, strict=True):
                 buffer.copy_(before)
@@ -217,14 +235,15 @@ class SemiSegModule(L.LightningModule):
         self.nonfinite_in_a_row += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, batch_size=1)
         limit = int(self.optim_cfg.get("max_nonfinite_steps") or 0)
+        what = "non-finite gradients of loss" if gradients else "loss"
         self.print(
-            f"step {self.global_step}: loss {float(loss.detach())} (on this or another rank): "
+            f"step {self.global_step}: {what} {float(loss.detach())} (on this or another rank): "
             f"step skipped ({self.nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all)"
         )
         if limit and self.nonfinite_in_a_row >= limit:
             raise NonFiniteError(
                 f"stopped at step {self.global_step}: {self.nonfinite_in_a_row} non-finite "
-                f"losses in a row (optim.max_nonfinite_steps={limit}); lower optim.lr or set "
+                f"losses or gradients in a row (optim.max_nonfinite_steps={limit}); lower optim.lr or set "
                 "optim.clip_grad, and check the input images; the checkpoints written so far "
                 "are kept"
             )

@@ -40,7 +40,8 @@ train-mode teacher forward on the mixed batch, whose entropy it filters on; here
 that of the eval-mode pseudo-label forward, mixed with the same box; padded pixels (the data
 module's ignore mask) are left out of the loss and of the percentile.
 
-A NaN or inf loss on any rank, at any of the K + 1 steps, abandons the whole iteration on every
+A NaN or inf loss on any rank (or NaN/inf gradients of a finite loss, without the GradScaler),
+at any of the K + 1 steps, abandons the whole iteration on every
 rank (each rank then takes the same number of backward passes): student, BatchNorm statistics,
 optimizer state, teacher and its counter go back to where the iteration began, and it does not
 count (as `SemiSegModule.optimizer_step_with` does for one step).
@@ -72,9 +73,9 @@ Step = Callable[[Tensor, bool], None]
 class NonFiniteLoss(Exception):
     """A loss was NaN or inf on this or another rank: the iteration is abandoned."""
 
-    def __init__(self, loss: Tensor):
+    def __init__(self, loss: Tensor, gradients: bool = False):
         super().__init__(float(loss.detach()))
-        self.loss = loss
+        self.loss, self.gradients = loss, gradients  # gradients: a finite loss, NaN gradients
 
 
 class FST(TeacherStudentModule):
@@ -155,7 +156,9 @@ class FST(TeacherStudentModule):
         try:
             losses = self.iteration(batch, self.optimizers().optimizer, self.lightning_step)
         except NonFiniteLoss as bad:
-            self._skip_step(bad.loss)  # counted, logged; stops after max_nonfinite_steps in a row
+            self._skip_step(
+                bad.loss, bad.gradients
+            )  # counted, logged; stops after max_nonfinite_steps in a row
             return
         self.nonfinite_in_a_row = 0
         present = batch.chunk(self.k + 1)[0] if self.variant == "W" else batch
@@ -232,6 +235,9 @@ class FST(TeacherStudentModule):
         if not self._all_finite(loss):  # a collective: every rank decides alike
             raise NonFiniteLoss(loss)
         self.manual_backward(loss)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            if not self._gradients_finite():  # the same on every rank (averaged by DDP)
+                raise NonFiniteLoss(loss, gradients=True)
         if final:
             iteration = self.global_step
             optimizer.step()

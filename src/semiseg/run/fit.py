@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from semiseg.checkpoints.callback import RunCheckpoints
-from semiseg.checkpoints.io import AtomicCheckpointIO, peek
+from semiseg.checkpoints.io import AtomicCheckpointIO, peek, why_unreadable
 from semiseg.checkpoints.preemption import PREEMPTED_EXIT_CODE, Preempted, Sigterm
 from semiseg.checkpoints.resume import config_mismatch, resume_checkpoint
 from semiseg.dashboards import WandbPanels
@@ -193,7 +193,9 @@ def check_same_run(resume, resume_from: Path, run_config: dict) -> None:
     try:
         saved = peek(resume_from).get("semiseg", {}).get("config")
     except Exception as err:
-        raise ConfigError(f"resume={resume}: cannot read {resume_from}: {one_line(err)}") from None
+        raise ConfigError(
+            f"resume={resume}: cannot read {resume_from}: {why_unreadable(err)}"
+        ) from None
     if not saved:
         raise ConfigError(f"resume={resume}: {resume_from} is not a semiseg training checkpoint")
     differences = config_mismatch(saved, run_config)
