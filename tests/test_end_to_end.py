@@ -187,13 +187,6 @@ def test_unknown_split_fails_before_training_with_valid_list(tmp_path, toy_root)
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("override", ["method=unimatc", "dataset=pascl", "trainer.max_stepz=3"])
-def test_typo_fails_with_hydra_message(tmp_path, override):
-    proc = run_script("train.py", override, f"hydra.run.dir={tmp_path}")
-    assert proc.returncode != 0
-    assert "unimatc" in proc.stderr or "pascl" in proc.stderr or "max_stepz" in proc.stderr
-
-
 def test_bf16_channels_last_and_clipping_train(tmp_path, toy_root):
     run_dir, _ = train(
         tmp_path,
