@@ -67,3 +67,18 @@ def test_the_configuration_table_lists_every_choice_of_each_group():
         files = {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
         builtin = {"basic"} if group == "hydra/launcher" else set()  # Hydra's own launcher
         assert _names(cell) == files | builtin, group
+
+
+def test_the_first_run_line_in_the_docs_is_the_one_the_stored_reference_prints():
+    from semiseg.run.results import versus_reference
+
+    text = (REPO / "docs" / "results.md").read_text()
+    section = text.split("## The first run", 1)[1].split("\n## ", 1)[0]
+    line = re.search(r"```\n(unimatch [^\n]*)\n```", section)[1]
+    unimatch = float(re.match(r"unimatch (\d+\.\d+) vs", line)[1])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=first_run"])
+    run = {"method": "unimatch", "best_val_miou": unimatch, "split": 10, "steps": 800,
+           "precision": "bf16-mixed"}  # fmt: skip
+    assert line == versus_reference(run, cfg.reference)
+    assert f"UniMatch best {unimatch:.2f}" in " ".join(section.split())  # the run described
