@@ -82,3 +82,23 @@ def test_the_first_run_line_in_the_docs_is_the_one_the_stored_reference_prints()
            "precision": "bf16-mixed"}  # fmt: skip
     assert line == versus_reference(run, cfg.reference)
     assert f"UniMatch best {unimatch:.2f}" in " ".join(section.split())  # the run described
+
+
+def _layout_block(path) -> str:
+    text = (REPO / path).read_text()
+    start = text.index("```\ntrain.py eval.py predict.py export.py")
+    return text[start : text.index("```", start + 3)]
+
+
+def test_the_layout_names_every_package_module_and_config_group():
+    src = REPO / "src" / "semiseg"
+    expected = [f"{p.name}/" for p in (REPO / "conf").iterdir() if p.is_dir()]
+    expected += [f"{p.name}/" for p in src.iterdir() if (p / "__init__.py").is_file()]
+    expected += [p.name for p in src.glob("*.py") if p.name != "__init__.py"]
+    for package in ("run", "checkpoints", "tasks"):
+        expected += [p.name for p in (src / package).glob("*.py") if p.name != "__init__.py"]
+    expected += [p.stem for p in (src / "tools").glob("*.py") if p.name != "__init__.py"]
+    for path in ("README.md", "docs/methods.md"):
+        words = set(re.findall(r"[\w.]+/?", _layout_block(path)))
+        words |= {w.removesuffix(".py") for w in words}  # tools are named as modules
+        assert sorted(set(expected) - words) == [], path
