@@ -102,3 +102,17 @@ def test_the_layout_names_every_package_module_and_config_group():
         words = set(re.findall(r"[\w.]+/?", _layout_block(path)))
         words |= {w.removesuffix(".py") for w in words}  # tools are named as modules
         assert sorted(set(expected) - words) == [], path
+
+
+def test_the_unet_parameter_count_in_the_docs_is_the_models():
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=acdc", "model=unet", "dataset.root=unused"])
+    model = instantiate(cfg.model, num_classes=len(cfg.dataset.classes))
+    count = sum(p.numel() for p in model.parameters())
+    text = " ".join((REPO / "docs" / "data.md").read_text().split())
+    stated = re.search(
+        r"`model=unet` is the public code's UNet \([^)]*?(\d+\.\d) M parameters", text
+    )
+    assert stated and float(stated[1]) == round(count / 1e6, 1), count
