@@ -201,3 +201,9 @@ def test_bf16_channels_last_and_clipping_train(tmp_path, toy_root):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 3 and results["precision"] == "bf16-mixed"
     assert 0.0 <= results["val_miou"] <= 100.0
+    # NHWC reached the trained network: its 3x3 convolutions are stored channels_last (the
+    # clipping itself is observed in tests/methods/test_clipping.py: the clipped norm)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    kernels = [v for v in state.values() if v.dim() == 4 and v.shape[-1] == 3 and v.shape[1] > 1]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    assert not any(k.is_contiguous() for k in kernels)
