@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from semiseg.close_keys import with_close_keys
 from semiseg.errors import exit_on_user_error
 from semiseg.run.evaluate import evaluate
 
@@ -14,4 +15,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with_close_keys(main, __file__, "eval")

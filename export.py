@@ -4,6 +4,7 @@ format=onnx|openvino|torchscript [output=FILE] [eval.model=student|teacher]."""
 import hydra
 from omegaconf import DictConfig
 
+from semiseg.close_keys import with_close_keys
 from semiseg.errors import exit_on_user_error
 from semiseg.export import run
 
@@ -15,4 +16,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with_close_keys(main, __file__, "export")

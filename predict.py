@@ -5,6 +5,7 @@ ckpt_path may be a file written by export.py: ckpt_path=model.onnx (its model.on
 import hydra
 from omegaconf import DictConfig
 
+from semiseg.close_keys import with_close_keys
 from semiseg.errors import exit_on_user_error
 from semiseg.predict import run
 
@@ -16,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with_close_keys(main, __file__, "predict")

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from semiseg.close_keys import with_close_keys
 from semiseg.errors import exit_on_user_error
 from semiseg.run.fit import optimized_metric, train
 
@@ -36,4 +37,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with_close_keys(main, __file__, "train")

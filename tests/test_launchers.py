@@ -205,10 +205,13 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path, toy_roo
     # submitit's own records: one folder of logs and pickles per job, each a separate process
     logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2, sorted(p.name for p in (sweep / ".submitit").rglob("*"))
-    pids = {
-        line for log in logs for line in log.read_text().splitlines() if "Starting with" in line
-    }
-    assert len(pids) == 2
+    # the local executor's job id is the job's process id: two ids, each in its own folder
+    job_ids = []
+    for log in logs:
+        found = re.findall(r"Starting with JobEnvironment\(job_id=(\d+),", log.read_text())
+        assert found == [log.parent.name], (log, found)
+        job_ids += found
+    assert len(set(job_ids)) == 2 and str(os.getpid()) not in job_ids
 
 
 def _descendants(pid: int) -> list[int]:

@@ -188,7 +188,7 @@ def test_bad_input_fails_in_one_line(checkpoint, tmp_path):
 
 
 def test_images_of_one_size_are_predicted_in_batches_with_the_same_result(
-    checkpoint, toy_root, tmp_path
+    checkpoint, toy_root, tmp_path, monkeypatch
 ):
     from cli import REPO
     from hydra import compose, initialize_config_dir
@@ -202,13 +202,28 @@ def test_images_of_one_size_are_predicted_in_batches_with_the_same_result(
         image = Image.open(toy_root / "images" / f"train_{k:04d}.png").convert("RGB")
         image.crop((0, 0, *size)).save(folder / f"{k}.png")
 
+    from semiseg import predict as predict_module
+
+    forwards = []  # the batch of every forward
+
+    def recording(model, batch, *args):
+        forwards.append(tuple(batch.shape))
+        return tta_probabilities(model, batch, *args)
+
+    monkeypatch.setattr(predict_module, "tta_probabilities", recording)
+
     def predicted(batch_size):
         out = tmp_path / f"out{batch_size}"
+        forwards.clear()
         overrides = [f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}"]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("predict", overrides=[*overrides, f"batch_size={batch_size}"])
         summary = run(cfg)
         assert summary["batch_size"] == batch_size and summary["num_images"] == 5
+        # batches of up to batch_size consecutive images of one size (HxW: 80x96, then 88x72)
+        sizes = {1: [1, 1, 1, 1, 1], 3: [3, 1, 1]}[batch_size]
+        heights = {1: [80, 80, 80, 88, 80], 3: [80, 88, 80]}[batch_size]
+        assert [f[0] for f in forwards] == sizes and [f[2] for f in forwards] == heights
         return {p.name: np.asarray(Image.open(p)) for p in sorted((out / "index").glob("*.png"))}
 
     one_by_one, batched = predicted(1), predicted(3)
@@ -252,3 +267,30 @@ def test_a_volume_checkpoint_is_refused_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and len(lines) == 1
     assert "1-channel volumes (dataset=acdc)" in lines[0] and "eval.py save_predictions" in lines[0]
+
+
+def test_images_waiting_for_their_batch_are_written_before_an_unreadable_one(
+    checkpoint, toy_root, tmp_path
+):
+    from cli import REPO
+    from hydra import compose, initialize_config_dir
+
+    from semiseg.data.splits import SplitError
+    from semiseg.predict import run
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for k in range(2):
+        Image.open(toy_root / "images" / f"train_{k:04d}.png").convert("RGB").save(
+            folder / f"{k}.png"
+        )
+    (folder / "2.png").write_text("not an image")
+    Image.open(toy_root / "images" / "train_0003.png").convert("RGB").save(folder / "3.png")
+    overrides = [f"ckpt_path={checkpoint}", f"input={folder}", f"output={out}", "batch_size=4"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=overrides)
+    with pytest.raises(SplitError, match="2.png"):
+        run(cfg)
+    # 0 and 1 waited in a batch of 4 when 2 failed: written all the same; 3 never read
+    for kind in ("index", "colour", "overlay"):
+        assert sorted(p.name for p in (out / kind).iterdir()) == ["0.png", "1.png"], kind

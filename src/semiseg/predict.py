@@ -303,6 +303,8 @@ def run(cfg: DictConfig) -> dict:
         try:
             image = tf.load_image(root / rel)
         except SplitError as err:
+            if pending:  # the images before it, still waiting for their batch, are written
+                flush(pending)
             bar.leave = False  # on a terminal the error line replaces the bar
             bar.close()
             raise SplitError(

@@ -35,9 +35,14 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path, capsys):
     val = read_list(root / "splits" / "val.txt", require_mask=True)
     assert val[0].image.startswith("leftImg8bit/val/frankfurt/")
     assert val[0].mask.endswith("_gtFine_labelTrainIds.png") and (root / val[0].mask).is_file()
+    written = {p: p.stat().st_mtime_ns for p in root.rglob("*_gtFine_labelTrainIds.png")}
+    lists = {p: p.read_text() for p in (root / "splits").rglob("*.txt")}
     prepare_cityscapes.main([str(root)])  # a second run keeps what is there
-    again = capsys.readouterr().out
-    assert "wrote 0 *_gtFine_labelTrainIds.png files, kept 6" in again and "kept " in again
+    again = capsys.readouterr().out.strip()
+    assert again.startswith("cityscapes: wrote 0 *_gtFine_labelTrainIds.png files, kept 6")
+    assert again.endswith(f"kept {root / 'splits' / 'val.txt'}")
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # not rewritten
+    assert {p: p.read_text() for p in (root / "splits").rglob("*.txt")} == lists
 
 
 def test_cityscapes_without_label_ids_fails_with_layout(tmp_path, capsys):
@@ -90,7 +95,8 @@ def test_coco_wrong_category_count_is_refused(tmp_path, capsys):
 def test_ade20k_val_list(tmp_path, capsys):
     root = ade20k(tmp_path / "ADEChallengeData2016")
     prepare_ade20k.main([str(root)])
-    assert "wrote" in capsys.readouterr().out
+    val_file = root / "splits" / "val.txt"
+    assert capsys.readouterr().out.strip() == f"ade20k: wrote {val_file} (2 images)"
     val = read_list(root / "splits" / "val.txt", require_mask=True)
     assert [s.mask for s in val] == [
         "annotations/validation/ADE_val_00000005.png",
