@@ -4,6 +4,7 @@ finite loss whose backward gives NaN gradients (a real backward through a gradie
 Driven through a real Trainer on a tiny network, a few steps."""
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Poisoning:
 
     how, poison_at = "loss", 1
 
-    def poison(self, batch):
+    def poison(self, labeled):
         seen = getattr(self, "seen", 0)
         self.seen = seen + 1
         self.poison_gradients = seen == self.poison_at and self.how == "gradients"
@@ -39,15 +40,14 @@ class Poisoning:
                 lambda g: g * float("nan") if self.poison_gradients else g
             )
         if seen == self.poison_at and self.how == "loss":
-            return {k: torch.full_like(v, float("nan")) if k == "image" else v
-                    for k, v in batch.items()}  # fmt: skip
-        return batch
+            return dataclasses.replace(labeled, image=torch.full_like(labeled.image, float("nan")))
+        return labeled
 
 
 class PoisonedTeacherStudent(Poisoning, TeacherStudentModule):
     def training_losses(self, batch):
-        batch = self.poison(batch)
-        return {"loss": self.labeled_loss(self.model(batch["image"]), batch["mask"])}
+        labeled = self.poison(batch.labeled)
+        return {"loss": self.labeled_loss(self.model(labeled.image), labeled.mask)}
 
 
 class Changes(Callback):
@@ -115,8 +115,9 @@ def test_a_non_finite_batch_leaves_model_teacher_and_optimizer_as_before(how):
 
 class PoisonedFST(Poisoning, FST):
     def training_losses(self, batch):
-        poisoned = {**batch, "labeled": self.poison(batch["labeled"])}
-        return super().training_losses(poisoned)
+        return super().training_losses(
+            dataclasses.replace(batch, labeled=self.poison(batch.labeled))
+        )
 
 
 def _fst_batches(n):
