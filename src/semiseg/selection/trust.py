@@ -44,7 +44,7 @@ class TrustCounts:
         conf, labels = probs.float().max(1)
         valid = gt != IGNORE
         conf, labels, gt = conf[valid], labels[valid], gt[valid].long()
-        confident = conf > self.tau  # in the probabilities' dtype, as the losses compare
+        confident = conf >= self.tau  # in the probabilities' dtype, as the losses compare
         conf = conf.double()
         correct = labels == gt
         c = self.num_classes
