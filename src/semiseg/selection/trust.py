@@ -85,7 +85,7 @@ class TrustCounts:
         total = float(self.bin_count.sum())
         if total == 0:
             return float("nan")
-        gaps = self.bin_correct - self.bin_conf
+        gaps = (self.bin_correct - self.bin_conf).abs()  # n_m * |acc_m - conf_m|
         return float(gaps.sum() / total)
 
 
