@@ -71,6 +71,11 @@ def test_entropy_chooses_the_most_uncertain_images(
     assert summary["new_split"] == "7" and summary["masks_to_draw"] == []
     assert f"dataset.splits_dir={out.resolve()} split=7" in summary["train"]
     assert (out / "contact_sheet.png").stat().st_size > 0
+    tasks = json.loads((out / "label_studio" / "tasks.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == [
+        f"/data/local-files/?d={s.image}" for s in expected
+    ]
+    assert all(t["predictions"][0]["result"] for t in tasks)  # the varied model predicts objects
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from semiseg.checkpoints.load import inference_device, load_checkpoint
 from semiseg.data.spec import DatasetSpec
 from semiseg.errors import ConfigError
+from semiseg.predict import tta_probabilities
 from semiseg.run.evaluate import eval_dataset_config, eval_settings, module_from_checkpoint
-from semiseg.selection import outputs
-from semiseg.selection.scoring import score_pool
+from semiseg.selection import label_studio, outputs
+from semiseg.selection.scoring import load_normalized, score_pool, scoring_mode
 from semiseg.selection.strategies import STRATEGIES, check_budget, check_strategy, choose
 
 # What each dataset format would need before select_images.py can score it (docs/selection.md).
@@ -52,7 +53,8 @@ def run(cfg: DictConfig) -> dict:
     name = str(cfg.split_name) if cfg.split_name is not None else str(len(files.labeled) + budget)
 
     evaluation = eval_settings(cfg, trained, dataset_cfg, state, class_names)
-    module = module_from_checkpoint(checkpoint, evaluation, int(dataset_cfg.crop_size))
+    crop = int(dataset_cfg.crop_size)
+    module = module_from_checkpoint(checkpoint, evaluation, crop)
     if strategy == "disagreement" and module.disagreement_views is None:
         raise ConfigError(
             f"strategy=disagreement: method {trained['method']['name']} has one prediction of an "
@@ -72,7 +74,7 @@ def run(cfg: DictConfig) -> dict:
         [spec.root / s.image for s in pool],
         [spec.root / s.image for s in files.labeled],
         evaluation["mode"],
-        int(dataset_cfg.crop_size),
+        crop,
         pair=module.disagreement_views is not None,
         features=strategy == "kcenter",
         device=device,
@@ -94,6 +96,19 @@ def run(cfg: DictConfig) -> dict:
     shown = outputs.contact_sheet(
         output / "contact_sheet.png", spec.root, picked, [scores.maps[i] for i in chosen], labels
     )
+    if cfg.label_studio:
+        network = module.eval_network
+        tasks = []
+        for sample in picked:
+            image = load_normalized(spec.root / sample.image).to(device)
+            with torch.no_grad():
+                probs = tta_probabilities(
+                    network, image, scoring_mode(evaluation["mode"]), crop, len(class_names)
+                )
+            url = f"{cfg.image_url_prefix}{sample.image}"
+            prediction = probs[0].argmax(0).numpy()
+            tasks.append(label_studio.task(url, prediction, class_names, str(cfg.ckpt_path)))
+        label_studio.write(output / "label_studio", tasks, class_names)
     summary = {
         "ckpt_path": str(cfg.ckpt_path),
         "method": trained["method"]["name"],
@@ -111,6 +126,7 @@ def run(cfg: DictConfig) -> dict:
         "chosen": [{"image": s.image, "mask": s.mask} for s in picked],
         "masks_to_draw": [s.mask for s in picked if not (spec.root / s.mask).is_file()],
         "contact_sheet": {"file": "contact_sheet.png", "shown": shown},
+        "label_studio": "label_studio/tasks.json" if cfg.label_studio else None,
         "train": f"python train.py dataset={dataset_cfg.name} dataset.root={spec.root} "
         f"dataset.splits_dir={output.resolve()} split={name}",
         "wall_time_s": round(time.time() - started, 1),

@@ -66,7 +66,7 @@ def score_pool(
     pool and of the labeled images."""
     network = module.eval_network
     num_classes = module.num_classes
-    mode = mode if mode == "sliding_window" else "original"  # score whole images otherwise
+    mode = scoring_mode(mode)
     entropy, margin, disagreement, maps, pooled = [], [], [], [], []
     for path in tqdm(images, desc="score unlabeled images", unit="img"):
         image = load_normalized(path).to(device)
@@ -92,6 +92,11 @@ def score_pool(
         ]
         scores.labeled_features = np.stack(labeled) if labeled else scores.features[:0]
     return scores
+
+
+def scoring_mode(mode: str) -> str:
+    """A sliding window stays one (large images); every other mode scores the whole image."""
+    return "sliding_window" if mode == "sliding_window" else "original"
 
 
 def small_map(pixel_map: Tensor) -> np.ndarray:
