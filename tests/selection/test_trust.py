@@ -74,3 +74,38 @@ def test_threshold_for_a_target_precision():
     assert threshold_for_precision(by_tau, 0.75) == 0.5
     assert threshold_for_precision(by_tau, 0.9) == 0.9
     assert threshold_for_precision(by_tau, 1.01) is None
+
+
+class FixedLogits(torch.nn.Module):
+    """A network whose logits are given (the log of PIXELS), whatever the image."""
+
+    def forward(self, image):
+        return PIXELS.log().expand(image.shape[0], -1, -1, -1)
+
+
+def test_eval_writes_the_trust_of_the_evaluated_network(tmp_path):
+    from semiseg.tasks import build_task
+
+    evaluation = {"mode": "original", "task": "segmentation", "trust_tau": 0.8}
+    task = build_task(["a", "b"], evaluation, crop_size=5)
+    task.start(["student", "teacher"], "cpu")
+    batch = {"image": torch.zeros(1, 3, 1, 5), "mask": GT}
+    # the other network is predicted after the chosen one: its pixels must not count
+    pred, mask = task.predict(FixedLogits(), batch)
+    task.update("student", pred, mask, batch, chosen=True)
+    pred, mask = task.predict(lambda image: torch.ones(1, 2, 1, 5), batch)
+    task.update("teacher", pred, mask, batch, chosen=False)
+    results = task.eval_results(task.compute("student"), tmp_path)
+    trusted = results["pseudo_label_trust"]
+    assert trusted["precision"] == {"a": 50.0, "b": 100.0}
+    assert trusted["coverage"] == {"a": 100.0, "b": 66.67}
+    # 15 bins of 1/15: each pixel alone, |1 - 0.7| + |0 - 0.85| + |1 - 0.9| + |1 - 0.95| = 1.3
+    assert trusted["ece"] == 32.5 and trusted["tau"] == 0.8
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+def test_eval_without_trust_writes_none(tmp_path):
+    from semiseg.tasks import build_task
+
+    task = build_task(["a", "b"], {"mode": "original", "task": "segmentation"}, crop_size=5)
+    assert task.trust is None

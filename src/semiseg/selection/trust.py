@@ -103,3 +103,67 @@ def threshold_for_precision(counts_by_tau: dict[float, TrustCounts], target: flo
         if kept and float(counts.pseudo_correct.sum()) / kept >= target:
             return tau
     return None
+
+
+def summary(counts: TrustCounts, class_names: list[str]) -> dict:
+    """What results.json keeps: per class precision and coverage (percent, None where
+    undefined), the reliability bins and the ECE (percent)."""
+
+    def percent(values):
+        return {
+            n: (None if v != v else round(100.0 * float(v), 2))
+            for n, v in zip(class_names, values.tolist(), strict=True)
+        }
+
+    ece = counts.ece()
+    return {
+        "tau": counts.tau,
+        "precision": percent(counts.precision()),
+        "coverage": percent(counts.coverage()),
+        "ece": None if ece != ece else round(100.0 * ece, 2),
+        "reliability": counts.reliability(),
+    }
+
+
+def plot_reliability(path, counts: TrustCounts) -> None:
+    """The reliability diagram: accuracy against mean confidence per bin, the diagonal, and
+    each bin's share of pixels below it."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in counts.reliability() if r["count"]]
+    total = max(1, sum(r["count"] for r in rows))
+    fig = Figure(figsize=(4.5, 5.0))
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    width = 1.0 / counts.bins
+    top.bar(
+        [r["low"] for r in rows],
+        [r["accuracy"] for r in rows],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        label="accuracy",
+    )
+    top.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    top.plot(
+        [r["confidence"] for r in rows],
+        [r["accuracy"] for r in rows],
+        "o",
+        color="red",
+        markersize=3,
+        label="(mean confidence, accuracy)",
+    )
+    top.set_ylabel("accuracy")
+    top.set_title(f"ECE {100 * counts.ece():.2f}%")
+    top.legend(fontsize=7, loc="upper left")
+    bottom.bar(
+        [r["low"] for r in rows],
+        [r["count"] / total for r in rows],
+        width=width,
+        align="edge",
+        color="grey",
+    )
+    bottom.axvline(counts.tau, color="red", linewidth=1)
+    bottom.set_xlabel("top-class confidence (red: the method's threshold)")
+    bottom.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

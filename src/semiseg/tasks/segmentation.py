@@ -10,11 +10,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from semiseg.evaluation.inference import WINDOW_BATCH, center_crop, predict
+from semiseg.selection import trust
 from semiseg.tasks.base import Task
 
 
 class SegmentationTask(Task):
     name = "segmentation"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # eval.py: how far the evaluated network's pseudo-labels can be trusted (selection/trust)
+        tau = self.cfg.get("trust_tau")
+        self.trust = None if tau is None else trust.TrustCounts(self.num_classes, tau=tau)
+        self._probs = None
 
     def predict(self, network: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
         image, mask = batch["image"], batch["mask"]
@@ -30,4 +38,21 @@ class SegmentationTask(Task):
             self.cfg.get("window_border", "truncate"),
             self.cfg.get("window_batch", WINDOW_BATCH),
         )
+        if self.trust is not None:
+            self._probs = probs
         return probs.argmax(1), mask
+
+    def update(self, name: str, pred: Tensor, mask: Tensor, batch: dict, chosen: bool) -> None:
+        super().update(name, pred, mask, batch, chosen)
+        if chosen and self.trust is not None:
+            # sliding windows sum their softmaxes: back to one distribution per pixel
+            probs = self._probs / self._probs.sum(1, keepdim=True).clamp(min=1e-12)
+            self.trust.update(probs.cpu(), mask.cpu())
+
+    def eval_results(self, scores: dict, out_dir) -> dict:
+        results = super().eval_results(scores, out_dir)
+        if self.trust is not None:
+            results["pseudo_label_trust"] = trust.summary(self.trust, self.class_names)
+            trust.plot_reliability(out_dir / "reliability.png", self.trust)
+            results["pseudo_label_trust"]["plot"] = "reliability.png"
+        return results
