@@ -56,3 +56,13 @@ class SegmentationTask(Task):
             trust.plot_reliability(out_dir / "reliability.png", self.trust)
             results["pseudo_label_trust"]["plot"] = "reliability.png"
         return results
+
+    def eval_lines(self, results: dict) -> list[str]:
+        lines = super().eval_lines(results)
+        trusted = results.get("pseudo_label_trust")
+        if trusted:
+            lines.append(
+                f"pseudo-labels at tau {trusted['tau']}: ECE {trusted['ece']}%, precision per "
+                f"class {trusted['precision']}, coverage {trusted['coverage']} (reliability.png)"
+            )
+        return lines
