@@ -45,6 +45,7 @@ def mean_entropy(model, path):
     return float(entropy_map(probs[0]).mean())
 
 
+@pytest.mark.slow  # about 45 s on a busy 2-core CPU
 def test_entropy_chooses_the_most_uncertain_images(
     varied_checkpoint, toy_root, small_splits, tmp_path
 ):
