@@ -59,17 +59,20 @@ def write_next_split(
 ) -> Path:
     """`<output>/<name>/labeled.txt`, `unlabeled.txt` and `<output>/<val_file.name>` (the old
     validation list, unless `output` is the old splits folder). Refuses a split that exists."""
-    folder = output / name
+    refuse_existing(output / name)
+    folder = write_split(output, name, labeled, unlabeled)
+    target = output / val_file.name
+    if not (target.exists() and target.resolve() == val_file.resolve()):
+        write_list(target, read_list(val_file, require_mask=True))
+    return folder
+
+
+def refuse_existing(folder: Path) -> None:
     if (folder / "labeled.txt").exists():
         raise ConfigError(
             f"{folder / 'labeled.txt'} exists: give another output=DIR or split_name=NAME "
             "(a split is never overwritten)"
         )
-    write_split(output, name, labeled, unlabeled)
-    target = output / val_file.name
-    if not (target.exists() and target.resolve() == val_file.resolve()):
-        write_list(target, read_list(val_file, require_mask=True))
-    return folder
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -51,9 +51,10 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"split {split} in {spec.splits_dir} has no unlabeled images to choose")
     budget = check_budget(cfg.budget, len(pool))
     name = str(cfg.split_name) if cfg.split_name is not None else str(len(files.labeled) + budget)
+    outputs.refuse_existing(output / name)  # before the scoring, not after it
 
     evaluation = eval_settings(cfg, trained, dataset_cfg, state, class_names)
-    crop = int(dataset_cfg.crop_size)
+    crop, mode = int(dataset_cfg.crop_size), evaluation["mode"]
     module = module_from_checkpoint(checkpoint, evaluation, crop)
     if strategy == "disagreement" and module.disagreement_views is None:
         raise ConfigError(
@@ -73,7 +74,7 @@ def run(cfg: DictConfig) -> dict:
         module,
         [spec.root / s.image for s in pool],
         [spec.root / s.image for s in files.labeled],
-        evaluation["mode"],
+        mode,
         crop,
         pair=module.disagreement_views is not None,
         features=strategy == "kcenter",
@@ -97,17 +98,17 @@ def run(cfg: DictConfig) -> dict:
         output / "contact_sheet.png", spec.root, picked, [scores.maps[i] for i in chosen], labels
     )
     if cfg.label_studio:
-        network = module.eval_network
-        tasks = []
-        for sample in picked:
-            image = load_normalized(spec.root / sample.image).to(device)
-            with torch.no_grad():
-                probs = tta_probabilities(
-                    network, image, scoring_mode(evaluation["mode"]), crop, len(class_names)
-                )
-            url = f"{cfg.image_url_prefix}{sample.image}"
-            prediction = probs[0].argmax(0).numpy()
-            tasks.append(label_studio.task(url, prediction, class_names, str(cfg.ckpt_path)))
+        tasks = [
+            label_studio.task(
+                f"{cfg.image_url_prefix}{sample.image}",
+                predicted_labels(
+                    module.eval_network, spec.root / sample.image, mode, crop, len(class_names)
+                ),
+                class_names,
+                str(cfg.ckpt_path),
+            )
+            for sample in picked
+        ]
         label_studio.write(output / "label_studio", tasks, class_names)
     summary = {
         "ckpt_path": str(cfg.ckpt_path),
@@ -138,3 +139,11 @@ def run(cfg: DictConfig) -> dict:
         print(f"draw their masks at the paths in {folder / 'labeled.txt'} (e.g. {missing[0]})")
     print(f"then train on it: {summary['train']}")
     return summary
+
+
+@torch.no_grad()
+def predicted_labels(network, path: Path, mode: str, crop: int, num_classes: int):
+    """The class per pixel (H, W) of one image, predicted as it was scored."""
+    image = load_normalized(path).to(next(network.parameters()).device)
+    probs = tta_probabilities(network, image, scoring_mode(mode), crop, num_classes)
+    return probs[0].argmax(0).cpu().numpy()
