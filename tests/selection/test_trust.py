@@ -109,3 +109,29 @@ def test_eval_without_trust_writes_none(tmp_path):
 
     task = build_task(["a", "b"], {"mode": "original", "task": "segmentation"}, crop_size=5)
     assert task.trust is None
+
+
+def test_eval_reports_the_threshold_for_a_target_precision(tmp_path):
+    from semiseg.tasks import build_task
+
+    evaluation = {"mode": "original", "trust_tau": 0.8, "trust_target_precision": 0.75}
+    task = build_task(["a", "b"], evaluation, crop_size=5)
+    task.start(["student"], "cpu")
+    batch = {"image": torch.zeros(1, 3, 1, 5), "mask": GT}
+    pred, mask = task.predict(FixedLogits(), batch)
+    task.update("student", pred, mask, batch, chosen=True)
+    trusted = task.eval_results(task.compute("student"), tmp_path)["pseudo_label_trust"]
+    # tau 0.5: 3 of 4 pseudo-labels right (0.75, see test_threshold_for_a_target_precision)
+    assert trusted["tau_for_precision"] == {"target": 0.75, "tau": 0.5}
+    assert "tau_for_precision" not in task_without_target(tmp_path)
+
+
+def task_without_target(tmp_path):
+    from semiseg.tasks import build_task
+
+    task = build_task(["a", "b"], {"mode": "original", "trust_tau": 0.8}, crop_size=5)
+    task.start(["student"], "cpu")
+    batch = {"image": torch.zeros(1, 3, 1, 5), "mask": GT}
+    pred, mask = task.predict(FixedLogits(), batch)
+    task.update("student", pred, mask, batch, chosen=True)
+    return task.eval_results(task.compute("student"), tmp_path)["pseudo_label_trust"]

@@ -93,6 +93,7 @@ def eval_settings(cfg, trained: dict, dataset_cfg, state: dict, class_names) -> 
         evaluation["trust_tau"] = float(
             tau if tau is not None else trained["method"].get("tau", 0.95)
         )
+        evaluation["trust_target_precision"] = cfg.get("trust_target_precision")
     return evaluation
 
 

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 IGNORE = 255
+# The thresholds eval.py tries for `trust_target_precision` (0.50, 0.55, ..., 0.95, 0.99).
+TAU_GRID = (*(round(0.5 + 0.05 * k, 2) for k in range(10)), 0.99)
 
 
 @dataclass

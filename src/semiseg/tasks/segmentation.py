@@ -22,6 +22,13 @@ class SegmentationTask(Task):
         # eval.py: how far the evaluated network's pseudo-labels can be trusted (selection/trust)
         tau = self.cfg.get("trust_tau")
         self.trust = None if tau is None else trust.TrustCounts(self.num_classes, tau=tau)
+        # and the lowest threshold of TAU_GRID whose pseudo-labels reach a target precision
+        self.trust_target = self.cfg.get("trust_target_precision")
+        self.trust_grid = {}
+        if self.trust is not None and self.trust_target is not None:
+            self.trust_grid = {
+                t: trust.TrustCounts(self.num_classes, tau=t) for t in trust.TAU_GRID
+            }
         self._probs = None
 
     def predict(self, network: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
@@ -47,7 +54,8 @@ class SegmentationTask(Task):
         if chosen and self.trust is not None:
             # sliding windows sum their softmaxes: back to one distribution per pixel
             probs = self._probs / self._probs.sum(1, keepdim=True).clamp(min=1e-12)
-            self.trust.update(probs.cpu(), mask.cpu())
+            for counts in (self.trust, *self.trust_grid.values()):
+                counts.update(probs.cpu(), mask.cpu())
 
     def eval_results(self, scores: dict, out_dir) -> dict:
         results = super().eval_results(scores, out_dir)
@@ -55,6 +63,11 @@ class SegmentationTask(Task):
             results["pseudo_label_trust"] = trust.summary(self.trust, self.class_names)
             trust.plot_reliability(out_dir / "reliability.png", self.trust)
             results["pseudo_label_trust"]["plot"] = "reliability.png"
+            if self.trust_grid:
+                results["pseudo_label_trust"]["tau_for_precision"] = {
+                    "target": self.trust_target,
+                    "tau": trust.threshold_for_precision(self.trust_grid, self.trust_target),
+                }
         return results
 
     def eval_lines(self, results: dict) -> list[str]:
