@@ -9,7 +9,7 @@ SLOW ?= 0
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test lint format compare bench report clean
+.PHONY: help setup train test lint format compare bench report select clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: setup  ## time training steps against their model compute: ARGS="method=u
 
 report: setup  ## paper-style table of a sweep: ARGS="multirun/NAME"
 	$(PY) -m semiseg.tools.report $(ARGS)
+
+select: setup  ## the images to label next: ARGS="ckpt_path=RUN/checkpoints/best.ckpt budget=10 strategy=entropy output=DIR"
+	$(PY) select_images.py $(ARGS)
 
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

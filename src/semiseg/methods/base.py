@@ -134,6 +134,16 @@ class SemiSegModule(L.LightningModule):
         """The network validated, shown in the dashboards and saved for inference."""
         return self.get_submodule(self.networks()[self.eval_network_name])
 
+    # ------------------------------------------------------------------ two views of an image
+    # What select_images.py strategy=disagreement compares, in words (None: the method has one
+    # prediction of an image only); `prediction_pair` gives the two.
+    disagreement_views: str | None = None
+
+    def prediction_pair(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of two predictions of the same images by this method's own networks or streams
+        (in eval mode), whose disagreement ranks the images to label next."""
+        raise ConfigError(f"method {self.method_name} has one prediction of an image only")
+
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> list[dict]:
         """SGD groups as the papers: the backbone at `lr`, the rest of the model at

@@ -51,6 +51,12 @@ class TeacherStudentModule(SemiSegModule):
     def networks(self) -> dict[str, str]:
         return {"student": "model", "teacher": "teacher.network"}
 
+    disagreement_views = "teacher against student"
+
+    @torch.no_grad()
+    def prediction_pair(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        return self.teacher(image), self.model(image)
+
     def after_optimizer_step(self) -> None:
         decay = self.teacher.update(self.model, self.ema_updates)
         self.ema_updates += 1

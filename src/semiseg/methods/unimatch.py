@@ -24,6 +24,14 @@ class UniMatch(WeakToStrongModule):
         super().__init__(*args, **kwargs)
         self.weights = {"s1": weight_s1, "s2": weight_s2, "fp": weight_fp}
 
+    disagreement_views = "clean against feature-perturbed stream"
+
+    @torch.no_grad()
+    def prediction_pair(self, image):
+        """The two streams of step 3 below: one decoder pass on the clean and the dropped-out
+        features (the dropout is drawn from torch's generator: seed it for a repeatable pair)."""
+        return self.model(image, feature_perturbation=True)
+
     def training_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask
         u, mix = self.unlabeled_views(batch.unlabeled)

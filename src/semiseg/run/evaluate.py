@@ -88,6 +88,12 @@ def eval_settings(cfg, trained: dict, dataset_cfg, state: dict, class_names) -> 
     evaluation["model"] = cfg.eval.get("model") or state.get("eval_network", "student")
     evaluation["other_networks"] = False
     evaluation["miou_subsets"] = miou_subsets(trained.get("source"), dataset_cfg, class_names)
+    if cfg.get("trust", False):  # pseudo-label precision, coverage and calibration
+        tau = cfg.get("trust_tau")
+        evaluation["trust_tau"] = float(
+            tau if tau is not None else trained["method"].get("tau", 0.95)
+        )
+        evaluation["trust_target_precision"] = cfg.get("trust_target_precision")
     return evaluation
 
 

@@ -1,0 +1,153 @@
+"""The checkpoint's network(s) over the unlabeled pool: per-image uncertainty scores, a small
+uncertainty map per image (the contact sheet) and, for kcenter, pooled encoder features.
+
+Each image is predicted as eval.py predicts the dataset (whole image or sliding window; softmax
+normalised per pixel). `disagreement` asks the method for its two predictions of one image
+(`prediction_pair`: teacher and student, or UniMatch's clean and feature-perturbed streams) on
+the whole image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from semiseg.data import transforms as tf
+from semiseg.errors import ConfigError
+from semiseg.predict import tta_probabilities
+from semiseg.selection.uncertainty import (
+    disagreement_map,
+    entropy_map,
+    image_score,
+    margin_map,
+)
+
+MAP_SIDE = 96  # the long side of the uncertainty maps kept for the contact sheet
+ENCODER_PATHS = ("backbone", "net.encoder")  # where the models keep their encoder
+
+
+@dataclass
+class PoolScores:
+    entropy: np.ndarray
+    margin: np.ndarray
+    disagreement: np.ndarray | None = None
+    features: np.ndarray | None = None
+    labeled_features: np.ndarray | None = None
+    maps: list[np.ndarray] = field(default_factory=list)  # entropy maps, <= MAP_SIDE px
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None and k != "maps"}
+
+
+def load_normalized(path: Path) -> Tensor:
+    """An image file as the network's input (1, 3, H, W)."""
+    return tf.normalize(tf.load_image(path))[None]
+
+
+@torch.no_grad()
+def score_pool(
+    module,
+    images: list[Path],
+    labeled_images: list[Path],
+    mode: str,
+    crop_size: int,
+    pair: bool,
+    features: bool,
+    device: torch.device,
+) -> PoolScores:
+    """Scores of every pool image with the module's evaluated network; `pair`: also the
+    disagreement of the method's two predictions; `features`: pooled encoder features of the
+    pool and of the labeled images."""
+    network = module.eval_network
+    num_classes = module.num_classes
+    mode = scoring_mode(mode)
+    entropy, margin, disagreement, maps, pooled = [], [], [], [], []
+    for path in tqdm(images, desc="score unlabeled images", unit="img"):
+        image = load_normalized(path).to(device)
+        probs = tta_probabilities(network, image, mode, crop_size, num_classes)[0]
+        pixel_entropy = entropy_map(probs)
+        entropy.append(image_score(pixel_entropy))
+        margin.append(image_score(margin_map(probs)))
+        maps.append(small_map(pixel_entropy))
+        if pair:
+            logits_a, logits_b = module.prediction_pair(image)
+            probs_a, probs_b = logits_a.float().softmax(1)[0], logits_b.float().softmax(1)[0]
+            disagreement.append(image_score(disagreement_map(probs_a, probs_b)))
+        if features:
+            pooled.append(pooled_encoder_features(network, image)[0].cpu().numpy())
+    scores = PoolScores(np.asarray(entropy), np.asarray(margin), maps=maps)
+    if pair:
+        scores.disagreement = np.asarray(disagreement)
+    if features:
+        scores.features = np.stack(pooled)
+        labeled = [
+            pooled_encoder_features(network, load_normalized(p).to(device))[0].cpu().numpy()
+            for p in tqdm(labeled_images, desc="features of labeled images", unit="img")
+        ]
+        scores.labeled_features = np.stack(labeled) if labeled else scores.features[:0]
+    return scores
+
+
+def scoring_mode(mode: str) -> str:
+    """A sliding window stays one (large images); every other mode scores the whole image."""
+    return "sliding_window" if mode == "sliding_window" else "original"
+
+
+def small_map(pixel_map: Tensor) -> np.ndarray:
+    """The map shrunk (area average) to at most MAP_SIDE px on its long side, float32."""
+    h, w = pixel_map.shape
+    scale = min(1.0, MAP_SIDE / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(pixel_map[None, None].float().cpu(), size=size, mode="area")
+    return small[0, 0].numpy()
+
+
+def encoder_of(network: nn.Module) -> nn.Module:
+    for path in ENCODER_PATHS:
+        try:
+            return network.get_submodule(path)
+        except AttributeError:
+            continue
+    raise ConfigError(
+        f"strategy=kcenter pools encoder features, and {type(network).__name__} has no "
+        f"encoder at {' or '.join(ENCODER_PATHS)}: choose strategy=entropy, margin or random"
+    )
+
+
+def pooled_encoder_features(network: nn.Module, image: Tensor) -> Tensor:
+    """The encoder's deepest feature of `image`, averaged over its spatial positions (or
+    tokens): (N, D). An encoder that runs once per image of a pair (change detection) gives
+    both, concatenated. An encoder whose forward is not called (a ViT read layer by layer)
+    gives the output of its last layer that ran."""
+    encoder = encoder_of(network)
+    calls: list[tuple[nn.Module, Tensor]] = []
+
+    def record(module, args, output):
+        deepest = output[-1] if isinstance(output, list | tuple) else output
+        if isinstance(deepest, Tensor) and deepest.dim() in (3, 4):
+            calls.append((module, deepest))
+
+    hooks = [m.register_forward_hook(record) for m in encoder.modules()]
+    try:
+        network(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    own = [out for module, out in calls if module is encoder]
+    if not own and not calls:
+        raise ConfigError(
+            "strategy=kcenter: the encoder gave no feature map: choose another strategy"
+        )
+    outputs = own or [calls[-1][1]]
+    return torch.cat([pool(out) for out in outputs], dim=1).float()
+
+
+def pool(feature: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C); tokens (N, L, D) -> (N, D)."""
+    return feature.mean((2, 3)) if feature.dim() == 4 else feature.mean(1)

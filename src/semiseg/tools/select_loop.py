@@ -1,0 +1,144 @@
+"""The active-learning loop simulated on the toy: train, select, "annotate" (the toy's unlabeled
+lists carry their masks, so revealing them is free), train again; per strategy and seed.
+
+    python -m semiseg.tools.select_loop --out DIR --strategies random,entropy --seeds 0,1 \
+        --start 10 --pool 100 --budget 10 --rounds 2 [TRAIN OVERRIDES ...]
+
+Round 0 trains on the first `start` labeled images of the toy's split 40 with the first `pool`
+unlabeled images as the pool (shared by every strategy of a seed); each round then runs
+select_images.py on the last run's best.ckpt and train.py on the split it wrote. Every command
+is the one a user would type; DIR/loop.csv gets one row per (strategy, seed, labeled count) with
+the best val mIoU, and DIR/loop.png the learning curves (mean and spread over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from semiseg.data import toy
+from semiseg.data.splits import read_list, write_list, write_split
+from semiseg.paths import checkout_dir
+
+REPO = checkout_dir()
+
+
+def run(script: str, *overrides: str) -> None:
+    command = [sys.executable, str(REPO / script), *overrides]
+    print("$", " ".join(command[1:]), flush=True)
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+
+
+def first_split(root: Path, out: Path, start: int, pool: int) -> Path:
+    """out/splits0/<start>/ with the first `start` labeled and `pool` unlabeled images."""
+    source = toy.ensure(root) / "splits"
+    labeled = read_list(source / "40" / "labeled.txt", require_mask=True)[:start]
+    unlabeled = read_list(source / "40" / "unlabeled.txt", require_mask=False)[:pool]
+    folder = out / "splits0"
+    write_split(folder, str(start), labeled, unlabeled)
+    write_list(folder / "val.txt", read_list(source / "val.txt", require_mask=True))
+    return folder
+
+
+def loop(args, overrides: list[str]) -> list[dict]:
+    out, root = Path(args.out).resolve(), Path(args.root).resolve()
+    splits = first_split(root, out, args.start, args.pool)
+    rows = []
+    for seed in args.seeds:
+        base = out / f"s{seed}" / "round0"
+        common = [f"dataset.root={root}", f"seed={seed}", "logger=none", *overrides]
+        run(
+            "train.py",
+            *common,
+            f"dataset.splits_dir={splits}",
+            f"split={args.start}",
+            f"hydra.run.dir={base}",
+        )
+        first = json.loads((base / "results.json").read_text())["best_val_miou"]
+        for strategy in args.strategies:
+            rows.append({"strategy": strategy, "seed": seed, "labeled": args.start, "miou": first})
+            run_dir, labeled = base, args.start
+            for k in range(1, args.rounds + 1):
+                chosen = out / f"s{seed}" / strategy / f"select{k}"
+                run(
+                    "select_images.py",
+                    f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+                    f"budget={args.budget}",
+                    f"strategy={strategy}",
+                    f"seed={seed}",
+                    f"output={chosen}",
+                    "label_studio=false",
+                    f"dataset.root={root}",
+                )
+                labeled += args.budget
+                run_dir = out / f"s{seed}" / strategy / f"round{k}"
+                run(
+                    "train.py",
+                    *common,
+                    f"dataset.splits_dir={chosen}",
+                    f"split={labeled}",
+                    f"hydra.run.dir={run_dir}",
+                )
+                miou = json.loads((run_dir / "results.json").read_text())["best_val_miou"]
+                rows.append({"strategy": strategy, "seed": seed, "labeled": labeled, "miou": miou})
+                write_csv(out / "loop.csv", rows)
+    plot(out / "loop.png", rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["strategy", "seed", "labeled", "miou"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    """mIoU against labeled images: the mean over seeds, the band min..max."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        counts = sorted({r["labeled"] for r in rows if r["strategy"] == strategy})
+        values = [
+            [r["miou"] for r in rows if r["strategy"] == strategy and r["labeled"] == n]
+            for n in counts
+        ]
+        mean = [float(np.mean(v)) for v in values]
+        ax.plot(counts, mean, "o-", label=strategy)
+        ax.fill_between(counts, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel("best val mIoU (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/select_loop")
+    parser.add_argument("--root", default="data/toy")
+    parser.add_argument("--strategies", default="random,entropy", type=lambda s: s.split(","))
+    parser.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--start", type=int, default=10)
+    parser.add_argument("--pool", type=int, default=100)
+    parser.add_argument("--budget", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    args, overrides = parser.parse_known_args(argv)
+    for row in loop(args, overrides):
+        print(
+            f"{row['strategy']:>12} seed {row['seed']} {row['labeled']:>4} labeled: "
+            f"{row['miou']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
