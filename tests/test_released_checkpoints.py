@@ -151,12 +151,14 @@ def test_without_model_or_dataset_is_one_line(released, tmp_path):
     assert "(no dataset given)" in error
 
 
-def released_cfg(model_overrides, dataset="pascal"):
+def released_cfg(model_overrides, dataset="pascal", config="predict"):
+    """conf/<config>.yaml composed as the entry point composes it, for in-process runs."""
     from hydra import compose, initialize_config_dir
 
     conf = Path(__file__).resolve().parents[1] / "conf"
+    extra = ["input=x", "output=y"] if config == "predict" else ["ckpt_path=x"]
     with initialize_config_dir(str(conf), version_base="1.3"):
-        return compose("predict", [f"dataset={dataset}", *model_overrides, "input=x", "output=y"])
+        return compose(config, [f"dataset={dataset}", *model_overrides, *extra])
 
 
 def test_eval_scores_the_released_teacher_with_the_training_validation(released, tmp_path):
@@ -274,3 +276,28 @@ def test_a_public_unimatch_v1_file_loads_and_predicts_as_the_public_model(tmp_pa
         ours = model(x)
         theirs = public_v1_decode(public, low, high, x.shape[-2:])
     assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+
+
+# ---------------------------------------------------------------- ONNX export of model=dpt
+
+
+@pytest.mark.slow  # the dynamo export of the ViT takes about a minute on a loaded CPU
+def test_dpt_onnx_export_holds_at_every_size(released, tmp_path):
+    """export.py on the released V2 file: one ONNX graph for every height and width (the resize
+    to multiples of 14 and the positional embedding's resize computed in it), equal to PyTorch
+    off the 14-grid, on it, and on the pretrained 37 x 37 grid (518 px: the embedding as it is)."""
+    pytest.importorskip("onnxruntime")
+    from semiseg import export
+
+    path = tmp_path / "v2.onnx"
+    cfg = released_cfg(MODEL_ARGS, config="export")
+    cfg.ckpt_path, cfg.output = str(released["root"] / "best.pth"), str(path)
+    meta = export.run(cfg)
+    assert meta["network"] == "teacher" and len(meta["class_names"]) == PASCAL_CLASSES
+    onnx_model = export.load_model("onnx", path)
+    checkpoint = load_checkpoint(released["root"] / "best.pth", cfg)
+    reference = model_from_checkpoint(checkpoint).eval()
+    shapes = [(1, 45, 61), (2, 56, 70), (1, 30, 29), (1, 518, 518), (1, 20, 90)]
+    for result in export.parity(reference, onnx_model, shapes):
+        assert result["max_abs_diff"] <= 1e-3 * max(1.0, result["max_abs_logit"]), result
+        assert result["argmax_agreement"] >= 0.9999, result  # near-ties of logits up to ~400
