@@ -255,7 +255,7 @@ class DPT(nn.Module):
             return resize(out, (h, w))
         if feature_perturbation and complementary_dropout:
             raise ValueError("choose feature_perturbation or complementary_dropout, not both")
-        tokens = self.backbone.intermediate(x, self.layers)
+        tokens = self.encode(x)
         if complementary_dropout:
             n = x.shape[0]
             if n % 2:
@@ -279,8 +279,12 @@ class DPT(nn.Module):
         h, w = x.shape[-2:]
         rows = torch.sym_max(1, (h + PATCH // 2) // PATCH)
         cols = torch.sym_max(1, (w + PATCH // 2) // PATCH)
-        tokens = self.backbone.intermediate(resize(x, (rows * PATCH, cols * PATCH)), self.layers)
+        tokens = self.encode(resize(x, (rows * PATCH, cols * PATCH)))
         return resize(self.decode(tokens, rows * PATCH, cols * PATCH), (h, w))
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The tapped blocks' normed patch tokens (models/change.py: of a pair's difference)."""
+        return self.backbone.intermediate(x, self.layers)
 
     def decode(self, tokens: list[Tensor], h: int, w: int) -> Tensor:
         return resize(self.head(tokens, h // PATCH, w // PATCH), (h, w))
