@@ -301,3 +301,34 @@ def test_dpt_onnx_export_holds_at_every_size(released, tmp_path):
     for result in export.parity(reference, onnx_model, shapes):
         assert result["max_abs_diff"] <= 1e-3 * max(1.0, result["max_abs_logit"]), result
         assert result["argmax_agreement"] >= 0.9999, result  # near-ties of logits up to ~400
+
+
+@pytest.mark.slow  # an eval.py process (about 20 s on a loaded CPU)
+def test_eval_py_scores_the_released_teacher_as_the_public_evaluate(released, tmp_path):
+    """eval.py on the released file: the teacher by default, its saved predictions the public
+    evaluate()'s argmax on each validation image (40 x 32: off the 14-grid)."""
+    import json
+
+    import layouts
+
+    root = layouts.pascal(tmp_path / "pascal")
+    out = tmp_path / "eval"
+    proc = run_script(
+        "eval.py",
+        f"ckpt_path={released['root'] / 'best.pth'}",
+        *MODEL_ARGS,
+        "dataset=pascal",
+        f"dataset.root={root}",
+        "dataset.check_images=0",
+        "save_predictions=true",
+        "device=cpu",
+        f"hydra.run.dir={out}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_network"] == "teacher" and results["method"] == "released"
+    for name in ("2007_000006", "2007_000007"):
+        ours = np.array(Image.open(out / "predictions" / f"{name}.png"))
+        theirs = public_evaluate(released["teacher"], root / "JPEGImages" / f"{name}.jpg")
+        assert np.array_equal(ours, theirs), name
