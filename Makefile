@@ -42,7 +42,7 @@ format: setup  ## apply ruff fixes and formatting
 compare: setup  ## methods on one toy split (ARGS="methods=supervised,imas,augseg"): table + plot in outputs/compare (3 default methods: about 25 min)
 	$(PY) -m semiseg.tools.compare $(ARGS)
 
-bench: setup  ## time training steps against their model compute: ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"
+bench: setup  ## time training steps against their model compute (bench.vit_table=true: the DINOv2 + DPT memory table): ARGS="method=unimatch model.encoder=resnet101 dataset.crop_size=321 data.batch_size=2"
 	$(PY) -m semiseg.tools.bench $(ARGS)
 
 report: setup  ## paper-style table of a sweep: ARGS="multirun/NAME"

@@ -311,7 +311,7 @@ def run(cfg: DictConfig) -> dict:
     _require(fmt, NEEDS[fmt], f"format={fmt}")
     shapes = _shapes(cfg.parity.shapes)
     atol, min_agreement = float(cfg.parity.atol), float(cfg.parity.min_agreement)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, cfg)
     state = checkpoint["semiseg"]
     network = cfg.eval.get("model") or state.get("eval_network", "student")
     path = _output_path(cfg, fmt, network)

@@ -171,7 +171,7 @@ class _Source:
     """What predict.py needs of `ckpt_path`: a training checkpoint (.ckpt) or a file written
     by export.py (its JSON beside it): classes, eval mode, crop, palette and the network."""
 
-    def __init__(self, path, network: str | None):
+    def __init__(self, path, network: str | None, cfg=None):
         if export.is_exported(path):
             self._model, meta = export.load_exported(path, network)
             self.format = meta["format"]
@@ -180,7 +180,7 @@ class _Source:
             self.eval_mode, self.crop_size = meta["eval_mode"], int(meta["crop_size"])
             self.palette = meta["palette"]
             return
-        self.checkpoint = load_checkpoint(path)
+        self.checkpoint = load_checkpoint(path, cfg)
         state = self.checkpoint["semiseg"]
         dataset_cfg = state["config"]["dataset"]
         refuse_non_pictures(state["config"])
@@ -208,7 +208,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError("output is required: give output=DIR, the folder for the predictions")
     output = Path(str(cfg.output)).expanduser()
     root, relative = find_images(cfg.input, output)
-    loaded = _Source(cfg.ckpt_path, cfg.eval.get("model"))
+    loaded = _Source(cfg.ckpt_path, cfg.eval.get("model"), cfg)
     class_names = loaded.class_names
     num_classes = len(class_names)
     mode = cfg.eval.mode or loaded.eval_mode

@@ -18,6 +18,11 @@ One step, as the public code:
 Both networks are validated; the student is the one evaluated and selects best.ckpt, as the
 public code keeps best.pth by the student's mIoU (`eval.model=teacher` to choose the teacher).
 
+Change detection (experiment=unimatch_v2_{whu,levir}_cd, model=siamese_dpt): the public
+remote-sensing/unimatch_v2.py labels the weak pair with the student, not the EMA model
+(`pseudo_labeler=student`), and keeps best.pth by the EMA model's changed IoU (`eval.model=teacher`
+in those recipes).
+
 The teacher comes from teacher_student.py (its counter is checkpointed: a resumed run continues
 the ramp); the views, the partner and the pasted targets from weak_to_strong.py, so the views
 may also be made in the step (`strong_views=step`) and the partner be other images
@@ -33,7 +38,12 @@ import torch
 from semiseg.augment.mixing import paste
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
-from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
+from semiseg.methods.losses import (
+    consistency_loss,
+    mask_ratio,
+    pseudo_label_accuracy,
+    pseudo_labels,
+)
 from semiseg.methods.teacher_student import TeacherStudentModule
 from semiseg.methods.weak_to_strong import Targets, WeakToStrongModule
 
@@ -48,9 +58,16 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
         complementary_dropout: bool = True,
         ema_alpha: float = 0.996,
         mix_partner: str = "flip",
+        pseudo_labeler: str = "teacher",
         **kwargs,
     ):
         super().__init__(*args, ema_alpha=ema_alpha, mix_partner=mix_partner, **kwargs)
+        if pseudo_labeler not in ("teacher", "student"):
+            raise ConfigError(
+                f"method.pseudo_labeler={pseudo_labeler}: choose teacher (unimatch_v2.py) or "
+                "student (its remote-sensing/unimatch_v2.py)"
+            )
+        self.pseudo_labeler = pseudo_labeler
         if complementary_dropout and not getattr(self.model, "complementary_dropout", False):
             raise ConfigError(
                 f"method=unimatch_v2: model {type(self.model).__name__} has no Complementary "
@@ -66,17 +83,30 @@ class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
         )
 
     @torch.no_grad()
+    def weak_pseudo_labels(self, weak):
+        """(conf, labels, logits) of the weak view: the EMA teacher's, or with
+        pseudo_labeler=student the student's without gradient (the public remote-sensing code,
+        whose EMA model is only validated; DPT has no dropout or BatchNorm, so its train and eval
+        modes predict alike)."""
+        if self.pseudo_labeler == "teacher":
+            return self.teacher_pseudo_labels(weak)
+        logits = self.model(weak)
+        conf, labels = pseudo_labels(logits)
+        return conf, labels, logits
+
+    @torch.no_grad()
     def mix_pseudo_labels(self, mix_weak):
-        """The partner batch's (conf, labels) from the teacher (mix_partner=same|shuffle)."""
-        conf, labels, _ = self.teacher_pseudo_labels(mix_weak)
+        """The partner batch's (conf, labels) (mix_partner=same|shuffle)."""
+        conf, labels, _ = self.weak_pseudo_labels(mix_weak)
         return conf, labels
 
     def training_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask
         u, mix = self.unlabeled_views(batch.unlabeled)
 
-        # 1. The teacher's pseudo-labels of the weak view (and of the partner's, if another).
-        conf_w, labels_w, _ = self.teacher_pseudo_labels(u.weak)
+        # 1. The pseudo-labels of the weak view (and of the partner's, if another): the teacher's,
+        #    or the student's with pseudo_labeler=student.
+        conf_w, labels_w, _ = self.weak_pseudo_labels(u.weak)
         if self.mix_partner == "flip":
             mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
         else:
@@ -126,7 +156,7 @@ class FixMatchV2(UniMatchV2):
         x, y = batch.labeled.image, batch.labeled.mask
         u, mix = self.unlabeled_views(batch.unlabeled)
 
-        conf_w, labels_w, _ = self.teacher_pseudo_labels(u.weak)
+        conf_w, labels_w, _ = self.weak_pseudo_labels(u.weak)
         if self.mix_partner == "flip":
             mix_conf, mix_labels = conf_w.flip(0), labels_w.flip(0)
         else:

@@ -192,6 +192,8 @@ class DINOv2(nn.Module):
         (rows + 0.1) / 37 and (cols + 0.1) / 37, as DINOv2 does (not to a target size: the
         two sample different points)."""
         count = self.pos_embed.shape[1] - 1
+        if torch.compiler.is_exporting():  # rows and cols are symbols: no branch, no scale_factor
+            return self._position_embedding_by_matrices(rows, cols)
         if rows == cols and rows * cols == count:
             return self.pos_embed
         side = math.sqrt(count)
@@ -207,6 +209,20 @@ class DINOv2(nn.Module):
             raise RuntimeError(f"positional embedding resized to {tuple(grid.shape[-2:])}")
         grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
         return torch.cat((table[:, :1], grid), dim=1).to(self.pos_embed.dtype)
+
+    def _position_embedding_by_matrices(self, rows, cols) -> Tensor:
+        """`position_embedding` for export.py (ONNX with dynamic height and width): the same
+        bicubic resize written as (rows x 37) and (cols x 37) weight matrices, and the pretrained
+        grid's shortcut as a select, so that the graph holds for every input size."""
+        side = int(math.sqrt(self.pos_embed.shape[1] - 1))
+        table = self.pos_embed.float()
+        grid = table[0, 1:].reshape(side, side, -1)
+        pretrained = (torch.ones(rows).sum() == side) & (torch.ones(cols).sum() == side)
+        by_rows = torch.where(pretrained, _identity(rows, side), _bicubic(rows, side, rows))
+        by_cols = torch.where(pretrained, _identity(cols, side), _bicubic(cols, side, cols))
+        resized = torch.einsum("rh,hwd,cw->rcd", by_rows, grid, by_cols)
+        resized = resized.reshape(1, rows * cols, -1)
+        return torch.cat((table[:, :1], resized), dim=1).to(self.pos_embed.dtype)
 
     def tokens(self, x: Tensor) -> Tensor:
         """Class token and patch embeddings, with their positional embeddings."""
@@ -231,3 +247,28 @@ class DINOv2(nn.Module):
             if index in layers:
                 taken[index] = tokens
         return [self.norm(taken[i])[:, 1:] for i in layers]
+
+
+def _identity(size, side: int) -> Tensor:
+    return (torch.arange(size)[:, None] == torch.arange(side)[None]).float()
+
+
+def _bicubic(size, side: int, patches) -> Tensor:
+    """(size, side) weights of F.interpolate(mode="bicubic", align_corners=False) from `side` to
+    `size` points at scale_factor (patches + 0.1) / side: source point (i + 0.5) / scale - 0.5,
+    Keys' cubic convolution (a = -0.75) on its 4 neighbours, indices clamped at the border."""
+    scale = (patches + POS_OFFSET) / side
+    source = (torch.arange(size, dtype=torch.float32) + 0.5) / scale - 0.5
+    start = torch.floor(source)
+    t = source - start
+    a = -0.75
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = torch.stack((far(t + 1), near(t), near(1 - t), far(2 - t)), dim=1)
+    index = (start.long()[:, None] + torch.arange(-1, 3)).clamp(0, side - 1)
+    return torch.zeros(size, side).scatter_add(1, index, weights)

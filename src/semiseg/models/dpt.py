@@ -245,6 +245,8 @@ class DPT(nn.Module):
         self, x: Tensor, feature_perturbation: bool = False, complementary_dropout: bool = False
     ):
         h, w = x.shape[-2:]
+        if torch.compiler.is_exporting():  # export.py: one graph for every height and width
+            return self._exported_forward(x)
         size = (nearest_multiple(h), nearest_multiple(w))
         if size != (h, w):  # the public evaluate(): to multiples of 14 and back
             out = self.forward(resize(x, size), feature_perturbation, complementary_dropout)
@@ -253,7 +255,7 @@ class DPT(nn.Module):
             return resize(out, (h, w))
         if feature_perturbation and complementary_dropout:
             raise ValueError("choose feature_perturbation or complementary_dropout, not both")
-        tokens = self.backbone.intermediate(x, self.layers)
+        tokens = self.encode(x)
         if complementary_dropout:
             n = x.shape[0]
             if n % 2:
@@ -269,6 +271,20 @@ class DPT(nn.Module):
             logits, logits_fp = both.chunk(2)
             return logits, logits_fp
         return self.decode(tokens, h, w)
+
+    def _exported_forward(self, x: Tensor) -> Tensor:
+        """The inference forward with symbolic sizes: nearest_multiple in integer arithmetic
+        (int(h / 14 + 0.5) * 14 == (h + 7) // 14 * 14), and always resized in and out (a
+        bilinear align_corners resize to the same size is the identity)."""
+        h, w = x.shape[-2:]
+        rows = torch.sym_max(1, (h + PATCH // 2) // PATCH)
+        cols = torch.sym_max(1, (w + PATCH // 2) // PATCH)
+        tokens = self.encode(resize(x, (rows * PATCH, cols * PATCH)))
+        return resize(self.decode(tokens, rows * PATCH, cols * PATCH), (h, w))
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The tapped blocks' normed patch tokens (models/change.py: of a pair's difference)."""
+        return self.backbone.intermediate(x, self.layers)
 
     def decode(self, tokens: list[Tensor], h: int, w: int) -> Tensor:
         return resize(self.head(tokens, h // PATCH, w // PATCH), (h, w))

@@ -2,7 +2,9 @@
 
 The method's LightningModule is rebuilt from the checkpoint's config and weights, and
 `Trainer.validate` runs its validation (methods/base.py, the task's predict and scores): the same
-function, inference mode and confusion matrix as training. The task (tasks/) then writes its
+function, inference mode and confusion matrix as training. A released file of the public code
+(checkpoints/released.py) is scored the same way, its networks held by methods/released.py, with
+the model and dataset the command line gives. The task (tasks/) then writes its
 results.json keys, the confusion matrix and, with save_predictions=true, every prediction.
 """
 
@@ -20,7 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from semiseg.checkpoints.load import load_checkpoint
+from semiseg.checkpoints.load import check_weights, load_checkpoint
 from semiseg.data import palettes
 from semiseg.data.datamodule import ValidationData, build_val_dataset
 from semiseg.errors import ConfigError
@@ -32,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict:
     started = time.time()
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, released_choices(cfg))
     state = checkpoint["semiseg"]
     trained, class_names = state["config"], state["class_names"]
     dataset_cfg = eval_dataset_config(cfg, trained)
@@ -117,14 +119,26 @@ def module_from_checkpoint(checkpoint: dict, evaluation: dict, crop_size: int):
         evaluation=evaluation,
         crop_size=crop_size,
     )
+    check_weights(module, checkpoint["state_dict"], checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     return module
+
+
+def released_choices(cfg: DictConfig) -> dict:
+    """What a released file (checkpoints/released.py) is read as: the command line's model, and
+    its dataset only if the command line chose one (eval.yaml's default toy is no choice)."""
+    return {"model": cfg.get("model"), "dataset": cfg.dataset if _chose("dataset") else None}
+
+
+def _chose(group: str) -> bool:
+    overrides = HydraConfig.get().overrides.task
+    return any(o.split("=", 1)[0].lstrip("+~") == group for o in overrides)
 
 
 def eval_dataset_config(cfg: DictConfig, trained: dict) -> DictConfig:
     """The checkpoint's dataset unless the command line chose one, plus `dataset.*` overrides."""
     overrides = list(HydraConfig.get().overrides.task)
-    chose_dataset = any(o.split("=", 1)[0].lstrip("+~") == "dataset" for o in overrides)
+    chose_dataset = _chose("dataset")
     dataset = cfg.dataset if chose_dataset else OmegaConf.create(trained["dataset"])
     if not chose_dataset:
         # `dataset.root=X` sets `root` of the checkpoint's dataset (and keeps its other keys)

@@ -150,7 +150,7 @@ def replay(calls, optimizer, autocast, device) -> tuple[float, float]:
     return middle - start, time.perf_counter() - middle
 
 
-BOOLEAN_KEYS = ("compile", "profile")
+BOOLEAN_KEYS = ("compile", "profile", "replay")
 
 
 def _settings(overrides: list[str]) -> tuple[dict, list[str]]:
@@ -162,6 +162,7 @@ def _settings(overrides: list[str]) -> tuple[dict, list[str]]:
         "channels_last": None,  # default: trainer.channels_last (auto)
         "compile": None,  # default: trainer.compile
         "profile": False,
+        "replay": True,  # false: no model-compute replay (half the time; memory tables)
         "device": "auto",
     }
     rest = []
@@ -183,15 +184,18 @@ def _settings(overrides: list[str]) -> tuple[dict, list[str]]:
 
 
 def main(overrides: list[str]) -> dict:
-    from semiseg.tools import bench_data, bench_eval  # (bench_eval imports this module)
+    # (bench_eval imports this module)
+    from semiseg.tools import bench_data, bench_eval, bench_vit
 
-    # bench.data_only=true / bench.eval=true: the data pipeline / sliding-window inference alone
+    # bench.data_only=true / bench.eval=true: the data pipeline / sliding-window inference alone;
+    # bench.vit_table=true: DINOv2 + DPT memory and step time per precision and setting
     own = dict(item[6:].split("=", 1) for item in overrides if item.startswith("bench."))
-    for flag, tool in (("data_only", bench_data), ("eval", bench_eval)):
+    for flag, tool in (("data_only", bench_data), ("eval", bench_eval), ("vit_table", bench_vit)):
         if own.pop(flag, "false").lower() == "true":
             rest = [item for item in overrides if not item.startswith("bench.")]
             return tool.main(rest, own)
-    overrides = [x for x in overrides if x.split("=")[0] not in ("bench.data_only", "bench.eval")]
+    tools = ("bench.data_only", "bench.eval", "bench.vit_table")
+    overrides = [x for x in overrides if x.split("=")[0] not in tools]
     bench, rest = _settings(overrides)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=rest, return_hydra_config=False)
@@ -266,14 +270,17 @@ def main(overrides: list[str]) -> dict:
     for i in range(total):
         times = step()
         calls = recorder.calls
-        with recorder.paused():
-            forwards, backward = replay(calls, optimizer, autocast, device)
+        forwards = backward = 0.0
+        if bench["replay"]:
+            with recorder.paused():
+                forwards, backward = replay(calls, optimizer, autocast, device)
         if i >= bench["warmup"]:
             for name, dt in zip(phases, times, strict=True):
                 phases[name].append(dt)
             compute["forwards"].append(forwards)
             compute["backward"].append(backward)
-            ratios.append(sum(times[1:]) / (forwards + backward))
+            if bench["replay"]:
+                ratios.append(sum(times[1:]) / (forwards + backward))
         warm = " (warm-up)" if i < bench["warmup"] else ""
         print(
             f"step {i + 1}/{total}: {sum(times):.2f} s, model compute {forwards + backward:.2f} s"
@@ -307,7 +314,7 @@ def main(overrides: list[str]) -> dict:
         # the training step without data loading (the data pipeline's own concern) over compute
         "step_over_compute": round((step_s - mean["data"]) / compute_s, 3) if compute_s else None,
         # the median of the per-step ratios: one step slowed by a load spike does not move it
-        "step_over_compute_median": round(statistics.median(ratios), 3),
+        "step_over_compute_median": round(statistics.median(ratios), 3) if ratios else None,
         "peak_memory_mb": round(_peak_memory_mb(device)),
     }
     print(

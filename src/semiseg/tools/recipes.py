@@ -59,10 +59,19 @@ EXPERIMENTS = {
     "css_pascal": PASCAL_CLASSIC,
     "css_cityscapes": CITYSCAPES,
 }
+# UniMatch V2 (DINOv2 + DPT, AdamW): the splits of its README's results
+UNIMATCH_V2_EXPERIMENTS = {
+    "unimatch_v2_pascal": PASCAL_CLASSIC,
+    "unimatch_v2_cityscapes": CITYSCAPES_HALVES,
+    "unimatch_v2_ade20k": ["1/64", "1/32", "1/16", "1/8"],
+    "unimatch_v2_coco": COCO,
+}
+EXPERIMENTS.update(UNIMATCH_V2_EXPERIMENTS)
 
 # Experiments outside the table (its columns assume the papers' 4-GPU runs): the medical and
 # remote-sensing ones follow a 1-GPU public recipe (configs/acdc.yaml, whu.yaml, levir.yaml,
-# checked in tests/data/test_medical.py and tests/test_change_detection_configs.py) and the toy
+# checked in tests/data/test_medical.py, tests/test_change_detection_configs.py and, for
+# UniMatch V2's remote-sensing/configs, tests/methods/test_unimatch_v2_change.py) and the toy
 # ones are no paper's; unimatch_pascal_slurm is unimatch_pascal on a SLURM launcher.
 OUTSIDE_TABLE = [
     "unimatch_acdc",
@@ -75,6 +84,8 @@ OUTSIDE_TABLE = [
     "supervised_whu_cd",
     "unimatch_levir_cd",
     "supervised_levir_cd",
+    "unimatch_v2_whu_cd",
+    "unimatch_v2_levir_cd",
     "unimatch_cd_toy",
     "fixmatch_cd_toy",
     "supervised_cd_toy",
@@ -82,17 +93,6 @@ OUTSIDE_TABLE = [
     "first_run",  # the toy demo of `make train`, not a paper recipe
     "dpt_toy",  # DINOv2 + DPT from scratch on the toy, for any method
 ]
-
-# UniMatch V2 (DINOv2 + DPT, AdamW): resolved and checked against its public configs like the
-# table's experiments (tests/methods/test_unimatch_v2_recipes.py), outside the table of
-# docs/recipes.md until that page shows their rows.
-UNIMATCH_V2_EXPERIMENTS = {
-    "unimatch_v2_pascal": PASCAL_CLASSIC,
-    "unimatch_v2_cityscapes": CITYSCAPES_HALVES,
-    "unimatch_v2_ade20k": ["1/64", "1/32", "1/16", "1/8"],
-    "unimatch_v2_coco": COCO,
-}
-OUTSIDE_TABLE += list(UNIMATCH_V2_EXPERIMENTS)
 
 
 @dataclass(frozen=True)
