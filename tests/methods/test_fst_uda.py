@@ -366,8 +366,10 @@ def test_ema_moves_parameters_only_with_the_public_decay():
             b.add_(1)
     module.ema_parameters(3)
     decay = min(1 - 1 / 4, 0.999)
-    for t, before, s in zip(module.teacher.network.parameters(), teacher, module.model.parameters()):
+    for t, before, s in zip(
+        module.teacher.network.parameters(), teacher, module.model.parameters(), strict=True
+    ):
         assert torch.allclose(t, decay * before + (1 - decay) * s)
-    for b, before in zip(module.teacher.network.buffers(), buffers):
+    for b, before in zip(module.teacher.network.buffers(), buffers, strict=True):
         assert torch.equal(b, before)  # the teacher's BatchNorm statistics are its own
     assert math.isclose(module.last_decay, 0.75)

@@ -122,7 +122,11 @@ class FSTUDA(VirtualSteps, DACS):
             self._forward_and_step(future, step, False)
             with torch.no_grad():
                 params = [p.detach().clone() for p in self.model.parameters()]
-                total = params if total is None else [t.add_(p) for t, p in zip(total, params)]
+                total = (
+                    params
+                    if total is None
+                    else [t.add_(p) for t, p in zip(total, params, strict=True)]
+                )
         # The teacher towards the K students' average ("model soup"), put in the student for
         # the update; the restore right after brings the remembered parameters back.
         average_parameters_into(self.model, total, self.k)
