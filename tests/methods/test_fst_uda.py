@@ -83,8 +83,8 @@ def public_feat_dist(feat, feat_imnet, gt, classes, min_ratio, n_classes):
 def test_class_masks_draw_half_of_the_batch_classes_as_the_public_code(seed):
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 5, (3, 8, 8), generator=g)
-    labels[0, :2] = 255  # ignored pixels are one more value to draw
-    labels[1] = torch.randint(0, 2, (8, 8), generator=g)  # an image with few classes
+    labels[0] = torch.randint(0, 2, (8, 8), generator=g)  # the first image with few classes
+    labels[1, :2] = 255  # ignored pixels are one more value to draw
     ours = source_class_masks(labels, torch.Generator().manual_seed(seed))
     replay = torch.Generator().manual_seed(seed)
     theirs = public_class_masks(
@@ -153,6 +153,8 @@ def test_feature_distance_equals_the_public_masked_mean(seed):
     labels = torch.randint(0, 4, (2, 16, 16), generator=g)
     labels[:, :8, :8] = 3  # whole cells of a thing class
     labels[0, 8:, 8:] = 255
+    labels[1, 8:12, 8:12] = 3
+    labels[1, 8, 8:12] = 0  # a cell exactly 75% thing: kept (the public `< min_ratio` drops)
     feat, imnet = torch.randn(2, 5, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
     ours = feature_distance(feat, imnet, labels, [2, 3], 0.75, 4)
     theirs = public_feat_dist(feat, imnet, labels.unsqueeze(1), [2, 3], 0.75, 4)
