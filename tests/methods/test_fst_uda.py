@@ -375,3 +375,63 @@ def test_ema_moves_parameters_only_with_the_public_decay():
     for b, before in zip(module.teacher.network.buffers(), buffers, strict=True):
         assert torch.equal(b, before)  # the teacher's BatchNorm statistics are its own
     assert math.isclose(module.last_decay, 0.75)
+
+
+def public_dacs_loss(
+    student, teacher, imnet, img, gt, target_img, draw, crop, fd_lambda, threshold
+):
+    """fst_d.forward_train (= dacs.forward_train) summed over its three backward passes, with
+    colour jitter and blur off; mmseg's decode-head loss as a mean over all pixels."""
+    seen = []
+    hook = student.backbone.register_forward_hook(lambda m, a, out: seen.append(out[-1]))
+    clean_loss = F.cross_entropy(student(img), gt, ignore_index=255, reduction="none").mean()
+    hook.remove()
+    imnet.eval()
+    with torch.no_grad():
+        feat_imnet = imnet.backbone(img)[-1]
+    feat_loss = fd_lambda * public_feat_dist(seen[0], feat_imnet, gt.unsqueeze(1), [1, 2], 0.75, 3)
+    teacher.train()  # the UDA module is in train mode; dropout/DropPath off (none here)
+    with torch.no_grad():
+        ema_logits = teacher(target_img)
+    pseudo_prob, pseudo_label = torch.max(torch.softmax(ema_logits.detach(), dim=1), dim=1)
+    pseudo_weight = public_pseudo_weight(pseudo_prob, threshold, *crop)
+    gt_pixel_weight = torch.ones(pseudo_weight.shape)
+    mix_masks = public_class_masks(gt, draw)
+    mixed_img, mixed_lbl = [None] * len(img), [None] * len(img)
+    for i in range(len(img)):
+        mixed_img[i] = public_one_mix(mix_masks[i], torch.stack((img[i], target_img[i])))
+        mixed_lbl[i] = public_one_mix(mix_masks[i], torch.stack((gt[i], pseudo_label[i])))
+        pseudo_weight[i] = public_one_mix(
+            mix_masks[i], torch.stack((gt_pixel_weight[i], pseudo_weight[i]))
+        )
+    mixed_img, mixed_lbl = torch.cat(mixed_img), torch.cat(mixed_lbl)
+    per_pixel = F.cross_entropy(student(mixed_img), mixed_lbl, ignore_index=255, reduction="none")
+    return clean_loss + feat_loss + (per_pixel * pseudo_weight).mean()
+
+
+@pytest.mark.parametrize("confident", [False, True])
+def test_the_dacs_loss_equals_the_public_forward_train(confident):
+    """One DACS loss (k = 0's whole step) against the transcription on the same inputs and
+    class draws: source CE, feature distance, teacher in train mode, quality weight and crop,
+    ClassMix, the weighted mixed CE."""
+    import copy
+
+    threshold = 0.4 if confident else 0.968  # most pixels confident / none
+    module = _dacs(fdist_lambda=0.5, color_jitter_p=1.0, blur=False, pseudo_crop=(1, 2),
+                   pseudo_crop_at=8, pseudo_threshold=threshold)  # fmt: skip
+    with torch.no_grad():  # a teacher ahead of the student, and an ImageNet copy behind
+        for p in module.teacher.network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for p in module.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _batch(n=3, seed=3)
+    student, teacher = copy.deepcopy(module.model), copy.deepcopy(module.teacher.network)
+    imnet = copy.deepcopy(module._imagenet[0])
+    torch.manual_seed(11)
+    ours = module.training_losses(batch)["loss"]
+    torch.manual_seed(11)
+    theirs = public_dacs_loss(
+        student, teacher, imnet, batch["labeled"]["image"], batch["labeled"]["mask"],
+        batch["unlabeled"]["weak"], lambda n, k: torch.randperm(n)[:k].tolist(), (1, 2), 0.5, threshold,
+    )  # fmt: skip
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (ours, theirs)
