@@ -56,3 +56,27 @@ def test_uda_recipe_runs_end_to_end_on_the_fixtures(tmp_path, source):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method"] == "fst_uda" and results["dataset"] == "cityscapes"
     assert (source_root / "rare_class_pixels.json").is_file()
+
+
+@pytest.mark.slow
+def test_fst_uda_toy_runs_fst_w_end_to_end(tmp_path, toy_root):
+    """experiment=fst_uda_toy with FST-W (K = 1: the loaders draw 2 x the batch): the toy as the
+    labeled source, toy_shifted (generated into tmp) as target and validation."""
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py",
+        "experiment=fst_uda_toy",
+        f"source.root={toy_root}",
+        f"dataset.root={tmp_path / 'toy_shifted'}",
+        *TINY,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "method.variant=W",
+        "method.k=1",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["method"] == "fst_uda" and results["dataset"] == "toy_shifted"
+    assert results["source"] == "toy"
