@@ -30,6 +30,7 @@ from semiseg.data import acdc_toy, cd_toy, toy
 from semiseg.data.checks import check_batches, world_size
 from semiseg.data.formats import FORMATS
 from semiseg.data.formats.natural import check_same_classes
+from semiseg.data.rare_class import RareClassSampling
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import Split, SplitError, SplitFiles
 from semiseg.distributed import SigtermSafeLoader, worker_init
@@ -64,6 +65,7 @@ class SemiSegDataModule(L.LightningDataModule):
         dataset: Mapping | None = None,
         epoch_length: str = "reference",
         source: Mapping | None = None,
+        rare_class_sampling: Mapping | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -81,6 +83,13 @@ class SemiSegDataModule(L.LightningDataModule):
                 f"data.epoch_length={epoch_length!r} is unknown: use one of {', '.join(EPOCH_LENGTHS)}"
             )
         self.epoch_length = epoch_length
+        # DAFormer's rare-class sampling of the source images (data/rare_class.py), or None.
+        self.rare_class_sampling = dict(rare_class_sampling) if rare_class_sampling else None
+        if self.rare_class_sampling is not None and source is None:
+            raise ConfigError(
+                "data.rare_class_sampling samples the source domain's labeled images: set "
+                "source=... too, or data.rare_class_sampling=null"
+            )
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);
@@ -153,6 +162,12 @@ class SemiSegDataModule(L.LightningDataModule):
             print(note, flush=True)
         fmt = FORMATS[self.format]
         fmt.setup(self, folder, num_classes)
+        if self.rare_class_sampling is not None:
+            cache = Path(self.source_spec.root) / "rare_class_pixels.json"
+            writable = os.access(cache.parent, os.W_OK)
+            self.labeled_set = RareClassSampling(
+                self.labeled_set, **self.rare_class_sampling, cache=cache if writable else None
+            )
         self._check_batches()
         self.split_folder = folder
 

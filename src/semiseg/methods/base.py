@@ -161,6 +161,7 @@ class SemiSegModule(L.LightningModule):
         groups = self.param_groups()
         for group in groups:
             group["initial_lr"] = group["lr"]
+            group["lr"] = group["initial_lr"] * self.warmup_factor(0)
         if cfg.get("name", "sgd") == "adamw":
             betas = tuple(cfg.get("betas") or (0.9, 0.999))
             return torch.optim.AdamW(
@@ -174,9 +175,20 @@ class SemiSegModule(L.LightningModule):
     def total_steps(self) -> int:
         return int(self.trainer.estimated_stepping_batches)
 
+    def warmup_factor(self, step: int) -> float:
+        """mmcv's linear warm-up (DAFormer's UDA schedule, `optim.warmup_iters`, 0 for none):
+        1 - (1 - step / iters) * (1 - warmup_ratio) for the steps before `warmup_iters`."""
+        iters = int(self.optim_cfg.get("warmup_iters") or 0)
+        if step >= iters:
+            return 1.0
+        ratio = float(self.optim_cfg.get("warmup_ratio", 1e-6))
+        return 1.0 - (1.0 - step / iters) * (1.0 - ratio)
+
     def poly_update(self, optimizer, iteration: int) -> None:
-        """lr_t = lr * (1 - t / T) ** power, set after step t as the reference code does."""
+        """lr_t = lr * (1 - t / T) ** power, set after step t as the reference code does; during
+        a warm-up, times the warm-up factor of the next step (step 0's is set when built)."""
         factor = max(0.0, 1.0 - iteration / self.total_steps) ** self.optim_cfg["poly_power"]
+        factor *= self.warmup_factor(iteration + 1)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 

@@ -49,7 +49,6 @@ count (as `SemiSegModule.optimizer_step_with` does for one step).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,20 +64,12 @@ from semiseg.methods.losses import (
     pseudo_label_accuracy,
 )
 from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.virtual_steps import NonFiniteLoss, Step, VirtualSteps
 
-# step(loss, final): backward and optimizer step; `final` is the iteration's counted step.
-Step = Callable[[Tensor, bool], None]
-
-
-class NonFiniteLoss(Exception):
-    """A loss was NaN or inf on this or another rank: the iteration is abandoned."""
-
-    def __init__(self, loss: Tensor, gradients: bool = False):
-        super().__init__(float(loss.detach()))
-        self.loss, self.gradients = loss, gradients  # gradients: a finite loss, NaN gradients
+__all__ = ["FST", "NonFiniteLoss"]
 
 
-class FST(TeacherStudentModule):
+class FST(VirtualSteps, TeacherStudentModule):
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
@@ -227,58 +218,3 @@ class FST(TeacherStudentModule):
     def _ema_update(self) -> None:
         self.last_decay = self.teacher.update(self.model, self.ema_updates)
         self.ema_updates += 1
-
-    def lightning_step(self, loss: Tensor, final: bool) -> None:
-        """Backward and optimizer step through Lightning; only the final one moves global_step."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)
-        if not self._all_finite(loss):  # a collective: every rank decides alike
-            raise NonFiniteLoss(loss)
-        self.manual_backward(loss)
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            if not self._gradients_finite():  # the same on every rank (averaged by DDP)
-                raise NonFiniteLoss(loss, gradients=True)
-        if final:
-            iteration = self.global_step
-            optimizer.step()
-            self.poly_update(optimizer, iteration)
-        else:
-            # LightningOptimizer.step is this call between the loop's step-counter hooks.
-            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)
-
-    # ------------------------------------------------------------------ snapshots
-    @torch.no_grad()
-    def _snapshot(self, optimizer) -> dict:
-        return {
-            "params": [p.detach().clone() for p in self.model.parameters()],
-            "buffers": [b.detach().clone() for b in self.model.buffers()],
-            "optimizer": _copy_state(optimizer.state),
-            "teacher": [t.detach().clone() for t in self.teacher.network.state_dict().values()],
-            "ema_updates": self.ema_updates,
-        }
-
-    @torch.no_grad()
-    def _restore(self, start: dict, optimizer, everything: bool = False) -> None:
-        for p, saved in zip(self.model.parameters(), start["params"], strict=True):
-            p.copy_(saved)
-        if self.restore == "all" or everything:
-            for b, saved in zip(self.model.buffers(), start["buffers"], strict=True):
-                b.copy_(saved)
-            optimizer.state.clear()
-            optimizer.state.update(_copy_state(start["optimizer"]))
-        if everything:
-            teacher = self.teacher.network.state_dict().values()
-            for t, saved in zip(teacher, start["teacher"], strict=True):
-                t.copy_(saved)
-            self.ema_updates = start["ema_updates"]
-
-
-def _copy_state(state: dict) -> dict:
-    return {
-        p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
-        for p, s in state.items()
-    }
-
-
-def _no_closure() -> None:
-    return None
