@@ -17,6 +17,13 @@ def test_decay_ramps_from_zero_and_is_capped_at_alpha():
     assert ema_decay(10_000, 0.996) == 0.996
 
 
+def test_decay_is_zero_for_the_copy_updates_then_the_ramp_at_the_global_count():
+    # the public epoch-0 rule with 5 updates per epoch: copies, then min(1 - 1/(i + 1), alpha)
+    assert [ema_decay(t, 0.999, copy_updates=5) for t in range(5)] == [0.0] * 5
+    assert ema_decay(5, 0.999, copy_updates=5) == pytest.approx(1 - 1 / 6)
+    assert ema_decay(5000, 0.996, copy_updates=5) == 0.996
+
+
 def bn_net(weight: float) -> nn.Module:
     net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
     with torch.no_grad():

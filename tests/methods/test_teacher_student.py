@@ -49,7 +49,7 @@ def _fit(module, steps, ckpt_path=None, callbacks=(), **trainer_kwargs):
     return recorder.students
 
 
-def _module(cls=SupervisedTeacherStudent, alpha=0.99):
+def _module(cls=SupervisedTeacherStudent, alpha=0.99, **kwargs):
     torch.manual_seed(0)
     optim = {"lr": 0.1, "lr_multi": 1.0, "momentum": 0.9, "weight_decay": 0.0,
              "poly_power": 0.9, "clip_grad": None}  # fmt: skip
@@ -60,11 +60,12 @@ def _module(cls=SupervisedTeacherStudent, alpha=0.99):
         evaluation={"mode": "original"},
         crop_size=16,
         ema_alpha=alpha,
+        **kwargs,
     )
 
 
 def test_teacher_is_the_ema_of_the_students_after_each_step():
-    module = _module()
+    module = _module(ema_warmup="ramp")
     students = _fit(module, steps=3)
     # decay 0, 1/2, 2/3 (min(1 - 1/(t + 1), 0.99)): worked out step by step
     key = "backbone.weight"
@@ -74,6 +75,20 @@ def test_teacher_is_the_ema_of_the_students_after_each_step():
     assert module.ema_updates == 3
     assert torch.allclose(module.teacher.network.state_dict()[key], expected, atol=1e-6)
     assert not torch.equal(students[0][key], students[2][key])  # the student did move
+
+
+def test_public_warmup_copies_the_student_for_the_first_epoch_then_ramps_at_the_iteration():
+    """iMAS/AugSeg train_semi.py: decay 0 while epoch 0 (4 steps here: 8 samples, batch 2), then
+    min(1 - 1/(i_iter + 1), alpha) with i_iter the global iteration: 4/5 at the fifth step."""
+    module = _module()
+    assert module.ema_warmup == "epoch"
+    key = "backbone.weight"
+    students = _fit(module, steps=4)
+    assert torch.equal(module.teacher.network.state_dict()[key], students[3][key])
+    module = _module()
+    students = _fit(module, steps=5)
+    expected = (4 / 5) * students[3][key] + (1 / 5) * students[4][key]
+    assert torch.allclose(module.teacher.network.state_dict()[key], expected, atol=1e-6)
 
 
 def test_teacher_stays_out_of_the_optimizer_and_the_graph():

@@ -66,6 +66,7 @@ BOTH = ("logits", "representation")
 
 
 class CSS(TeacherStudentModule):
+    public_ema_warmup = "ramp"  # its teacher ramps from the first update (see docstring)
     num_strong_views = 1  # the data workers' strong view of each unlabeled image
     needs_decoder_features = True  # the representation head sits on DeepLabV3+'s decoder
 

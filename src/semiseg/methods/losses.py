@@ -69,17 +69,26 @@ def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def consistency_loss(
-    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
+    logits: Tensor,
+    labels: Tensor,
+    conf: Tensor,
+    ignore: Tensor,
+    tau: float,
+    over_all_pixels: bool = False,
 ) -> Tensor:
     """Cross-entropy on confident pseudo-labels, averaged over ALL non-padded pixels.
 
     The reference divides by the count of non-padded pixels, not of confident ones, so the loss
     shrinks when few pixels are confident. Padded pixels (ignore == 255) never count.
+    `over_all_pixels`: divide by every pixel of the batch instead, the ignored ones included
+    (they still add nothing above): AugSeg's `compute_unsupervised_loss_by_threshold`, whose
+    `loss.mean()` runs over N x H x W with a 0 wherever the target is 255.
     """
     per_pixel = F.cross_entropy(logits, labels, reduction="none")
     not_padded = ignore != IGNORE_INDEX
     keep = (conf >= tau) & not_padded
-    return (per_pixel * keep).sum() / not_padded.sum().clamp(min=1)
+    count = per_pixel.numel() if over_all_pixels else not_padded.sum().clamp(min=1)
+    return (per_pixel * keep).sum() / count
 
 
 def mask_ratio(conf: Tensor, ignore: Tensor, tau: float) -> Tensor:

@@ -6,7 +6,9 @@ and every buffer averaged with the same decay (`buffer_eval * decay + buffer_tra
 copying the student's buffers is left commented out). Their `t` is the global iteration, and the
 decay is forced to 0 for the whole first epoch (`epoch > sup_only_epoch` fails at epoch 0), so
 their teacher copies the student for one epoch and the ramp only starts afterwards, already near
-alpha. Here `t` is the method's own update counter, so the ramp starts at the first update.
+alpha: `ema_decay(t, alpha, copy_updates=<updates in one epoch>)`. Here `t` is the method's own
+update counter (= their global iteration while no step is skipped); with `copy_updates=0` the
+ramp starts at the first update (UniMatch V2, CSS, FST here).
 
 Integer buffers (BatchNorm's `num_batches_tracked`) are always copied: the public update turns
 them into floats, and a rounded average of a counter means nothing. They matter only to
@@ -23,8 +25,11 @@ import torch
 from torch import nn
 
 
-def ema_decay(step: int, alpha: float) -> float:
-    """The decay for update number `step` (0 for the first: the teacher becomes the student)."""
+def ema_decay(step: int, alpha: float, copy_updates: int = 0) -> float:
+    """The decay for update number `step` (0-based): 0 (the teacher becomes the student) for the
+    first `copy_updates` updates and for the first one, then min(1 - 1/(step + 1), alpha)."""
+    if step < copy_updates:
+        return 0.0
     return min(1.0 - 1.0 / (step + 1), alpha)
 
 
@@ -75,9 +80,10 @@ class EMATeacher(nn.Module):
         self.alpha = alpha
         self.average_buffers = average_buffers
 
-    def update(self, student: nn.Module, step: int) -> float:
-        """One EMA update after optimizer step number `step` (0-based); returns the decay used."""
-        decay = ema_decay(step, self.alpha)
+    def update(self, student: nn.Module, step: int, copy_updates: int = 0) -> float:
+        """One EMA update after optimizer step number `step` (0-based); returns the decay used.
+        The first `copy_updates` updates copy the student (see `ema_decay`)."""
+        decay = ema_decay(step, self.alpha, copy_updates)
         ema_update(self.network, student, decay, self.average_buffers)
         return decay
 
