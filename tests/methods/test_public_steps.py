@@ -16,12 +16,15 @@ from torch.utils.data import DataLoader
 
 from semiseg.augment import mixing
 from semiseg.methods import imas as imas_module
+from semiseg.methods import meanteacher as meanteacher_module
 from semiseg.methods.augseg import AugSeg
 from semiseg.methods.imas import IMAS
+from semiseg.methods.meanteacher import MeanTeacher
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from public_augseg import public_augseg_step  # noqa: E402
 from public_imas import public_imas_step  # noqa: E402
+from public_meanteacher import public_u2pl_step  # noqa: E402
 from public_teacher_student import public_ema  # noqa: E402
 from trainers import quiet_trainer  # noqa: E402
 
@@ -30,14 +33,15 @@ OPTIM = {"lr": 0.1, "lr_multi": 2.0, "momentum": 0.9, "weight_decay": 1e-3, "pol
          "clip_grad": None}  # fmt: skip
 
 
-def _samples(n=4):
+def _samples(n=4, padded=True):
     g = torch.Generator().manual_seed(3)
     samples = []
     for _ in range(n):
         mask = torch.randint(0, 3, (SIZE, SIZE), generator=g)
         mask[:, -2:] = 255  # padded labeled pixels
         ignore = torch.zeros(SIZE, SIZE, dtype=torch.long)
-        ignore[-3:, :] = 255  # padded unlabeled pixels: the public code has no such mask
+        if padded:  # padded unlabeled pixels: the public code has no such mask
+            ignore[-3:, :] = 255
         samples.append(
             {
                 "labeled": {"image": torch.randn(3, SIZE, SIZE, generator=g), "mask": mask},
@@ -62,7 +66,8 @@ def _module(cls, **kwargs):
         model=TinyNet(classes=3, batch_norm=True), class_names=["a", "b", "c"], optim=OPTIM,
         evaluation={"mode": "original"}, crop_size=SIZE, tau=TAU, ema_alpha=ALPHA, **kwargs,
     )  # fmt: skip
-    module.strong_view = fixed_strong
+    if hasattr(module, "strong_view"):
+        module.strong_view = fixed_strong
     return module
 
 
@@ -87,7 +92,7 @@ class Record(Callback):
 STEPS, PER_EPOCH = 3, 2
 
 
-def _fit(module, steps=STEPS):
+def _fit(module, steps=STEPS, padded=True):
     """`steps` iterations, two batches per epoch; returns the recorder and the losses dicts."""
     losses, step = [], module.training_losses
 
@@ -99,7 +104,7 @@ def _fit(module, steps=STEPS):
     module.training_losses = recorded
     record = Record()
     trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=[record])
-    trainer.fit(module, DataLoader(_samples(), batch_size=2))
+    trainer.fit(module, DataLoader(_samples(padded=padded), batch_size=2))
     return record, losses
 
 
@@ -210,3 +215,38 @@ def test_imas_and_augseg_ask_for_the_mean_colour_padding_and_a_bad_fill_is_refus
     assert cfg.unlabeled_padding == "train"
     with pytest.raises(ConfigError, match=r"method.pad_fill='grey' is unknown: use one of zero"):
         SemiSegDataModule("root", "splits", "1", 32, pad_fill="grey")
+
+
+@pytest.mark.parametrize("cutmix_p", [1.0, 0.0], ids=["mixed", "plain"])
+def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
+    """U2PL's mean teacher: the teacher's parameters reset in epoch 0 (here: the first epoch
+    length - 1 updates copy), its entropy from a train-mode forward on the student's batch, its
+    BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
+    boxes = []
+    original = meanteacher_module.half_area_boxes
+
+    def recorded(*args, **kwargs):
+        boxes.append(original(*args, **kwargs))
+        return boxes[-1]
+
+    monkeypatch.setattr(meanteacher_module, "half_area_boxes", recorded)
+    module = _module(MeanTeacher, cutmix_p=cutmix_p, ema_buffers="own", weight_u=1.0)
+    assert module.style == "u2pl" and module.teacher_entropy == "train_forward"
+    student, teacher, optimizer = _reference(module)
+    record, losses = _fit(module, padded=False)
+
+    batches = list(DataLoader(_samples(padded=False), batch_size=2))
+    for step in range(STEPS):
+        mixed = cutmix_p == 1.0
+        box = box_rows_cols(boxes[step]) if mixed else None
+        public = public_u2pl_step(
+            student, teacher, optimizer, record.lrs[step], batches[step % PER_EPOCH],
+            step // PER_EPOCH, step, mixed, box, ALPHA,
+        )  # fmt: skip
+        torch.testing.assert_close(losses[step]["loss"], public["loss"], rtol=1e-5, atol=1e-6)
+        got_student, got_teacher = record.states[step]
+        for key, value in student.state_dict().items():
+            torch.testing.assert_close(got_student[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        for key, value in teacher.state_dict().items():  # buffers included: the teacher's own
+            torch.testing.assert_close(got_teacher[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert len(boxes) == (STEPS if cutmix_p else 0)

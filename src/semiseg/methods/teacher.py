@@ -34,16 +34,22 @@ def ema_decay(step: int, alpha: float, copy_updates: int = 0) -> float:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, average_buffers: bool) -> None:
+def ema_update(
+    teacher: nn.Module, student: nn.Module, decay: float, average_buffers: bool | str
+) -> None:
     """In place: teacher = decay * teacher + (1 - decay) * student, for every parameter.
 
     Floating buffers (BatchNorm running statistics) are averaged the same way when
     `average_buffers` (iMAS, AugSeg), else copied from the student; integer buffers are copied.
+    `average_buffers="own"` leaves every buffer alone: the teacher's BatchNorm statistics are
+    those of its own train-mode forwards (U2PL's mean teacher, whose EMA covers parameters only).
     The two networks must have the same structure (the teacher is a deep copy of the student).
     """
     weight = 1.0 - decay
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.lerp_(s.detach(), weight)
+    if average_buffers == "own":
+        return
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         if average_buffers and t.is_floating_point():
             t.lerp_(s, weight)
@@ -72,7 +78,7 @@ class EMATeacher(nn.Module):
     and its updates are keyed on `trainer.global_step`, not on the method's own counter.
     """
 
-    def __init__(self, student: nn.Module, alpha: float, average_buffers: bool = True):
+    def __init__(self, student: nn.Module, alpha: float, average_buffers: bool | str = True):
         super().__init__()
         self.network = copy.deepcopy(student)
         self.network.requires_grad_(False)

@@ -39,7 +39,7 @@ class TeacherStudentModule(SemiSegModule):
         tau: float = 0.95,
         weight_u: float = 1.0,
         ema_alpha: float = 0.999,
-        ema_buffers: bool = True,
+        ema_buffers: bool | str = True,  # true: averaged, false: copied, own: left alone
         ema_warmup: str | None = None,
         **kwargs,
     ):
@@ -47,6 +47,8 @@ class TeacherStudentModule(SemiSegModule):
         self.tau = tau
         self.weight_u = weight_u
         # Built before Lightning wraps anything in DDP: its parameters never require grad.
+        if ema_buffers not in (True, False, "own"):
+            raise ConfigError(f"method.ema_buffers={ema_buffers}: choose true, false or own")
         self.teacher = EMATeacher(self.model, ema_alpha, average_buffers=ema_buffers)
         self.ema_updates = 0
         self.ema_warmup = ema_warmup or self.public_ema_warmup
