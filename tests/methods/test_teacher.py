@@ -58,6 +58,25 @@ def test_update_can_copy_buffers_instead():
     assert teacher[1].running_var.tolist() == [3.0]
 
 
+def test_own_buffers_are_left_to_the_teacher_and_move_only_with_its_train_mode_forwards():
+    """U2PL's and CSS's teacher: the EMA covers parameters; BatchNorm statistics come from the
+    teacher's own forwards with batch statistics."""
+    teacher, student = EMATeacher(bn_net(1.0), 0.9, average_buffers="own"), bn_net(3.0)
+    teacher.update(student, step=100)  # decay alpha = 0.9
+    assert teacher.network[0].weight.flatten().tolist() == [pytest.approx(1.2)]  # 0.9 + 0.3
+    assert teacher.network[1].running_mean.tolist() == [1.0]
+    assert teacher.network[1].num_batches_tracked.item() == 1
+    x = torch.full((4, 1, 2, 2), 2.0) + torch.arange(4.0).view(4, 1, 1, 1)
+    out = teacher.with_batch_statistics(x)
+    # batch statistics: the normalised output has mean 0 whatever the running statistics
+    assert (out - teacher.network[1].bias).mean().abs() < 1e-5
+    assert teacher.network[1].running_mean.item() != 1.0  # momentum 0.1 towards the batch mean
+    assert not teacher.network.training and out.grad_fn is None
+    before = teacher.network[1].running_mean.clone()
+    teacher(x)  # an ordinary teacher forward: eval mode, nothing moves
+    assert torch.equal(teacher.network[1].running_mean, before)
+
+
 def test_decay_zero_makes_the_teacher_the_student_exactly():
     teacher, student = bn_net(1.0), bn_net(1.0)
     with torch.no_grad():

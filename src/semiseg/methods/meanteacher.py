@@ -113,10 +113,7 @@ class MeanTeacher(TeacherStudentModule):
         logits = self.model(both)
         loss_x = self.labeled_loss(logits[:n_x], y)
         if self.teacher_entropy == "train_forward":
-            with torch.no_grad():
-                self.teacher.network.train()
-                uncertainty = entropy(self.teacher.network(both)[n_x:])
-                self.teacher.network.eval()
+            uncertainty = entropy(self.teacher.with_batch_statistics(both)[n_x:])
         loss_u, kept = entropy_filtered_ce(
             logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
         )

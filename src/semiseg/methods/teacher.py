@@ -104,6 +104,16 @@ class EMATeacher(nn.Module):
         with self.predicting():
             return self.network(*args, **kwargs)
 
+    @torch.no_grad()
+    def with_batch_statistics(self, *args, **kwargs):
+        """A forward in train mode, no gradient: BatchNorm normalises with the batch's own
+        statistics and moves the teacher's running ones (the U2PL and CSS teachers' forwards)."""
+        self.network.train()
+        try:
+            return self.network(*args, **kwargs)
+        finally:
+            self.network.eval()
+
     @contextmanager
     def predicting(self) -> Iterator[nn.Module]:
         """The network in eval mode, even if someone switched it to train mode directly."""
