@@ -7,7 +7,6 @@ import torch
 
 from semiseg.augment.mixing import paste
 from semiseg.methods.losses import (
-    consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
@@ -43,7 +42,7 @@ class FixMatch(WeakToStrongModule):
         labels_s, conf_s, ignore_s = self.cutmix_targets(box, labels_w, conf_w, ignore, mix)
 
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s = consistency_loss(pred_s, labels_s, conf_s, ignore_s, self.tau)
+        loss_s = self.unlabeled_loss(pred_s, labels_s, conf_s, ignore_s)
         loss = (loss_x + self.weight_s * loss_s) / 2
         return {
             "loss": loss,

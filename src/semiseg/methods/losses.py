@@ -32,6 +32,17 @@ def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
+def confident_dice_loss(
+    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
+) -> Tensor:
+    """The unlabeled loss of the public UniMatch medical code: `dice_loss` of the softmax against
+    the pseudo-labels over the pixels whose confidence reaches tau (its `ignore=(conf < thresh)`),
+    padded pixels (ignore == 255) left out too; soft Dice per class over the whole batch, averaged
+    over the classes."""
+    kept = (conf >= tau) & (ignore != IGNORE_INDEX)
+    return dice_loss(logits, labels.masked_fill(~kept, IGNORE_INDEX))
+
+
 def ce_dice(logits: Tensor, target: Tensor) -> Tensor:
     """(CE + Dice) / 2: the labeled loss of the public UniMatch ACDC code."""
     return (supervised_ce(logits, target) + dice_loss(logits, target)) / 2

@@ -8,7 +8,6 @@ import torch
 
 from semiseg.augment.mixing import paste
 from semiseg.methods.losses import (
-    consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
@@ -55,9 +54,9 @@ class UniMatch(WeakToStrongModule):
 
         # 6. Losses, with the reference's masking and denominators.
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s1 = consistency_loss(pred_s1, *target1, self.tau)
-        loss_s2 = consistency_loss(pred_s2, *target2, self.tau)
-        loss_fp = consistency_loss(pred_fp, labels_w, conf_w, ignore, self.tau)
+        loss_s1 = self.unlabeled_loss(pred_s1, *target1)
+        loss_s2 = self.unlabeled_loss(pred_s2, *target2)
+        loss_fp = self.unlabeled_loss(pred_fp, labels_w, conf_w, ignore)
         w = self.weights
         loss = (loss_x + w["s1"] * loss_s1 + w["s2"] * loss_s2 + w["fp"] * loss_fp) / 2
         return {
