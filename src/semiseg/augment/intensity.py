@@ -54,14 +54,10 @@ def _per_image(values: Tensor, images: Tensor) -> Tensor:
 
 
 def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
-    # PIL's ImageEnhance: degenerate + factor * (image - degenerate), truncated to 8 bits
+    # PIL's ImageEnhance (Image.blend): degenerate + factor * (image - degenerate) in float32,
+    # in that order, truncated to 8 bits
     f = _per_image(factor, images)
-    return (images * f + degenerate * (1 - f)).clamp_(0, 255).to(torch.uint8)
-
-
-def _gray(images: Tensor) -> Tensor:
-    # torchvision's kernels floor the luma of 8-bit images before blending
-    return TF.rgb_to_grayscale(images.float()).floor_()
+    return (degenerate + f * (images.float() - degenerate)).clamp_(0, 255).to(torch.uint8)
 
 
 def identity(images: Tensor, _: Tensor) -> Tensor:
@@ -87,9 +83,17 @@ def invert(images: Tensor, _: Tensor) -> Tensor:
     return TF.invert(images)
 
 
+def _pil_luma(images: Tensor) -> Tensor:
+    # PIL's convert("L"): (19595 R + 38470 G + 7471 B + 2^15) >> 16, on integers
+    x = images.to(torch.int64)
+    return (x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16
+
+
 def contrast(images: Tensor, factor: Tensor) -> Tensor:
-    """Blend with the image's mean luma (as TF.adjust_contrast, one factor per image)."""
-    return _blend(images, _gray(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+    """Blend with the image's mean luma as PIL's ImageEnhance.Contrast (the public iMAS and AugSeg
+    op): the mean of its 8-bit "L" image rounded to an integer, one factor per image."""
+    mean = _pil_luma(images).double().mean(dim=(1, 2)).add(0.5).floor()
+    return _blend(images, mean.view(-1, 1, 1, 1).float(), factor)
 
 
 def brightness(images: Tensor, factor: Tensor) -> Tensor:
@@ -97,8 +101,8 @@ def brightness(images: Tensor, factor: Tensor) -> Tensor:
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
-    """Saturation: blend with the luma image (as TF.adjust_saturation)."""
-    return _blend(images, _gray(images), factor)
+    """Saturation: blend with the luma image, PIL's 8-bit "L" conversion (ImageEnhance.Color)."""
+    return _blend(images, _pil_luma(images).unsqueeze(1).float(), factor)
 
 
 def sharpness(images: Tensor, factor: Tensor) -> Tensor:
