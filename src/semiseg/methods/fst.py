@@ -77,7 +77,7 @@ class NonFiniteLoss(Exception):
 
 
 class FST(TeacherStudentModule):
-    public_ema_warmup = "ramp"  # its teacher ramps from the first update (see docstring)
+    public_ema_warmup = "ramp"  # its own updates (iteration) ramp from the first one, see docstring
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
