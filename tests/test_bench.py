@@ -36,7 +36,9 @@ def test_model_compute_replays_the_forwards_of_the_step(toy_root, partner, calls
 
 def test_replay_counts_the_teachers_forward(toy_root):
     report = bench.main(["method=meanteacher", f"dataset.root={toy_root}", *TINY] + ONE_STEP)
-    assert report["model_forwards"] == 2  # the teacher's no-grad forward, the student's
+    # U2PL's mean teacher: the teacher's pseudo-labels, the student, the teacher's train-mode
+    # forward whose entropy filters the loss
+    assert report["model_forwards"] == 3
 
 
 def test_profile_prints_the_top_ops_and_the_time_outside_the_model(toy_root, capsys):

@@ -62,12 +62,12 @@ def test_equalize_by_hand():
 def test_brightness_contrast_color_by_hand():
     # brightness: blend with black, truncated
     assert red(I.brightness(IMG, each(0.5))) == [[5, 100], [25, 50]]
-    # luma floor(0.2989 R + 0.587 G + 0.114 B) = 18, 183, 58, 91; mean 87.5
-    luma = [[18, 183], [58, 91]]
-    # contrast 0.5: 0.5 x + 0.5 * 87.5
-    assert red(I.contrast(IMG, each(0.5))) == [[48, 143], [68, 93]]
-    # color (saturation) 0.5: 0.5 x + 0.5 luma; factor 0 gives the luma in every channel
-    assert red(I.color(IMG, each(0.5))) == [[14, 191], [54, 95]]
+    # PIL's luma (19595 R + 38470 G + 7471 B + 2^15) >> 16 = 18, 184, 58, 92; mean 88
+    luma = [[18, 184], [58, 92]]
+    # contrast 0.5: 0.5 x + 0.5 * 88 (PIL's mean luma rounded to an integer)
+    assert red(I.contrast(IMG, each(0.5))) == [[49, 144], [69, 94]]
+    # color (saturation) 0.5: luma + 0.5 (x - luma); factor 0 gives the luma in every channel
+    assert red(I.color(IMG, each(0.5))) == [[14, 192], [54, 96]]
     gray = I.color(IMG, each(0.0))
     assert all(gray[0, c].tolist() == luma for c in range(3))
 
@@ -98,8 +98,11 @@ def test_blur_by_hand():
 
 def test_hue_by_hand():
     pure_red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)
-    assert I.hue(pure_red, each(0.5)).flatten().tolist() == [0, 255, 255]  # cyan
-    assert I.hue(pure_red, each(-1 / 3)).flatten().tolist() == [0, 0, 255]  # blue
+    # 8-bit HSV as PIL: H 0 + trunc(0.5 * 255) = 127, just short of cyan (127.5): sector 2,
+    # f = 127 * 6 / 255 - 2 = 0.988..., B = round(255 * 0.988...) = 252
+    assert I.hue(pure_red, each(0.5)).flatten().tolist() == [0, 255, 252]
+    # -1/3: H = (0 - 85) mod 256 = 171, sector 4, f = 0.0235...: R = round(255 f) = 6
+    assert I.hue(pure_red, each(-1 / 3)).flatten().tolist() == [6, 0, 255]
     assert torch.equal(I.hue(IMG, each(0.0)), IMG)
 
 
@@ -138,7 +141,6 @@ def test_level_ops_match_pil(name, pil_op):
         ("brightness", TF.adjust_brightness),
         ("color", TF.adjust_saturation),
         ("sharpness", TF.adjust_sharpness),
-        ("hue", TF.adjust_hue),
         ("posterize", lambda img, p: TF.posterize(img, int(p))),
         ("solarize", TF.solarize),
         ("blur", lambda img, s: TF.gaussian_blur(img, [2 * math.ceil(3 * 1.7) + 1] * 2, [s, s])),
@@ -293,3 +295,52 @@ def test_bad_policy_overrides_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         I.policy_with(I.AUGSEG_POLICY, overrides, "method.intensity")
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("factor", [0.05, 0.5, 0.95, 1.6])
+def test_contrast_matches_pils_enhance_with_its_rounded_mean(factor):
+    """iMAS's and AugSeg's `ImageEnhance.Contrast(img).enhance(v)`: the degenerate image is the
+    integer-rounded mean of the 8-bit luma."""
+    from PIL import ImageEnhance
+
+    images = random_batch()
+    out = I.contrast(images, each(factor, len(images)))
+    for img, got in zip(images, out, strict=True):
+        pil = ImageEnhance.Contrast(Image.fromarray(img.permute(1, 2, 0).numpy())).enhance(factor)
+        expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["brightness", "color", "sharpness"])
+@pytest.mark.parametrize("factor", [0.05, 0.5, 1.6])
+def test_enhance_ops_match_pil(name, factor):
+    """The other ImageEnhance ops of the public policies, blended in PIL's order and precision;
+    color's degenerate image is PIL's own "L" conversion."""
+    from PIL import ImageEnhance
+
+    enhancer = {"brightness": ImageEnhance.Brightness, "color": ImageEnhance.Color,
+                "sharpness": ImageEnhance.Sharpness}[name]  # fmt: skip
+    images = random_batch()
+    out = I.OPS[name](images, each(factor, len(images)))
+    for img, got in zip(images, out, strict=True):
+        pil = enhancer(Image.fromarray(img.permute(1, 2, 0).numpy())).enhance(factor)
+        assert torch.equal(got, torch.from_numpy(np.array(pil)).permute(2, 0, 1))
+
+
+def public_hue(img: Image.Image, hue_factor: float) -> Image.Image:
+    """iMAS's and AugSeg's `img_aug_hue` after its draw: PIL HSV, H plus uint8(factor * 255) with
+    uint8 wrap-around (a negative factor wraps, as numpy's C cast did), back to RGB."""
+    h, s, v = img.convert("HSV").split()
+    np_h = np.array(h, dtype=np.uint8)
+    np_h = (np_h.astype(np.int64) + int(hue_factor * 255)) % 256
+    return Image.merge("HSV", (Image.fromarray(np_h.astype(np.uint8), "L"), s, v)).convert("RGB")
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.13, 0.5, -0.07, -0.5])
+def test_hue_matches_the_public_8_bit_hsv_op(factor):
+    images = random_batch()
+    images[0, :, 0, :3] = torch.tensor([[7, 7, 7], [255, 0, 0], [0, 0, 0]], dtype=torch.uint8).T
+    out = I.hue(images, each(factor, len(images)))
+    for img, got in zip(images, out, strict=True):
+        expected = public_hue(Image.fromarray(img.permute(1, 2, 0).numpy()), factor)
+        assert torch.equal(got, torch.from_numpy(np.array(expected)).permute(2, 0, 1))

@@ -237,3 +237,24 @@ def test_randomness_follows_python_and_torch_seeds():
         results.append(run())
     assert np.array_equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+def public_crop_padding_colour(mean=(0.485, 0.456, 0.406)):
+    """iMAS's and AugSeg's `Crop`: cv2 pads a float32 copy with mean x 255, np.uint8 truncates."""
+    padded = np.full((1, 1, 3), np.array(mean) * 255.0, dtype=np.float32)
+    return tuple(int(v) for v in np.uint8(padded)[0, 0])
+
+
+def test_mean_fill_pads_with_the_public_mean_colour_and_zero_stays_black():
+    img = Image.new("RGB", (10, 20), (200, 10, 30))
+    mask = Image.new("L", (10, 20), 1)
+    random.seed(0)
+    out, (m,) = tf.pad_and_crop(img, [mask], 32, [255], fill="mean")
+    pixels = np.asarray(out).reshape(-1, 3)
+    padded = np.asarray(m).flatten() == 255
+    assert padded.any() and (~padded).any()
+    assert {tuple(p) for p in pixels[padded]} == {public_crop_padding_colour()} == {(123, 116, 103)}
+    assert {tuple(p) for p in pixels[~padded]} == {(200, 10, 30)}
+    out, (m,) = tf.pad_and_crop(img, [mask], 32, [255])
+    padded = np.asarray(m).flatten() == 255
+    assert {tuple(p) for p in np.asarray(out).reshape(-1, 3)[padded]} == {(0, 0, 0)}

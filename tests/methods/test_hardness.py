@@ -102,12 +102,16 @@ def test_easiness_weighted_loss_by_hand():
     conf = torch.tensor([[[0.95, 0.5, 0.99, 0.99]], [[0.99] * 4]], dtype=torch.float64)
     ignore = torch.tensor([[[0, 0, 0, 255]], [[0, 0, 0, 0]]])
     e = torch.tensor([0.5, 0.25], dtype=torch.float64)
-    # image 0: pixels 0 and 2 kept, 3 non-padded pixels -> 2 ln2 / 3; image 1: ln 2
+    # the public mean over all H x W: image 0 keeps pixels 0 and 2 of 4 (the padded pixel 3
+    # adds nothing but counts) -> 2 ln2 / 4; image 1: ln 2
     loss = easiness_weighted_loss(logits, labels, conf, ignore, e, tau=0.95)
-    assert loss.item() == pytest.approx((0.5 * 2 / 3 + 0.25 * 1) / 2 * math.log(2))
-    # the public code has no padding mask: every pixel counts, pixel 3 of image 0 too
+    assert loss.item() == pytest.approx((0.5 * 2 / 4 + 0.25 * 1) / 2 * math.log(2))
+    # iMAS's default passes no padding mask (the public code has none): pixel 3 is trained too
     public = easiness_weighted_loss(logits, labels, conf, torch.zeros_like(ignore), e, 0.95)
     assert public.item() == pytest.approx((0.5 * 3 / 4 + 0.25 * 1) / 2 * math.log(2))
+    # unlabeled_padding=ignore: padded pixels out of the count too -> 2 ln2 / 3
+    masked = easiness_weighted_loss(logits, labels, conf, ignore, e, 0.95, over_all_pixels=False)
+    assert masked.item() == pytest.approx((0.5 * 2 / 3 + 0.25 * 1) / 2 * math.log(2))
 
 
 def test_easiness_weighted_loss_gradient_reaches_only_confident_pixels():

@@ -17,6 +17,13 @@ def test_decay_ramps_from_zero_and_is_capped_at_alpha():
     assert ema_decay(10_000, 0.996) == 0.996
 
 
+def test_decay_is_zero_for_the_copy_updates_then_the_ramp_at_the_global_count():
+    # the public epoch-0 rule with 5 updates per epoch: copies, then min(1 - 1/(i + 1), alpha)
+    assert [ema_decay(t, 0.999, copy_updates=5) for t in range(5)] == [0.0] * 5
+    assert ema_decay(5, 0.999, copy_updates=5) == pytest.approx(1 - 1 / 6)
+    assert ema_decay(5000, 0.996, copy_updates=5) == 0.996
+
+
 def bn_net(weight: float) -> nn.Module:
     net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
     with torch.no_grad():
@@ -49,6 +56,25 @@ def test_update_can_copy_buffers_instead():
     assert teacher[0].weight.flatten().tolist() == [1.5]  # 0.75 * 1 + 0.25 * 3
     assert teacher[1].running_mean.tolist() == [3.0]
     assert teacher[1].running_var.tolist() == [3.0]
+
+
+def test_own_buffers_are_left_to_the_teacher_and_move_only_with_its_train_mode_forwards():
+    """U2PL's and CSS's teacher: the EMA covers parameters; BatchNorm statistics come from the
+    teacher's own forwards with batch statistics."""
+    teacher, student = EMATeacher(bn_net(1.0), 0.9, average_buffers="own"), bn_net(3.0)
+    teacher.update(student, step=100)  # decay alpha = 0.9
+    assert teacher.network[0].weight.flatten().tolist() == [pytest.approx(1.2)]  # 0.9 + 0.3
+    assert teacher.network[1].running_mean.tolist() == [1.0]
+    assert teacher.network[1].num_batches_tracked.item() == 1
+    x = torch.full((4, 1, 2, 2), 2.0) + torch.arange(4.0).view(4, 1, 1, 1)
+    out = teacher.with_batch_statistics(x)
+    # batch statistics: the normalised output has mean 0 whatever the running statistics
+    assert (out - teacher.network[1].bias).mean().abs() < 1e-5
+    assert teacher.network[1].running_mean.item() != 1.0  # momentum 0.1 towards the batch mean
+    assert not teacher.network.training and out.grad_fn is None
+    before = teacher.network[1].running_mean.clone()
+    teacher(x)  # an ordinary teacher forward: eval mode, nothing moves
+    assert torch.equal(teacher.network[1].running_mean, before)
 
 
 def test_decay_zero_makes_the_teacher_the_student_exactly():

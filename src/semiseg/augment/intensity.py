@@ -54,14 +54,10 @@ def _per_image(values: Tensor, images: Tensor) -> Tensor:
 
 
 def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
-    # PIL's ImageEnhance: degenerate + factor * (image - degenerate), truncated to 8 bits
+    # PIL's ImageEnhance (Image.blend): degenerate + factor * (image - degenerate) in float32,
+    # in that order, truncated to 8 bits
     f = _per_image(factor, images)
-    return (images * f + degenerate * (1 - f)).clamp_(0, 255).to(torch.uint8)
-
-
-def _gray(images: Tensor) -> Tensor:
-    # torchvision's kernels floor the luma of 8-bit images before blending
-    return TF.rgb_to_grayscale(images.float()).floor_()
+    return (degenerate + f * (images.float() - degenerate)).clamp_(0, 255).to(torch.uint8)
 
 
 def identity(images: Tensor, _: Tensor) -> Tensor:
@@ -87,9 +83,17 @@ def invert(images: Tensor, _: Tensor) -> Tensor:
     return TF.invert(images)
 
 
+def _pil_luma(images: Tensor) -> Tensor:
+    # PIL's convert("L"): (19595 R + 38470 G + 7471 B + 2^15) >> 16, on integers
+    x = images.to(torch.int64)
+    return (x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 0x8000) >> 16
+
+
 def contrast(images: Tensor, factor: Tensor) -> Tensor:
-    """Blend with the image's mean luma (as TF.adjust_contrast, one factor per image)."""
-    return _blend(images, _gray(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+    """Blend with the image's mean luma as PIL's ImageEnhance.Contrast (the public iMAS and AugSeg
+    op): the mean of its 8-bit "L" image rounded to an integer, one factor per image."""
+    mean = _pil_luma(images).double().mean(dim=(1, 2)).add(0.5).floor()
+    return _blend(images, mean.view(-1, 1, 1, 1).float(), factor)
 
 
 def brightness(images: Tensor, factor: Tensor) -> Tensor:
@@ -97,8 +101,8 @@ def brightness(images: Tensor, factor: Tensor) -> Tensor:
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
-    """Saturation: blend with the luma image (as TF.adjust_saturation)."""
-    return _blend(images, _gray(images), factor)
+    """Saturation: blend with the luma image, PIL's 8-bit "L" conversion (ImageEnhance.Color)."""
+    return _blend(images, _pil_luma(images).unsqueeze(1).float(), factor)
 
 
 def sharpness(images: Tensor, factor: Tensor) -> Tensor:
@@ -136,10 +140,64 @@ def blur(images: Tensor, sigma: Tensor) -> Tensor:
     return x.view(n, c, h, w).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _f32(values: Tensor) -> Tensor:
+    # a value PIL's C code stores in a float variable: rounded to float32, computed on in double
+    return values.float().double()
+
+
+def _pil_rgb_to_hsv(images: Tensor) -> Tensor:
+    """PIL's convert("HSV") of 8-bit RGB (Convert.c, colorsys's formulas): V = max; S = (max -
+    min) / max and H = the hue in turns, each times 255 and truncated; the float and double steps
+    of its C code kept, so every value equals PIL's."""
+    x = images.double()
+    r, g, b = x.unbind(1)
+    top, bottom = x.amax(1), x.amin(1)
+    span = (top - bottom).clamp(min=1)
+    sat = _f32(span / top.clamp(min=1))
+    rc, gc, bc = (_f32((top - c) / span) for c in (r, g, b))
+    h = torch.where(
+        r == top, _f32(bc - gc), torch.where(g == top, _f32(2.0 + rc - bc), _f32(4.0 + gc - rc))
+    )
+    h = _f32(torch.fmod(h / 6.0 + 1.0, 1.0))
+    grey = top == bottom
+    hue_8 = torch.where(grey, 0.0, (h * 255.0).trunc().clamp(0, 255))
+    sat_8 = torch.where(grey, 0.0, (sat * 255.0).trunc().clamp(0, 255))
+    return torch.stack((hue_8, sat_8, top), 1).to(torch.int64)
+
+
+def _pil_hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """PIL's HSV -> RGB: sector i = floor(6 H / 255), p, q, t rounded half away from zero."""
+    h, s, v = hsv.double().unbind(1)
+    i = (h * 6.0 / 255.0).floor()
+    f = _f32(h * 6.0 / 255.0 - i)
+    fs = _f32(s / 255.0)
+
+    def rounded(values: Tensor) -> Tensor:
+        return (values + 0.5).floor().clamp(0, 255)  # values >= 0: C's round
+
+    p = rounded(v * (1.0 - fs))
+    q = rounded(v * (1.0 - _f32(fs * f)))
+    t = rounded(v * (1.0 - fs * (1.0 - f)))
+    sector = i.long() % 6
+    table = torch.stack(
+        [
+            torch.stack(c, 1)
+            for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+        ],
+        0,
+    )  # (6, N, 3, H, W)
+    rgb = table.gather(0, sector.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1))[0]
+    grey = (s == 0).unsqueeze(1)
+    return torch.where(grey, v.unsqueeze(1), rgb).to(torch.uint8)
+
+
 def hue(images: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the hue by `shift` turns (in [-0.5, 0.5]); torchvision takes one shift per call."""
-    shifts = shift.tolist()
-    return torch.stack([TF.adjust_hue(img, s) for img, s in zip(images, shifts, strict=True)])
+    """Rotate the hue by `shift` turns (in [-0.5, 0.5]) as the public iMAS/AugSeg op: PIL's 8-bit
+    HSV, the H channel plus trunc(shift * 255) modulo 256 (their uint8 addition), back to RGB."""
+    hsv = _pil_rgb_to_hsv(images)
+    step = (shift.to(images.device, torch.float32) * 255.0).trunc().long().view(-1, 1, 1)
+    hsv[:, 0] = torch.remainder(hsv[:, 0] + step, 256)
+    return _pil_hsv_to_rgb(hsv)
 
 
 OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

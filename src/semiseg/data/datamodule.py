@@ -33,6 +33,7 @@ from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.rare_class import RareClassSampling
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import Split, SplitError, SplitFiles
+from semiseg.data.transforms import PAD_FILLS
 from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
@@ -66,6 +67,7 @@ class SemiSegDataModule(L.LightningDataModule):
         epoch_length: str = "reference",
         source: Mapping | None = None,
         rare_class_sampling: Mapping | None = None,
+        pad_fill: str = "zero",
     ):
         super().__init__()
         self.root = Path(root)
@@ -90,6 +92,13 @@ class SemiSegDataModule(L.LightningDataModule):
                 "data.rare_class_sampling samples the source domain's labeled images: set "
                 "source=... too, or data.rare_class_sampling=null"
             )
+        # The image fill of the crop padding (natural images): zero, or the mean colour that
+        # iMAS and AugSeg ask for through their data requirements (method.pad_fill).
+        if pad_fill not in PAD_FILLS:
+            raise ConfigError(
+                f"method.pad_fill={pad_fill!r} is unknown: use one of {', '.join(PAD_FILLS)}"
+            )
+        self.pad_fill = pad_fill
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);

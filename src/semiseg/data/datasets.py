@@ -75,12 +75,14 @@ class LabeledDataset(Dataset):
         crop_size: int,
         length: int | None = None,
         read_mask=None,
+        pad_fill: str = "zero",
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
         _require_masks(samples, "labeled")
         self.root = Path(root)
         self.crop_size = crop_size
+        self.pad_fill = pad_fill
         self.read_mask = read_mask or tf.load_mask
         self.samples = repeated(samples, length)
 
@@ -91,7 +93,7 @@ class LabeledDataset(Dataset):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
         img, (mask,) = tf.resize_long_side(img, [mask])
-        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE])
+        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE], self.pad_fill)
         img, (mask,) = tf.hflip(img, [mask])
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 
@@ -154,9 +156,12 @@ class UnlabeledDataset(UnlabeledViews):
     """Natural images: UniMatch's resize, crop and flip shared by the views, colour jitter,
     grayscale and blur for each strong view."""
 
-    def __init__(self, root, samples, crop_size, num_strong=2, mix="same", read_mask=None):
+    def __init__(
+        self, root, samples, crop_size, num_strong=2, mix="same", read_mask=None, pad_fill="zero"
+    ):
         super().__init__(root, samples, crop_size, num_strong, mix)
         self.read_mask = read_mask or tf.load_mask
+        self.pad_fill = pad_fill
 
     def load(self, index, with_gt=True):
         sample = self.samples[index]
@@ -173,7 +178,7 @@ class UnlabeledDataset(UnlabeledViews):
         masks = [marker] if gt is None else [marker, gt]
         img, masks = tf.resize_long_side(img, masks)
         fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
-        img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills)
+        img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills, self.pad_fill)
         img, masks = tf.hflip(img, masks)
         marker = tf.mask_to_tensor(masks[0])
         view = {

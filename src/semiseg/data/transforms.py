@@ -91,12 +91,19 @@ def _pad(img, width, height, fill):
     return canvas
 
 
-def pad_and_crop(img, masks: list, crop_size: int, mask_fills: list[int]):
-    """Pad right/bottom up to the crop size, then take a random square crop."""
+# The image fill of the crop padding: black (UniMatch) or the mean colour (iMAS's and AugSeg's
+# `Crop`: the ImageNet mean x 255 padded into a float array, then truncated by np.uint8).
+PAD_FILLS = {"zero": (0, 0, 0), "mean": tuple(int(m * 255) for m in (0.485, 0.456, 0.406))}
+
+
+def pad_and_crop(img, masks: list, crop_size: int, mask_fills: list[int], fill: str = "zero"):
+    """Pad right/bottom up to the crop size (the image with PAD_FILLS[fill]), then take a random
+    square crop."""
     w, h = img.size
     if w < crop_size or h < crop_size:
         pw, ph = max(w, crop_size), max(h, crop_size)
-        img = _pad(img, pw, ph, 0)
+        colour = PAD_FILLS[fill]
+        img = _pad(img, pw, ph, colour if img.mode == "RGB" else colour[0])
         masks = [_pad(m, pw, ph, fill) for m, fill in zip(masks, mask_fills, strict=True)]
         w, h = pw, ph
     x = random.randint(0, w - crop_size)

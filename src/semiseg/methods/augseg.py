@@ -4,7 +4,9 @@ The EMA teacher labels the weak view; the strong view gets k ~ U{1, 2, 3} random
 with random magnitudes; then an adaptive CutMix injects boxes of LABELED images (their ground
 truth, confidence 1) into the unlabeled images that the teacher finds unreliable (probability
 1 - reliability), and mixes the unlabeled images among themselves (augment/mixing.py, as the
-public `cut_mix_label_adaptive` composes the two stages). `loss = loss_x + weight_u * loss_u`.
+public `cut_mix_label_adaptive` composes the two stages). `loss = loss_x + weight_u * loss_u`,
+loss_u averaged over all N x H x W pixels as the public `loss.mean()` (the injected labeled pixels
+marked 255 count as 0; padding: `IntensityAugmented`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ class AugSeg(IntensityAugmented):
         rho = reliability(logits_t)
 
         # 2. Random intensity augmentation, then the label-injecting CutMix.
-        strong = Mixed(self.strong_view(u), labels, conf, u.ignore)
+        strong = Mixed(self.strong_view(u), labels, conf, self.loss_ignore(u.ignore))
         strong = label_injecting_cutmix(strong, x, y, rho)
 
         # 3. The student on labeled and strong images in one batch.
         logits = self.model(torch.cat((x, strong.images)))
         loss_x = self.labeled_loss(logits[:n_x], y)
-        loss_u = consistency_loss(logits[n_x:], strong.labels, strong.conf, strong.ignore, self.tau)
+        loss_u = consistency_loss(
+            logits[n_x:], strong.labels, strong.conf, strong.ignore, self.tau,
+            over_all_pixels=self.train_on_padding,  # the public loss.mean() over N x H x W
+        )  # fmt: skip
         return {
             "loss": loss_x + self.weight_u * loss_u,
             "loss_x": loss_x,

@@ -29,12 +29,15 @@ Where this follows the public code, beyond the first reading:
 - In `mix` mode the public contrastive labels one-hot the disagreeing pixels' -1 as class 0
   (`label_onehot` clamps with relu); here those pixels are left out of the contrastive loss.
 
+The teacher as public: `teacher_mode=train` labels with the batch's own BatchNorm statistics (its
+running ones move with its forwards) and `ema_buffers=own` averages parameters only;
+`teacher_mode=eval` with `ema_buffers=true` is the family's eval-mode teacher with averaged
+statistics.
+
 Where this differs (the recipe docs say so too): the strong view is the data workers' (colour
 jitter, grayscale, blur) and is mixed after its colour change, where ReCo jitters the mixed image
 and rescales it (0.5-1.5) after the teacher's forward; mixing stays within each rank's batch (the
-public code gathers all ranks' images first); the teacher predicts in eval mode (the public one
-runs in train mode, with batch statistics) and its BatchNorm statistics are averaged as the
-family's; confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,
+public code gathers all ranks' images first); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,
 so its 0.97 threshold acts as 248/255 = 0.9725).
 """
 
@@ -67,6 +70,7 @@ BOTH = ("logits", "representation")
 
 
 class CSS(TeacherStudentModule):
+    public_ema_warmup = "ramp"  # its teacher ramps from the first update (see docstring)
     num_strong_views = 1  # the data workers' strong view of each unlabeled image
     needs_decoder_features = True  # the representation head sits on DeepLabV3+'s decoder
 
@@ -84,9 +88,13 @@ class CSS(TeacherStudentModule):
         prototype_alpha: float = 0.99,
         rampdown_epochs: float | None = 200,
         mix_mode: str = "cutmix",
+        teacher_mode: str = "train",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
+        if teacher_mode not in ("train", "eval"):
+            raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
+        self.teacher_mode = teacher_mode
         if label_mode not in ("cross", "mix"):
             raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
         head = getattr(self.model, "representation", None)
@@ -138,7 +146,10 @@ class CSS(TeacherStudentModule):
         #    the image before the softmax, as the public code). Padded pixels get confidence 0,
         #    the public padding fill, so they never count as confident.
         with torch.no_grad():
-            teacher = self.teacher(weak, outputs=BOTH)
+            if self.teacher_mode == "train":  # the public teacher: batch statistics
+                teacher = self.teacher.with_batch_statistics(weak, outputs=BOTH)
+            else:
+                teacher = self.teacher(weak, outputs=BOTH)
             conf_c, labels_c = pseudo_labels(teacher["logits"])
             similarity = prototype_similarity(teacher["representation"], self.prototypes)
             similarity = upsample(similarity, weak.shape[-2:])

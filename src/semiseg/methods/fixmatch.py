@@ -8,7 +8,6 @@ import torch
 from semiseg.augment.mixing import paste
 from semiseg.data.batch import TrainBatch
 from semiseg.methods.losses import (
-    consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
@@ -43,7 +42,7 @@ class FixMatch(WeakToStrongModule):
         target_s = ours.cutmix(u.box1, Targets(mix_labels, mix_conf, mix.ignore))
 
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s = consistency_loss(pred_s, *target_s, self.tau)
+        loss_s = self.unlabeled_loss(pred_s, *target_s)
         loss = (loss_x + self.weight_s * loss_s) / 2
         return {
             "loss": loss,

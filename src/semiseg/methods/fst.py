@@ -70,6 +70,7 @@ __all__ = ["FST", "NonFiniteLoss"]
 
 
 class FST(VirtualSteps, TeacherStudentModule):
+    public_ema_warmup = "ramp"  # its own updates (iteration) ramp from the first one, see docstring
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 

@@ -69,19 +69,27 @@ def blend_views(strong: Tensor, weak: Tensor, easiness: Tensor) -> Tensor:
 
 
 def easiness_weighted_loss(
-    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, easiness: Tensor, tau: float
+    logits: Tensor,
+    labels: Tensor,
+    conf: Tensor,
+    ignore: Tensor,
+    easiness: Tensor,
+    tau: float,
+    over_all_pixels: bool = True,
 ) -> Tensor:
     """mean_b( e_b * mean over image b's pixels of 1[conf >= tau] * CE ).
 
     As `compute_unsupervised_loss_by_threshold` with a hardness tensor: per image the average runs
-    over all its pixels, confident or not. The public code has no padding mask (its padded
-    pixels are trained on and counted); here padded pixels (ignore == 255) are left out of both
-    sums, as in `consistency_loss`; an all-zero ignore mask gives the public behaviour.
+    over ALL its H x W pixels, confident or not, padded or not (`over_all_pixels`, the public
+    code, which has no padding mask: iMAS calls it with an all-zero ignore mask, so its padded
+    pixels are trained on their confident pseudo-labels). Pixels with ignore == 255 add nothing;
+    `over_all_pixels=False` also leaves them out of the count (the mean over non-padded pixels).
     """
     per_pixel = F.cross_entropy(logits, labels, reduction="none")
     not_padded = ignore != IGNORE_INDEX
     keep = (conf >= tau) & not_padded
-    per_image = (per_pixel * keep).sum(dim=(1, 2)) / not_padded.sum(dim=(1, 2)).clamp(min=1)
+    count = per_pixel[0].numel() if over_all_pixels else not_padded.sum(dim=(1, 2)).clamp(min=1)
+    per_image = (per_pixel * keep).sum(dim=(1, 2)) / count
     return (easiness.to(per_image.dtype) * per_image).mean()
 
 

@@ -5,7 +5,8 @@ how confident they are (methods/hardness.py). Easy images get the full strong vi
 view blended towards the weak one; a hard CutMix pairs the k-th easiest image with the k-th hardest
 (with probability mean(e)); each image's loss is weighted by its e. As the public code
 (train_semi.py): the CutMix mixes the WEAK views, the student sees labeled, weak, mixed and strong
-images in one batch, and `loss = loss_x + weight_u * (loss_strong + loss_cutmix) / 2`.
+images in one batch, and `loss = loss_x + weight_u * (loss_strong + loss_cutmix) / 2`, each
+unlabeled loss per image over all H x W pixels (padding: `IntensityAugmented`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class IMAS(IntensityAugmented):
     def training_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask
         u = batch.unlabeled
-        weak, ignore, n_x = u.weak, u.ignore, x.shape[0]
+        weak, n_x = u.weak, x.shape[0]
+        ignore = self.loss_ignore(u.ignore)
 
         # 1. Teacher pseudo-labels; easiness from the student's and the teacher's views of them.
         conf, labels, _ = self.teacher_pseudo_labels(weak)
@@ -55,11 +57,12 @@ class IMAS(IntensityAugmented):
         n_u = weak.shape[0]
         pred_x, pred_s = logits[:n_x], logits[n_x + n_u : n_x + 2 * n_u]
         loss_x = self.labeled_loss(pred_x, y)
-        loss_u = easiness_weighted_loss(pred_s, labels, conf, ignore, e, self.tau)
+        over_all = self.train_on_padding  # the public mean over every pixel of each image
+        loss_u = easiness_weighted_loss(pred_s, labels, conf, ignore, e, self.tau, over_all)
         if mixed is not None:
             pred_m = logits[n_x + 2 * n_u :]
             loss_m = easiness_weighted_loss(
-                pred_m, mixed.labels, mixed.conf, mixed.ignore, e, self.tau
+                pred_m, mixed.labels, mixed.conf, mixed.ignore, e, self.tau, over_all
             )
             loss_u = (loss_u + loss_m) / 2
         return {
@@ -68,6 +71,6 @@ class IMAS(IntensityAugmented):
             "loss_u": loss_u,
             "easiness": e.mean(),
             "cutmix": float(mixed is not None),
-            "mask_ratio": mask_ratio(conf, ignore, self.tau),
+            "mask_ratio": mask_ratio(conf, u.ignore, self.tau),
             "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, self.tau),
         }

@@ -32,6 +32,17 @@ def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
     return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
 
 
+def confident_dice_loss(
+    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
+) -> Tensor:
+    """The unlabeled loss of the public UniMatch medical code: `dice_loss` of the softmax against
+    the pseudo-labels over the pixels whose confidence reaches tau (its `ignore=(conf < thresh)`),
+    padded pixels (ignore == 255) left out too; soft Dice per class over the whole batch, averaged
+    over the classes."""
+    kept = (conf >= tau) & (ignore != IGNORE_INDEX)
+    return dice_loss(logits, labels.masked_fill(~kept, IGNORE_INDEX))
+
+
 def ce_dice(logits: Tensor, target: Tensor) -> Tensor:
     """(CE + Dice) / 2: the labeled loss of the public UniMatch ACDC code."""
     return (supervised_ce(logits, target) + dice_loss(logits, target)) / 2
@@ -69,17 +80,26 @@ def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def consistency_loss(
-    logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor, tau: float
+    logits: Tensor,
+    labels: Tensor,
+    conf: Tensor,
+    ignore: Tensor,
+    tau: float,
+    over_all_pixels: bool = False,
 ) -> Tensor:
     """Cross-entropy on confident pseudo-labels, averaged over ALL non-padded pixels.
 
     The reference divides by the count of non-padded pixels, not of confident ones, so the loss
     shrinks when few pixels are confident. Padded pixels (ignore == 255) never count.
+    `over_all_pixels`: divide by every pixel of the batch instead, the ignored ones included
+    (they still add nothing above): AugSeg's `compute_unsupervised_loss_by_threshold`, whose
+    `loss.mean()` runs over N x H x W with a 0 wherever the target is 255.
     """
     per_pixel = F.cross_entropy(logits, labels, reduction="none")
     not_padded = ignore != IGNORE_INDEX
     keep = (conf >= tau) & not_padded
-    return (per_pixel * keep).sum() / not_padded.sum().clamp(min=1)
+    count = per_pixel.numel() if over_all_pixels else not_padded.sum().clamp(min=1)
+    return (per_pixel * keep).sum() / count
 
 
 def mask_ratio(conf: Tensor, ignore: Tensor, tau: float) -> Tensor:

@@ -1,21 +1,132 @@
-"""Mean teacher with CutMix, the teacher-student family's baseline (the CutMix mean teacher of
-the U2PL code base that iMAS and AugSeg build on): the EMA teacher labels the weak view, the
-student learns them on a CutMix strong view, thresholded cross-entropy."""
+"""Mean teacher with CutMix, the teacher-student family's baseline.
+
+`style=u2pl` (default): U2PL's CutMix mean teacher, as the FST code base carries it
+(semi_seg/train_semi.py without `fst: True`, apply_aug cutmix, drop_percent 80) and iMAS and AugSeg
+build on. The EMA teacher (eval mode) labels the weak view; one batch in two (one draw per batch)
+is CutMixed, image i receiving a box of half the crop area from image i + 1 with its labels; no
+colour augmentation; the student learns every pseudo-label, no confidence threshold, except the
+`entropy_drop` fraction (0.2) of highest teacher entropy (`losses.entropy_filtered_ce`).
+
+`style=unimatch`: the UniMatch-style mean teacher semiseg had first: the data workers' strong
+view (colour jitter, grayscale, blur) and UniMatch's CutMix box, image i receiving the box of
+image n - 1 - i, thresholded cross-entropy (tau) over the non-padded pixels.
+
+The teacher as public: `teacher_entropy=train_forward` runs it a second time, in train mode, on
+the student's batch, and the entropy of that output filters the loss (`pseudo_labels`: the
+entropy of the pseudo-label forward, mixed with the same box, as semiseg's FST); with
+`ema_buffers=own` the EMA covers parameters only and the teacher's BatchNorm statistics are those
+of its own train-mode forwards; `ema_warmup=epoch` copies the student for the first epoch.
+Differences from the public U2PL step (docs/methods.md): padded pixels (the data module's ignore
+mask) are left out of the loss and of the entropy percentile.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from semiseg.augment.mixing import Mixed, cutmix_with
+from semiseg.augment.mixing import Mixed, cutmix_with, half_area_boxes, paste
 from semiseg.data.batch import TrainBatch
-from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
+from semiseg.errors import ConfigError
+from semiseg.methods.losses import (
+    IGNORE_INDEX,
+    consistency_loss,
+    entropy,
+    entropy_filtered_ce,
+    mask_ratio,
+    pseudo_label_accuracy,
+)
 from semiseg.methods.teacher_student import TeacherStudentModule
 
 
 class MeanTeacher(TeacherStudentModule):
-    num_strong_views = 1  # the UniMatch strong view and CutMix box, made by the data workers
+    def __init__(
+        self,
+        *args,
+        style: str = "u2pl",
+        entropy_drop: float = 0.2,
+        cutmix_p: float = 0.5,
+        teacher_entropy: str = "train_forward",
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if style not in ("u2pl", "unimatch"):
+            raise ConfigError(f"method.style={style!r}: use u2pl (the public one) or unimatch")
+        if teacher_entropy not in ("train_forward", "pseudo_labels"):
+            raise ConfigError(
+                f"method.teacher_entropy={teacher_entropy!r}: use train_forward (public) or "
+                "pseudo_labels"
+            )
+        self.teacher_entropy = teacher_entropy
+        own_forward = style == "u2pl" and teacher_entropy == "train_forward"
+        if self.teacher.average_buffers == "own" and not own_forward:
+            raise ConfigError(
+                "method.ema_buffers=own needs the teacher's own train-mode forward (style=u2pl, "
+                "teacher_entropy=train_forward), or its BatchNorm statistics never move: set "
+                "method.ema_buffers=true"
+            )
+        if not 0.0 <= entropy_drop < 1.0:
+            raise ConfigError(f"method.entropy_drop={entropy_drop}: a fraction in [0, 1)")
+        self.style, self.entropy_drop, self.cutmix_p = style, float(entropy_drop), cutmix_p
+
+    def ema_copy_updates(self) -> int:
+        """U2PL resets the teacher's parameters to the student's before every loss of the first
+        epoch, and its EMA update after the epoch's last step already ramps: the first
+        (epoch length - 1) updates copy."""
+        return max(super().ema_copy_updates() - 1, 0)
+
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        # unimatch: the data workers' strong view and CutMix box; u2pl: the weak view only
+        strong = 1 if method_cfg.get("style", "u2pl") == "unimatch" else 0
+        return {"unlabeled": True, "num_strong": strong, "mix": None}
 
     def training_losses(self, batch: TrainBatch):
+        if self.style == "unimatch":
+            return self.unimatch_losses(batch)
+        x, y = batch.labeled.image, batch.labeled.mask
+        u = batch.unlabeled
+        n_x, n_u = x.shape[0], u.weak.shape[0]
+
+        # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
+        conf, labels, teacher_logits = self.teacher_pseudo_labels(u.weak)
+        images, targets, uncertainty, ignore = (
+            u.weak,
+            labels,
+            entropy(teacher_logits),
+            u.ignore,
+        )
+
+        # 2. One batch in two: image i with image i + 1's pixels, pseudo-labels, entropy and
+        #    padding inside a box of half its area.
+        if float(torch.rand(())) < self.cutmix_p:
+            box = half_area_boxes(n_u, *images.shape[-2:], device=images.device)
+            partner = (torch.arange(n_u, device=images.device) + 1) % n_u
+            images, targets, uncertainty, ignore = (
+                paste(box, t, t[partner]) for t in (images, targets, uncertainty, ignore)
+            )
+
+        # 3. The student on labeled and unlabeled images in one batch; then the teacher, in train
+        #    mode, on the same batch: the entropy of ITS output filters the loss (and the forward
+        #    moves its BatchNorm statistics, which `ema_buffers=own` leaves to it, as public).
+        both = torch.cat((x, images))
+        logits = self.model(both)
+        loss_x = self.labeled_loss(logits[:n_x], y)
+        if self.teacher_entropy == "train_forward":
+            uncertainty = entropy(self.teacher.with_batch_statistics(both)[n_x:])
+        loss_u, kept = entropy_filtered_ce(
+            logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
+        )
+        return {
+            "loss": loss_x + self.weight_u * loss_u,
+            "loss_x": loss_x,
+            "loss_u": loss_u,
+            "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
+            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, 0.0),
+        }
+
+    def unimatch_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask
         u = batch.unlabeled
         n_x, n_u = x.shape[0], u.weak.shape[0]
@@ -28,7 +139,7 @@ class MeanTeacher(TeacherStudentModule):
         strong = Mixed(u.strong1, labels, conf, u.ignore)
         strong = cutmix_with(strong, u.box1, torch.arange(n_u).flip(0))
 
-        # 3. The student on labeled and strong images in one batch.
+        # 3. The student on labeled and strong images in one batch, thresholded CE.
         logits = self.model(torch.cat((x, strong.images)))
         loss_x = self.labeled_loss(logits[:n_x], y)
         loss_u = consistency_loss(logits[n_x:], strong.labels, strong.conf, strong.ignore, self.tau)

@@ -6,7 +6,9 @@ and every buffer averaged with the same decay (`buffer_eval * decay + buffer_tra
 copying the student's buffers is left commented out). Their `t` is the global iteration, and the
 decay is forced to 0 for the whole first epoch (`epoch > sup_only_epoch` fails at epoch 0), so
 their teacher copies the student for one epoch and the ramp only starts afterwards, already near
-alpha. Here `t` is the method's own update counter, so the ramp starts at the first update.
+alpha: `ema_decay(t, alpha, copy_updates=<updates in one epoch>)`. Here `t` is the method's own
+update counter (= their global iteration while no step is skipped); with `copy_updates=0` the
+ramp starts at the first update (UniMatch V2, CSS, FST here).
 
 Integer buffers (BatchNorm's `num_batches_tracked`) are always copied: the public update turns
 them into floats, and a rounded average of a counter means nothing. They matter only to
@@ -23,22 +25,31 @@ import torch
 from torch import nn
 
 
-def ema_decay(step: int, alpha: float) -> float:
-    """The decay for update number `step` (0 for the first: the teacher becomes the student)."""
+def ema_decay(step: int, alpha: float, copy_updates: int = 0) -> float:
+    """The decay for update number `step` (0-based): 0 (the teacher becomes the student) for the
+    first `copy_updates` updates and for the first one, then min(1 - 1/(step + 1), alpha)."""
+    if step < copy_updates:
+        return 0.0
     return min(1.0 - 1.0 / (step + 1), alpha)
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, average_buffers: bool) -> None:
+def ema_update(
+    teacher: nn.Module, student: nn.Module, decay: float, average_buffers: bool | str
+) -> None:
     """In place: teacher = decay * teacher + (1 - decay) * student, for every parameter.
 
     Floating buffers (BatchNorm running statistics) are averaged the same way when
     `average_buffers` (iMAS, AugSeg), else copied from the student; integer buffers are copied.
+    `average_buffers="own"` leaves every buffer alone: the teacher's BatchNorm statistics are
+    those of its own train-mode forwards (U2PL's mean teacher, whose EMA covers parameters only).
     The two networks must have the same structure (the teacher is a deep copy of the student).
     """
     weight = 1.0 - decay
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.lerp_(s.detach(), weight)
+    if average_buffers == "own":
+        return
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         if average_buffers and t.is_floating_point():
             t.lerp_(s, weight)
@@ -67,7 +78,7 @@ class EMATeacher(nn.Module):
     and its updates are keyed on `trainer.global_step`, not on the method's own counter.
     """
 
-    def __init__(self, student: nn.Module, alpha: float, average_buffers: bool = True):
+    def __init__(self, student: nn.Module, alpha: float, average_buffers: bool | str = True):
         super().__init__()
         self.network = copy.deepcopy(student)
         self.network.requires_grad_(False)
@@ -75,9 +86,10 @@ class EMATeacher(nn.Module):
         self.alpha = alpha
         self.average_buffers = average_buffers
 
-    def update(self, student: nn.Module, step: int) -> float:
-        """One EMA update after optimizer step number `step` (0-based); returns the decay used."""
-        decay = ema_decay(step, self.alpha)
+    def update(self, student: nn.Module, step: int, copy_updates: int = 0) -> float:
+        """One EMA update after optimizer step number `step` (0-based); returns the decay used.
+        The first `copy_updates` updates copy the student (see `ema_decay`)."""
+        decay = ema_decay(step, self.alpha, copy_updates)
         ema_update(self.network, student, decay, self.average_buffers)
         return decay
 
@@ -91,6 +103,16 @@ class EMATeacher(nn.Module):
     def forward(self, *args, **kwargs):
         with self.predicting():
             return self.network(*args, **kwargs)
+
+    @torch.no_grad()
+    def with_batch_statistics(self, *args, **kwargs):
+        """A forward in train mode, no gradient: BatchNorm normalises with the batch's own
+        statistics and moves the teacher's running ones (the U2PL and CSS teachers' forwards)."""
+        self.network.train()
+        try:
+            return self.network(*args, **kwargs)
+        finally:
+            self.network.eval()
 
     @contextmanager
     def predicting(self) -> Iterator[nn.Module]:

@@ -9,7 +9,6 @@ import torch
 from semiseg.augment.mixing import paste
 from semiseg.data.batch import TrainBatch
 from semiseg.methods.losses import (
-    consistency_loss,
     mask_ratio,
     pseudo_label_accuracy,
     pseudo_labels,
@@ -62,9 +61,9 @@ class UniMatch(WeakToStrongModule):
 
         # 6. Losses, with the reference's masking and denominators.
         loss_x = self.labeled_loss(pred_x, y)
-        loss_s1 = consistency_loss(pred_s1, *ours.cutmix(u.box1, partner), self.tau)
-        loss_s2 = consistency_loss(pred_s2, *ours.cutmix(u.box2, partner), self.tau)
-        loss_fp = consistency_loss(pred_fp, *ours, self.tau)
+        loss_s1 = self.unlabeled_loss(pred_s1, *ours.cutmix(u.box1, partner))
+        loss_s2 = self.unlabeled_loss(pred_s2, *ours.cutmix(u.box2, partner))
+        loss_fp = self.unlabeled_loss(pred_fp, *ours)
         w = self.weights
         loss = (loss_x + w["s1"] * loss_s1 + w["s2"] * loss_s2 + w["fp"] * loss_fp) / 2
         return {

@@ -49,6 +49,7 @@ from semiseg.methods.weak_to_strong import Targets, WeakToStrongModule
 
 
 class UniMatchV2(TeacherStudentModule, WeakToStrongModule):
+    public_ema_warmup = "ramp"  # its teacher ramps from the first update (see docstring)
     num_strong_views = 2
     default_eval_network = "student"  # best.pth follows the student's mIoU in the public code
 

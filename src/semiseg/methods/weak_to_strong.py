@@ -25,7 +25,7 @@ from semiseg.augment.strong import unimatch_strong
 from semiseg.data.batch import Unlabeled
 from semiseg.errors import ConfigError
 from semiseg.methods.base import SemiSegModule
-from semiseg.methods.losses import pseudo_labels
+from semiseg.methods.losses import confident_dice_loss, consistency_loss, pseudo_labels
 
 MIX_PARTNERS = ("same", "shuffle", "flip")
 STRONG_VIEWS = ("workers", "step")
@@ -41,9 +41,16 @@ class WeakToStrongModule(SemiSegModule):
         mix_partner: str = "same",
         mix_forward_eval: bool = True,
         strong_views: str = "workers",
+        unlabeled_loss: str = "ce",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if unlabeled_loss not in ("ce", "dice"):
+            raise ConfigError(
+                f"method.unlabeled_loss={unlabeled_loss!r}: use ce (thresholded cross-entropy) or "
+                "dice (soft Dice on the confident pixels, the public ACDC code)"
+            )
+        self.unlabeled_loss_name = unlabeled_loss
         if mix_partner not in MIX_PARTNERS:
             raise ConfigError(
                 f"method.mix_partner '{mix_partner}' is unknown: use one of {', '.join(MIX_PARTNERS)}"
@@ -91,6 +98,13 @@ class WeakToStrongModule(SemiSegModule):
         conf, labels = pseudo_labels(self.model(mix_weak))
         self.model.train()
         return conf, labels
+
+    def unlabeled_loss(self, logits: Tensor, labels: Tensor, conf: Tensor, ignore: Tensor):
+        """Thresholded CE over the non-padded pixels (`unlabeled_loss=ce`), or soft Dice on the
+        confident pixels (`dice`: the public medical code's, set by the ACDC dataset config)."""
+        if self.unlabeled_loss_name == "dice":
+            return confident_dice_loss(logits, labels, conf, ignore, self.tau)
+        return consistency_loss(logits, labels, conf, ignore, self.tau)
 
 
 class Targets(NamedTuple):

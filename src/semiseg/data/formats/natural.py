@@ -45,6 +45,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         dm.crop_size,
         length=dm._labeled_length(files),
         read_mask=reader,
+        pad_fill=dm.pad_fill,
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
@@ -55,6 +56,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
             dm.num_strong,
             dm.mix,
             read_mask=gt_reader,
+            pad_fill=dm.pad_fill,
         )
     dm.val_set = ValDataset(dm.root, files.val, read_mask=reader)
     dm.files = files
@@ -92,12 +94,14 @@ def setup_adaptation(dm, files: SplitFiles, folder: Path, num_classes: int | Non
         dm.crop_size,
         length=length,
         read_mask=source_reader,
+        pad_fill=dm.pad_fill,
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
         dm.unlabeled_set = UnlabeledDataset(
-            dm.root, pool, dm.crop_size, dm.num_strong, dm.mix, read_mask=gt_reader
-        )
+            dm.root, pool, dm.crop_size, dm.num_strong, dm.mix, read_mask=gt_reader,
+            pad_fill=dm.pad_fill,
+        )  # fmt: skip
     dm.val_set = ValDataset(dm.root, target.val, read_mask=reader)
     dm.source_files = source_files
     dm.files = SplitFiles(

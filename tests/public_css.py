@@ -1,0 +1,81 @@
+"""CSS's two losses (WangChangqi98/CSS generalframeworks/loss/loss.py, `Attention_Threshold_Loss`
+and `Contrast_Loss` with `negative_index_sampler`), written out again for the parity tests, on one
+process (the public all-gather of representations is the identity there). The contrastive loss
+draws its anchors and negatives from torch's and numpy's global generators, as the public one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def public_attention_threshold_loss(pred, pseudo_label, conf, threshold):
+    """Per image: weight = pixels with conf >= threshold / pixels with a label (>= 0); CE with
+    ignore -1, weighted per image, averaged over the pixels whose weighted CE is > 0."""
+    n = pred.shape[0]
+    valid = (pseudo_label >= 0).float()
+    weight = conf.view(n, -1).ge(threshold).sum(-1) / valid.view(n, -1).sum(-1)
+    loss = F.cross_entropy(pred, pseudo_label, reduction="none", ignore_index=-1)
+    return torch.mean(torch.masked_select(weight[:, None, None] * loss, loss > 0))
+
+
+def _negative_indices(counts_per_class, pixels_per_class):
+    """`negative_index_sampler`: per anchor and class, that many uniform picks in the class's
+    slice of the concatenated pixels."""
+    out = []
+    for row in counts_per_class:
+        for j, k in enumerate(row):
+            lo, hi = sum(pixels_per_class[:j]), sum(pixels_per_class[: j + 1])
+            out += np.random.randint(low=lo, high=hi, size=int(k)).tolist()
+    return out
+
+
+def public_contrast_loss(
+    rep, onehot, mask, prob, prototypes, queries, negatives, temp, thresh, alpha
+):
+    """`Contrast_Loss.forward`: updates `prototypes` in place (first sight: the class mean; then
+    an EMA with alpha) and returns the loss."""
+    n, d, h, w = rep.shape
+    valid_all = onehot * mask
+    rep = rep.permute(0, 2, 3, 1)
+    all_list, hard_list, counts, protos = [], [], [], []
+    for c in range(onehot.shape[1]):
+        valid = valid_all[:, c]
+        if valid.sum() == 0:
+            continue
+        hard = (prob[:, c] < thresh) * valid.bool()
+        with torch.no_grad():
+            mean = torch.mean(rep[valid.bool()], dim=0, keepdim=True)
+            if prototypes[c].sum() == torch.tensor(0.0):
+                prototypes[c] = mean
+                protos.append(mean)
+            else:
+                prototypes[c] = alpha * prototypes[c] + (1 - alpha) * mean
+                protos.append(prototypes[c].unsqueeze(0))
+        all_list.append(rep[valid.bool()])
+        hard_list.append(rep[hard])
+        counts.append(int(valid.sum().item()))
+    if len(counts) <= 1:
+        return torch.tensor(0.0) + 0 * rep.sum()
+    loss = torch.tensor(0.0)
+    proto = torch.cat(protos)
+    order = torch.arange(len(counts))
+    for i in range(len(counts)):
+        if len(hard_list[i]) == 0:
+            continue
+        anchors = hard_list[i][torch.randint(len(hard_list[i]), size=(queries,))]
+        with torch.no_grad():
+            ids = torch.cat((order[i:], order[:i]))
+            sim = torch.cosine_similarity(proto[ids[0]].unsqueeze(0), proto[ids[1:]], dim=1)
+            dist = torch.distributions.categorical.Categorical(probs=torch.softmax(sim / temp, 0))
+            drawn = dist.sample(sample_shape=[queries, negatives])
+            per_class = torch.stack([(drawn == c).sum(1) for c in range(len(sim))], dim=1)
+            index = _negative_indices(per_class, counts[i + 1 :] + counts[:i])
+            pool = torch.cat(all_list[i + 1 :] + all_list[:i])
+            negative = pool[index].reshape(queries, negatives, d)
+            positive = proto[i].unsqueeze(0).unsqueeze(0).repeat(queries, 1, 1)
+            candidates = torch.cat((positive, negative), dim=1)
+        logits = torch.cosine_similarity(anchors.unsqueeze(1), candidates, dim=2)
+        loss = loss + F.cross_entropy(logits / temp, torch.zeros(queries).long())
+    return loss / len(counts)
