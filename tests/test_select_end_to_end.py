@@ -104,6 +104,7 @@ def test_missing_checkpoint_is_one_line(toy_root, small_splits, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: ckpt_path {tmp_path / 'none.ckpt'} does not exist: give a .ckpt written by train.py"
+        " (or a released best.pth of the public code, with model=... dataset=...)"
     )
 
 

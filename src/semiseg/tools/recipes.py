@@ -92,6 +92,11 @@ OUTSIDE_TABLE = [
     "unimatch_pascal_slurm",
     "first_run",  # the toy demo of `make train`, not a paper recipe
     "dpt_toy",  # DINOv2 + DPT from scratch on the toy, for any method
+    # FST's domain adaptation: the mmseg configs of its UDA code (1 GPU, AdamW, iterations),
+    # checked in tests/test_fst_uda_recipes.py; the toy one is no paper's
+    "fst_gta_cityscapes",
+    "fst_synthia_cityscapes",
+    "fst_uda_toy",
 ]
 
 
