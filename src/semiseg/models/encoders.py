@@ -33,7 +33,11 @@ from semiseg.models import hub_weights, xception
 
 SMP_PREFIX = "smp:"
 # The public code's file names where they differ from the encoder's name.
-IMAGENET_FILES = {"xception65": "xception.pth", "xception": "xception.pth"}
+IMAGENET_FILES = {
+    "xception65": "xception.pth",
+    "xception": "xception.pth",
+    "resnet101_v1c": "resnet101_v1c-e67eebb6.pth",  # model=deeplabv2: open-mmlab's file
+}
 WEIGHTS_HELP = (
     "put the ImageNet file published with the UniMatch code there (docs/recipes.md: 'Pretrained "
     "backbones'), give another file with model.pretrained=PATH, or train from random weights "
@@ -60,6 +64,12 @@ def weights_help(encoder: str) -> str:
         )
     if encoder.startswith("dinov2_"):
         return f"Meta released no weights for {encoder}: train it with model.pretrained=scratch"
+    if encoder.startswith("mit_") or encoder == "resnet101_v1c":
+        return (
+            f"put the ImageNet file {imagenet_file(encoder)} of the DAFormer/FST code's "
+            "pretrained/ folder there (docs/recipes.md: 'Pretrained backbones'), give another "
+            "file with model.pretrained=PATH, or use model.pretrained=scratch"
+        )
     return WEIGHTS_HELP
 
 
