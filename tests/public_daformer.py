@@ -1,9 +1,10 @@
-"""Transcriptions of the public UDA networks, written with functional ops on state dicts of the
-public names: the Mix Transformer (usr922/FST mmseg/models/backbones/mix_transformer.py), the
-DAFormer head (lhoyer/DAFormer daformer_head.py with sep_aspp_head.py, segformer_head.py's MLP,
-decode_head.py's cls_seg; the sepaspp config), the DLV2 head (dlv2_head.py), and the tensor
-names of mmseg's ResNetV1c (mmseg/models/backbones/resnet.py). The reference that
-models/segformer.py and models/deeplabv2.py are tested against (tests/models/test_uda_networks.py).
+"""Transcriptions of the public UDA code. The networks, with functional ops on state dicts of
+the public names: the Mix Transformer (usr922/FST mmseg/models/backbones/mix_transformer.py),
+the DAFormer head (lhoyer/DAFormer daformer_head.py with sep_aspp_head.py, segformer_head.py's
+MLP, decode_head.py's cls_seg; the sepaspp config), the DLV2 head (dlv2_head.py), the tensor
+names of mmseg's ResNetV1c (mmseg/models/backbones/resnet.py); and RandomCrop's cat_max_ratio
+rule (mmseg/datasets/pipelines/transforms.py). The reference of tests/models/test_uda_networks.py
+and tests/data/test_uda_pipeline.py.
 """
 
 import torch
@@ -149,3 +150,28 @@ def public_resnet_v1c_names(blocks=(3, 4, 23, 3)) -> set[str]:
             if b == 0:
                 names |= {f"{p}.downsample.0.weight"} | bn(f"{p}.downsample.1")
     return names
+
+
+def public_random_crop(seg, crop_size, cat_max_ratio, randint, ignore_index=255):
+    """mmseg RandomCrop.__call__'s choice of the crop box (mmseg/datasets/pipelines/
+    transforms.py of usr922/FST) on a (H, W) label array; `randint(lo, hi_exclusive)` stands
+    for np.random.randint. Returns (y1, y2, x1, x2)."""
+    import numpy as np
+
+    def get_crop_bbox():
+        margin_h = max(seg.shape[0] - crop_size, 0)
+        margin_w = max(seg.shape[1] - crop_size, 0)
+        offset_h = randint(0, margin_h + 1)
+        offset_w = randint(0, margin_w + 1)
+        return offset_h, offset_h + crop_size, offset_w, offset_w + crop_size
+
+    crop_bbox = get_crop_bbox()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            y1, y2, x1, x2 = crop_bbox
+            labels, cnt = np.unique(seg[y1:y2, x1:x2], return_counts=True)
+            cnt = cnt[labels != ignore_index]
+            if len(cnt) > 1 and np.max(cnt) / np.sum(cnt) < cat_max_ratio:
+                break
+            crop_bbox = get_crop_bbox()
+    return crop_bbox

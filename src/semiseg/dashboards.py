@@ -65,6 +65,7 @@ class WandbPanels(Callback):
             pl_module.num_classes,
             cfg.get("window_border", "truncate"),
             cfg.get("window_batch", WINDOW_BATCH),
+            cfg.get("resize"),
         )[0].float()
 
     def _log_validation_images(self, logger, pl_module, datamodule, labels, step) -> None:

@@ -42,6 +42,35 @@ EPOCH_LENGTHS = ("reference", "unlabeled")
 __all__ = ["SemiSegDataModule", "ValidationData", "build_val_dataset", "load_class_names"]
 
 
+UDA_PIPELINE_KEYS = ("source_resize", "target_resize", "cat_max_ratio")
+
+
+def check_uda_pipeline(pipeline: Mapping | None, source: Mapping | None) -> dict | None:
+    """data.uda_pipeline: {source_resize: [W, H], target_resize: [W, H], cat_max_ratio: r}
+    (each may be null), only with a source dataset."""
+    if not pipeline:
+        return None
+    pipeline = dict(pipeline)
+    unknown = sorted(set(pipeline) - set(UDA_PIPELINE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"data.uda_pipeline: unknown key(s) {unknown}; use {', '.join(UDA_PIPELINE_KEYS)}"
+        )
+    if source is None:
+        raise ConfigError(
+            "data.uda_pipeline sets the domain-adaptation pipelines: set source=... too, or "
+            "data.uda_pipeline=null"
+        )
+    for key in ("source_resize", "target_resize"):
+        size = pipeline.get(key)
+        if size is not None and (len(size) != 2 or min(int(v) for v in size) < 1):
+            raise ConfigError(f"data.uda_pipeline.{key}={list(size)}: give [width, height] > 0")
+    ratio = pipeline.get("cat_max_ratio")
+    if ratio is not None and not 0 < float(ratio) <= 1:
+        raise ConfigError(f"data.uda_pipeline.cat_max_ratio={ratio}: use a share in (0, 1]")
+    return {key: pipeline.get(key) for key in UDA_PIPELINE_KEYS}
+
+
 def build_val_dataset(dataset, num_classes: int | None = None):
     """The validation set of a dataset config (eval.py): the same checks as training."""
     return FORMATS[dataset.get("format") or "images"].val_set(dataset, num_classes)
@@ -68,6 +97,7 @@ class SemiSegDataModule(L.LightningDataModule):
         source: Mapping | None = None,
         rare_class_sampling: Mapping | None = None,
         pad_fill: str = "zero",
+        uda_pipeline: Mapping | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -92,6 +122,8 @@ class SemiSegDataModule(L.LightningDataModule):
                 "data.rare_class_sampling samples the source domain's labeled images: set "
                 "source=... too, or data.rare_class_sampling=null"
             )
+        # DAFormer's fixed resizes and cat_max_ratio crop (natural.setup_adaptation), or None.
+        self.uda_pipeline = check_uda_pipeline(uda_pipeline, source)
         # The image fill of the crop padding (natural images): zero, or the mean colour that
         # iMAS and AugSeg ask for through their data requirements (method.pad_fill).
         if pad_fill not in PAD_FILLS:

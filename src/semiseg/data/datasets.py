@@ -11,6 +11,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -66,7 +67,12 @@ class LabeledList(Dataset):
 
 
 class LabeledDataset(Dataset):
-    """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}."""
+    """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}.
+
+    `resize` (W, H) replaces the random resize by mmseg's fixed one (aspect kept) and
+    `cat_max_ratio` the crop by mmseg's RandomCrop with that rule (transforms.py): the
+    domain-adaptation pipelines of DAFormer and FST.
+    """
 
     def __init__(
         self,
@@ -76,6 +82,8 @@ class LabeledDataset(Dataset):
         length: int | None = None,
         read_mask=None,
         pad_fill: str = "zero",
+        resize=None,
+        cat_max_ratio: float | None = None,
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
@@ -85,6 +93,8 @@ class LabeledDataset(Dataset):
         self.pad_fill = pad_fill
         self.read_mask = read_mask or tf.load_mask
         self.samples = repeated(samples, length)
+        self.resize = tuple(resize) if resize else None
+        self.cat_max_ratio = cat_max_ratio
 
     def __len__(self):
         return len(self.samples)
@@ -92,8 +102,17 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
-        img, (mask,) = tf.resize_long_side(img, [mask])
-        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE], self.pad_fill)
+        if self.resize:
+            img, (mask,) = tf.fixed_resize(img, [mask], self.resize)
+        else:
+            img, (mask,) = tf.resize_long_side(img, [mask])
+        if self.cat_max_ratio is not None:
+            box = tf.cat_max_ratio_box(np.asarray(mask), self.crop_size, self.cat_max_ratio)
+            img, (mask,) = tf.crop_then_pad(
+                img, [mask], box, self.crop_size, [tf.IGNORE], self.pad_fill
+            )
+        else:
+            img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE], self.pad_fill)
         img, (mask,) = tf.hflip(img, [mask])
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 
@@ -157,11 +176,21 @@ class UnlabeledDataset(UnlabeledViews):
     grayscale and blur for each strong view."""
 
     def __init__(
-        self, root, samples, crop_size, num_strong=2, mix="same", read_mask=None, pad_fill="zero"
+        self,
+        root,
+        samples,
+        crop_size,
+        num_strong=2,
+        mix="same",
+        read_mask=None,
+        pad_fill="zero",
+        resize=None,
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
         self.read_mask = read_mask or tf.load_mask
         self.pad_fill = pad_fill
+        # (W, H): mmseg's fixed resize (aspect kept) instead of the random one (UDA targets)
+        self.resize = tuple(resize) if resize else None
 
     def load(self, index, with_gt=True):
         sample = self.samples[index]
@@ -176,7 +205,10 @@ class UnlabeledDataset(UnlabeledViews):
         """One joint geometric augmentation, then the weak and strong photometric views."""
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
-        img, masks = tf.resize_long_side(img, masks)
+        if self.resize:
+            img, masks = tf.fixed_resize(img, masks, self.resize)
+        else:
+            img, masks = tf.resize_long_side(img, masks)
         fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
         img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills, self.pad_fill)
         img, masks = tf.hflip(img, masks)

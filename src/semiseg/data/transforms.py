@@ -162,3 +162,76 @@ def normalize(img) -> torch.Tensor:
 
 def mask_to_tensor(mask) -> torch.Tensor:
     return torch.from_numpy(np.array(mask, dtype=np.int64))
+
+
+# ---------------------------------------------------------------- DAFormer's UDA pipelines
+# mmseg's Resize(img_scale=(W, H)) with keep_ratio and RandomCrop(cat_max_ratio), as the public
+# GTA5/SYNTHIA -> Cityscapes configs of DAFormer and FST run them
+# (configs/_base_/datasets/uda_*_to_cityscapes_512x512.py).
+
+CAT_MAX_TRIES = 10  # mmseg's RandomCrop: "Repeat 10 times"
+
+
+def rescaled_size(w: int, h: int, scale) -> tuple[int, int]:
+    """mmcv's rescale_size: the (width, height) that fits `scale` (W, H), aspect kept: factor
+    min(long edge of scale / long side, short edge of scale / short side), sides rounded."""
+    factor = min(max(scale) / max(w, h), min(scale) / min(w, h))
+    return int(w * factor + 0.5), int(h * factor + 0.5)
+
+
+def fixed_resize(img, masks: list, scale):
+    """mmcv.imrescale of the image (bilinear, cv2's half-pixel rule without antialiasing, rounded
+    to 8 bits) and of the masks (nearest, cv2's floor(x * scale) rule) to `rescaled_size`."""
+    ow, oh = rescaled_size(*img.size, scale)
+    if (ow, oh) == img.size:
+        return img, masks
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False)
+    x = x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    out = []
+    for m in masks:
+        t = torch.from_numpy(np.array(m, dtype=np.uint8))[None, None].float()
+        t = torch.nn.functional.interpolate(t, size=(oh, ow), mode="nearest")
+        out.append(Image.fromarray(t[0, 0].to(torch.uint8).numpy()))
+    return Image.fromarray(x), out
+
+
+def crop_box(h: int, w: int, crop_size: int, draw=random.randint) -> tuple[int, int, int, int]:
+    """mmseg's RandomCrop.get_crop_bbox: offsets uniform in [0, side - crop] (0 when the side is
+    shorter); (y1, y2, x1, x2), the ends possibly past a short side (cut by the slicing)."""
+    top = draw(0, max(h - crop_size, 0))
+    left = draw(0, max(w - crop_size, 0))
+    return top, top + crop_size, left, left + crop_size
+
+
+def cat_max_ratio_box(mask: np.ndarray, crop_size: int, ratio: float, draw=random.randint):
+    """mmseg's RandomCrop with cat_max_ratio: a crop is kept when it holds at least two classes
+    (ignore left out) and its largest class is under `ratio` of the labelled pixels (a crop at
+    exactly `ratio`, or all ignore, is redrawn); after 10 redraws the 11th crop is kept
+    unchecked, as the public loop does."""
+    h, w = mask.shape
+    box = crop_box(h, w, crop_size, draw)
+    if ratio >= 1.0:
+        return box
+    for _ in range(CAT_MAX_TRIES):
+        y1, y2, x1, x2 = box
+        labels, counts = np.unique(mask[y1:y2, x1:x2], return_counts=True)
+        counts = counts[labels != IGNORE]
+        if len(counts) > 1 and counts.max() / counts.sum() < ratio:
+            break
+        box = crop_box(h, w, crop_size, draw)
+    return box
+
+
+def crop_then_pad(img, masks: list, box, crop_size: int, mask_fills: list[int], fill="zero"):
+    """The crop `box` (cut at the image's border), then padded right/bottom to the crop size
+    (mmseg's Pad after RandomCrop)."""
+    y1, y2, x1, x2 = box
+    w, h = img.size
+    pil_box = (x1, y1, min(x2, w), min(y2, h))
+    img, masks = img.crop(pil_box), [m.crop(pil_box) for m in masks]
+    if img.size != (crop_size, crop_size):
+        colour = PAD_FILLS[fill]
+        img = _pad(img, crop_size, crop_size, colour if img.mode == "RGB" else colour[0])
+        masks = [_pad(m, crop_size, crop_size, f) for m, f in zip(masks, mask_fills, strict=True)]
+    return img, masks

@@ -1,8 +1,9 @@
-"""Predicting one validation image: whole image, centre crop or sliding window."""
+"""Predicting one validation image: whole image, centre crop, sliding window, or resized."""
 
 import torch
+import torch.nn.functional as F
 
-MODES = ("original", "center_crop", "sliding_window")
+MODES = ("original", "center_crop", "sliding_window", "resize")
 # Windows per forward: a 1024x2048 Cityscapes image has 8 windows of 801 (2 rows of 4).
 WINDOW_BATCH = 8
 
@@ -75,6 +76,24 @@ def sliding_window(
     return total
 
 
+def resized(model, image: torch.Tensor, scale) -> torch.Tensor:
+    """Softmax (N, C, H, W) of the model on `image` resized to fit `scale` (W, H), aspect kept,
+    its logits resized back to H x W: mmseg's test pipeline of the UDA configs
+    (Resize(img_scale=(1024, 512), keep_ratio=True), `whole` inference, `rescale=True`: the
+    logits bilinearly to the original size, compared with the full-size labels). Resizing the
+    normalised image is resizing the 8-bit one up to its rounding (the map is per-channel affine)."""
+    from semiseg.data.transforms import rescaled_size
+
+    h, w = image.shape[-2:]
+    ow, oh = rescaled_size(w, h, scale)
+    if (oh, ow) != (h, w):
+        image = F.interpolate(image, size=(oh, ow), mode="bilinear", align_corners=False)
+    logits = model(image).float()
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits.softmax(dim=1)
+
+
 @torch.no_grad()
 def predict(
     model,
@@ -84,12 +103,14 @@ def predict(
     num_classes: int,
     border: str = "align",
     window_batch: int = WINDOW_BATCH,
+    resize=None,
 ) -> torch.Tensor:
     """Class probabilities (N, C, H', W') for image (N, 3, H, W); the model is in eval mode.
 
     For sliding_window they are softmax sums over the windows: only their argmax is meant.
     For center_crop, H' x W' is the crop: crop the mask with `center_crop` too. `border` and
     `window_batch` (windows per forward) only matter for sliding_window (see `window_starts`).
+    For resize, `resize` is the (W, H) the image is fitted into (see `resized`).
     """
     if mode == "original":
         return model(image).float().softmax(dim=1)
@@ -97,4 +118,8 @@ def predict(
         return model(center_crop(image, None, crop_size)[0]).float().softmax(dim=1)
     if mode == "sliding_window":
         return sliding_window(model, image, crop_size, num_classes, border, window_batch)
+    if mode == "resize":
+        if not resize or len(resize) != 2:
+            raise ValueError(f"eval.mode=resize needs eval.resize=[width, height], not {resize}")
+        return resized(model, image, tuple(int(v) for v in resize))
     raise ValueError(f"unknown eval mode {mode!r}: choose one of {', '.join(MODES)}")

@@ -2,7 +2,8 @@
 
 Each validation image is predicted whole (`eval.mode=original`), on its centre crop
 (`center_crop`, the mask cropped alike) or by sliding windows (`sliding_window`), as the
-public UniMatch code evaluates Pascal, COCO/ADE20K and Cityscapes.
+public UniMatch code evaluates Pascal, COCO/ADE20K and Cityscapes; or resized to fit
+`eval.resize` and its logits resized back (`resize`, the DAFormer/FST UDA evaluation).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SegmentationTask(Task):
             self.num_classes,
             self.cfg.get("window_border", "truncate"),
             self.cfg.get("window_batch", WINDOW_BATCH),
+            self.cfg.get("resize"),
         )
         if self.trust is not None:
             self._probs = probs

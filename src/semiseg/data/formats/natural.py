@@ -88,6 +88,8 @@ def setup_adaptation(dm, files: SplitFiles, folder: Path, num_classes: int | Non
     length = len(source_files.labeled)
     if dm.unlabeled or dm.epoch_length == "unlabeled":
         length = max(length, len(pool))
+    # DAFormer's pipelines (data.uda_pipeline): fixed resizes, the cat_max_ratio source crop.
+    pipeline = dm.uda_pipeline or {}
     dm.labeled_set = LabeledDataset(
         source.root,
         source_files.labeled,
@@ -95,12 +97,14 @@ def setup_adaptation(dm, files: SplitFiles, folder: Path, num_classes: int | Non
         length=length,
         read_mask=source_reader,
         pad_fill=dm.pad_fill,
+        resize=pipeline.get("source_resize"),
+        cat_max_ratio=pipeline.get("cat_max_ratio"),
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
         dm.unlabeled_set = UnlabeledDataset(
             dm.root, pool, dm.crop_size, dm.num_strong, dm.mix, read_mask=gt_reader,
-            pad_fill=dm.pad_fill,
+            pad_fill=dm.pad_fill, resize=pipeline.get("target_resize"),
         )  # fmt: skip
     dm.val_set = ValDataset(dm.root, target.val, read_mask=reader)
     dm.source_files = source_files
@@ -166,5 +170,3 @@ def check_source_overlap(
 
 def _absolute(root: Path | None, sample: Sample) -> str:
     return os.path.normpath(os.path.abspath(Path(root) / sample.image))
-
-
