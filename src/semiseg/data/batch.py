@@ -108,7 +108,6 @@ def _select(value, take):
         return take(value)
     if dataclasses.is_dataclass(value):
         return dataclasses.replace(
-            value,
-            **{f.name: _select(getattr(value, f.name), take) for f in dataclasses.fields(value)},
+            value, **{f.name: _select(getattr(value, f.name), take) for f in dataclasses.fields(value)}
         )
     return value
