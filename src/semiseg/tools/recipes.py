@@ -96,6 +96,7 @@ OUTSIDE_TABLE = [
     # checked in tests/test_fst_uda_recipes.py; the toy one is no paper's
     "fst_gta_cityscapes",
     "fst_synthia_cityscapes",
+    "fst_gta_cityscapes_deeplabv2",
     "fst_uda_toy",
 ]
 
