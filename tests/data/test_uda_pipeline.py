@@ -58,8 +58,9 @@ def test_a_crop_at_exactly_the_ratio_is_redrawn():
 
 
 def test_an_all_ignore_or_one_class_crop_is_redrawn():
-    mask = np.full((4, 12), 255, np.uint8)
-    mask[:, 4:8] = 1  # one class only
+    """Ignore is left out of the shares: half ignore, half one class is one class: redrawn."""
+    mask = np.full((4, 12), 255, np.uint8)  # a crop at x=0: all ignore
+    mask[:, 6:8] = 1  # a crop at x=4: ignore and class 1 only
     mask[:, 8:10], mask[:, 10:] = 1, 2  # a crop at x=8: half 1, half 2: kept
     ours, theirs = both(mask, 4, 0.75, [0, 0, 0, 4, 0, 8])
     assert ours == theirs == (0, 4, 8, 12)
