@@ -126,6 +126,8 @@ def test_bad_mask_value_stops_train_py_before_training(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a train.py process; the message is held in process by test_split_names.py
+# and train.py's one-line split error by test_end_to_end.py's unknown split
 def test_hydra_underscore_split_is_explained_by_train_py(tmp_path):
     root = layouts.pascal(tmp_path / "VOC2012")
     proc = run_script(
