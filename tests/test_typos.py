@@ -102,6 +102,9 @@ def _keys_of(config: str, group: str, *overrides: str) -> list[str]:
          "error: trainer.max_stepz is not a key of trainer; close keys: trainer.max_steps"),
         ("train", ["-m", "seed=range(0,3)", "seeed=1"],
          "error: seeed is not a top-level key; close keys: seed"),
+        # an interval (Optuna's) has no values to list: its key is still checked
+        ("train", ["-m", "optim.lrr=interval(0.01,0.1)"],
+         "error: optim.lrr is not a key of optim; close keys: optim.lr"),
         # method.tau is a key of fixmatch, not of supervised: only a job of one choice fails
         ("train", ["-m", "method=fixmatch,supervised", "method.tau=0.5,0.7"],
          "error: method.tau is not a key of method; its keys: method._target_, "
@@ -126,6 +129,7 @@ def test_with_no_close_key_every_key_of_the_group_is_listed():
         ["method=unimatc"],
         ["-m", "method=unimatch,fixmtch"],
         ["-m", "trainer.max_steps=3,4", "seed=0,1"],
+        ["-m", "optim.lr=interval(0.01,0.1)", "seed=0,1"],
     ],
 )
 def test_no_line_when_no_key_is_unknown(argv):

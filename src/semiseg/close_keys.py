@@ -67,18 +67,21 @@ def close_keys_line(config_dir: Path, config_name: str, argv: list[str]) -> str 
 
 def _sweep_jobs(overrides: list[str]) -> Iterator[list[str]]:
     """The overrides of each job of a sweep (`a=1,2 b=x`: `[a=1, b=x]`, `[a=2, b=x]`); one job
-    when nothing sweeps. A sweep that cannot be listed (Optuna's `interval(...)`) stays as it
-    is: that job then fails to compose on its value and gives no line."""
+    when nothing sweeps. A sweep that cannot be listed (Optuna's `interval(...)`) is composed
+    with the value null: only its key is checked."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     choices = []
     for override in OverridesParser.create().parse_overrides(overrides):
-        try:
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else []
-        except Exception:  # noqa: BLE001 (not a list of values: kept whole)
-            values = []
         key = override.get_key_element()
-        choices.append([f"{key}={v}" for v in values] or [override.input_line])
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 (an interval: no values to list)
+            values = ["null"]
+        choices.append([f"{key}={v}" for v in values])
     for job in itertools.product(*choices):
         yield list(job)
 
