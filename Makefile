@@ -28,7 +28,7 @@ FIRST_RUN := experiment=first_run
 train: setup  ## the first run (UniMatch, toy, minutes); ARGS="method=... split=..." trains that instead
 	$(PY) train.py $(if $(ARGS),$(ARGS),$(FIRST_RUN))
 
-test: setup  ## the fast tests on the CPU (about 8 min on 2 cores); SLOW=1 adds the slow end-to-end and fault tests (what CI runs)
+test: setup  ## the fast tests on the CPU; SLOW=1 adds the slow end-to-end and fault tests (what CI runs)
 	$(PY) -m pytest tests $(if $(filter 1,$(SLOW)),,-m "not slow") $(ARGS)
 
 lint: setup  ## ruff check and format check

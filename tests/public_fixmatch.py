@@ -4,7 +4,7 @@ Same conventions as public_unimatch: one strong view (strong1) and its box (box1
 strong view and box the loader also yields are unused there."""
 
 import torch
-from public_unimatch import box_pixels, masked_unsup_loss
+from public_unimatch import box_pixels, boxed_targets, mask_ratio, masked_unsup_loss
 from torch import nn
 
 
@@ -33,10 +33,7 @@ def public_fixmatch_iteration(model, optimizer, batch, conf_thresh: float) -> di
     conf_w = pred_w.softmax(dim=1).max(dim=1)[0]
     labels_w = pred_w.argmax(dim=1)
     ignore = u["ignore"]
-    labels, conf, ign = labels_w.clone(), conf_w.clone(), ignore.clone()
-    labels[box == 1] = labels_mix[box == 1]
-    conf[box == 1] = conf_mix[box == 1]
-    ign[box == 1] = u["mix_ignore"][box == 1]
+    labels, conf, ign = boxed_targets(box, labels_w, conf_w, ignore, u, labels_mix, conf_mix)
 
     loss_x = criterion_l(pred_x, mask_x)
     loss_s = masked_unsup_loss(criterion_u, pred_s, labels, conf, ign, conf_thresh)
@@ -46,13 +43,10 @@ def public_fixmatch_iteration(model, optimizer, batch, conf_thresh: float) -> di
     loss.backward()
     optimizer.step()
 
-    mask_ratio = ((conf_w >= conf_thresh) & (ignore != 255)).sum().item() / (
-        (ignore != 255).sum().item()
-    )
     return {
         "loss": loss.detach(),
         "loss_x": loss_x.detach(),
         "loss_s": loss_s.detach(),
-        "mask_ratio": mask_ratio,
+        "mask_ratio": mask_ratio(conf_w, ignore, conf_thresh),
         "conf_w": conf_w,
     }

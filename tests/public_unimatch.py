@@ -45,6 +45,21 @@ def masked_unsup_loss(criterion_u, logits, labels, conf, ignore, thresh):
     return torch.sum(criterion_u(logits, labels) * kept) / torch.sum(ignore != 255).item()
 
 
+def boxed_targets(box, labels_w, conf_w, ignore, u, labels_mix, conf_mix):
+    """The pseudo-labels of one strong view: the weak view's outside the CutMix box, the
+    partner's (its labels, confidences and padding) inside it."""
+    labels, conf, ign = labels_w.clone(), conf_w.clone(), ignore.clone()
+    labels[box == 1] = labels_mix[box == 1]
+    conf[box == 1] = conf_mix[box == 1]
+    ign[box == 1] = u["mix_ignore"][box == 1]
+    return labels, conf, ign
+
+
+def mask_ratio(conf_w, ignore, thresh) -> float:
+    """The logged share of non-padded weak-view pixels at or above the threshold."""
+    return ((conf_w >= thresh) & (ignore != 255)).sum().item() / (ignore != 255).sum().item()
+
+
 def public_unimatch_iteration(model, optimizer, batch, conf_thresh: float) -> dict:
     """One pass of the loop body, up to and including optimizer.step(). The inputs are cloned
     (the script pastes into its strong views in place). Returns the loss terms as tensors."""
@@ -77,13 +92,10 @@ def public_unimatch_iteration(model, optimizer, batch, conf_thresh: float) -> di
     labels_w = pred_w.argmax(dim=1)
     ignore = u["ignore"]
 
-    targets = []
-    for box in (u["box1"], u["box2"]):
-        labels, conf, ign = labels_w.clone(), conf_w.clone(), ignore.clone()
-        labels[box == 1] = labels_mix[box == 1]
-        conf[box == 1] = conf_mix[box == 1]
-        ign[box == 1] = u["mix_ignore"][box == 1]
-        targets.append((labels, conf, ign))
+    targets = [
+        boxed_targets(box, labels_w, conf_w, ignore, u, labels_mix, conf_mix)
+        for box in (u["box1"], u["box2"])
+    ]
 
     loss_x = criterion_l(pred_x, mask_x)
     loss_s1 = masked_unsup_loss(criterion_u, pred_s1, *targets[0], conf_thresh)
@@ -95,15 +107,12 @@ def public_unimatch_iteration(model, optimizer, batch, conf_thresh: float) -> di
     loss.backward()
     optimizer.step()
 
-    mask_ratio = ((conf_w >= conf_thresh) & (ignore != 255)).sum().item() / (
-        (ignore != 255).sum().item()
-    )
     return {
         "loss": loss.detach(),
         "loss_x": loss_x.detach(),
         "loss_s1": loss_s1.detach(),
         "loss_s2": loss_s2.detach(),
         "loss_fp": loss_fp.detach(),
-        "mask_ratio": mask_ratio,
+        "mask_ratio": mask_ratio(conf_w, ignore, conf_thresh),
         "conf_w": conf_w,
     }

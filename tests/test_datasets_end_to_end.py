@@ -53,7 +53,16 @@ def prepare(module: str, root):
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# The pascal, cityscapes and coco cases are slow (a train.py process each, 15-40 s on 2 busy
+# cores): their loading is covered in process by tests/data/ and every layout trains every method
+# in test_methods_on_layouts.py (slow); ade20k and custom stay fast (a prepare, train.py and
+# eval.py each: the label map, a generated split and eval.py's own loading path).
+SLOW_CASES = {"pascal", "cityscapes", "coco"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in CASES]
+)
 def test_layout_prepares_trains_and_evaluates(tmp_path, name):
     build, folder, split, module, method, mode, classes = CASES[name]
     if name == "coco":
@@ -117,6 +126,8 @@ def test_bad_mask_value_stops_train_py_before_training(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a train.py process; the message is held in process by test_split_names.py
+# and train.py's one-line split error by test_end_to_end.py's unknown split
 def test_hydra_underscore_split_is_explained_by_train_py(tmp_path):
     root = layouts.pascal(tmp_path / "VOC2012")
     proc = run_script(
@@ -133,6 +144,8 @@ def test_hydra_underscore_split_is_explained_by_train_py(tmp_path):
     assert "write split=1/16" in message
 
 
+@pytest.mark.slow  # train.py and eval.py with sliding windows; the subsets are computed in
+# process by tests/data/test_domain_adaptation.py
 def test_synthia_to_cityscapes_reports_the_16_and_13_class_means(tmp_path):
     """SYNTHIA as downloaded (16-bit labels, no conversion) as the labeled source, the Cityscapes
     layout as target: results.json and eval.py give mIoU16 and mIoU13 beside the 19-class mIoU."""
