@@ -43,6 +43,9 @@ class SemiSegModule(L.LightningModule):
     # What the run checks before training (run/build.py): a representation head on the
     # decoder's features needs a model that gives them.
     needs_decoder_features: bool = False
+    # Whether the step trains a model's auxiliary head (model.aux_head; iMAS on Cityscapes): a
+    # head no loss reaches would only hold unused parameters (DDP refuses them).
+    trains_aux_head: bool = False
 
     # Several optimizer steps per batch: the method's `iteration(batch, optimizer, step)` takes
     # them all (semiseg.tools.bench times it whole); otherwise one step of `training_losses`.

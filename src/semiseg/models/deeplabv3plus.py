@@ -55,7 +55,12 @@ class DeepLabV3Plus(nn.Module):
     - "features": the decoder's concatenation (48 low-level + 256 ASPP channels, stride 4);
     - "representation": the representation head on those features, stride 4 (only when built
       with `representation_dim`: CSS's head, 304 -> 3x3 conv 256, BN, ReLU -> 1x1 conv dim, as
-      `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier).
+      `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier);
+    - "aux": the auxiliary head's logits at the input size (only when built with `aux_head`:
+      U2PL's `Aux_Module`, as iMAS trains Cityscapes: the third ResNet stage -> 3x3 conv 256
+      without bias, BN, ReLU -> 1x1 conv to the classes; trained on labeled images only).
+
+    `multi_grid`: U2PL's multi-grid dilations of the last ResNet stage (encoders.apply_multi_grid).
     """
 
     # What build checks before training: the inputs it takes (rgb | channels | pair) and
@@ -74,9 +79,13 @@ class DeepLabV3Plus(nn.Module):
         dilations=(6, 12, 18),
         fp_dropout: float = 0.5,
         representation_dim: int | None = None,
+        aux_head: bool = False,
+        multi_grid: bool = False,
     ):
         super().__init__()
-        self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
+        self.backbone = build_encoder(
+            encoder, output_stride, deep_stem, multi_grid=multi_grid, stage3=aux_head
+        )
         # imagenet | scratch | a path (see encoders.resolve_init); None is scratch
         load_init(self.backbone, encoder, pretrained, pretrained_dir, deep_stem)
         low_ch, high_ch = self.backbone.channels
@@ -91,6 +100,14 @@ class DeepLabV3Plus(nn.Module):
             if representation_dim
             else None
         )
+        self.aux = (
+            nn.Sequential(
+                conv_bn_relu(self.backbone.stage3_channels, 256, 3),
+                nn.Conv2d(256, num_classes, 1),
+            )
+            if aux_head
+            else None
+        )
 
     def features(self, low, high):
         """The decoder's concatenation of reduced low-level and upsampled ASPP features."""
@@ -102,11 +119,25 @@ class DeepLabV3Plus(nn.Module):
 
     def encode(self, x):
         """(stride-4 feature, last feature) of the input; the siamese change model overrides it."""
-        return self.backbone(x)
+        features = self.backbone(x)
+        return features[0], features[-1]
 
     def forward(
         self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None
     ):
+        if outputs is not None and "aux" in outputs:
+            if self.aux is None or feature_perturbation:
+                raise ValueError(
+                    "outputs=('aux', ...) needs a model built with aux_head=True and no "
+                    "feature_perturbation"
+                )
+            low, stage3, high = self.backbone(x)
+            rest = tuple(name for name in outputs if name != "aux")
+            result = {}
+            if rest:
+                result = self.named_outputs(self.features(low, high), x.shape[-2:], rest)
+            result["aux"] = upsample(self.aux(stage3), x.shape[-2:])
+            return result
         low, high = self.encode(x)
         if outputs is not None:
             if feature_perturbation:
