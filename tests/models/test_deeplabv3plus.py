@@ -171,3 +171,14 @@ def test_aux_head_and_multi_grid_refuse_other_encoders():
         DeepLabV3Plus(3, "smp:resnet18", aux_head=True)
     with pytest.raises(ValueError, match="aux_head=True"):
         DeepLabV3Plus(3, "resnet18")(torch.randn(1, 3, 32, 32), outputs=("aux",))
+
+
+def test_one_decoder_conv_is_the_css_classifier():
+    """model.decoder_convs=1: the public CSS classifier, 304 -> 3x3 conv 256, BN, ReLU -> 1x1."""
+    model = DeepLabV3Plus(3, "resnet18", decoder_convs=1)
+    convs = [m for m in model.fuse.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(304, 256, (3, 3))]
+    assert len(DeepLabV3Plus(3, "resnet18").fuse) == 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    with pytest.raises(ConfigError, match="model.decoder_convs=3"):
+        DeepLabV3Plus(3, "resnet18", decoder_convs=3)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semiseg.errors import ConfigError
 from semiseg.models.encoders import build_encoder, load_init
 
 
@@ -60,6 +61,8 @@ class DeepLabV3Plus(nn.Module):
       U2PL's `Aux_Module`, as iMAS trains Cityscapes: the third ResNet stage -> 3x3 conv 256
       without bias, BN, ReLU -> 1x1 conv to the classes; trained on labeled images only).
 
+    `decoder_convs`: the 3x3 convs between the concatenation and the classifier: 2 as UniMatch
+    and U2PL, 1 as the public CSS code's `DeepLabv3Plus_with_rep.classifier`.
     `multi_grid`: U2PL's multi-grid dilations of the last ResNet stage (encoders.apply_multi_grid).
     """
 
@@ -81,8 +84,14 @@ class DeepLabV3Plus(nn.Module):
         representation_dim: int | None = None,
         aux_head: bool = False,
         multi_grid: bool = False,
+        decoder_convs: int = 2,
     ):
         super().__init__()
+        if decoder_convs not in (1, 2):
+            raise ConfigError(
+                f"model.decoder_convs={decoder_convs}: use 2 (UniMatch's, U2PL's decoder) or 1 "
+                "(the public CSS code's classifier)"
+            )
         self.backbone = build_encoder(
             encoder, output_stride, deep_stem, multi_grid=multi_grid, stage3=aux_head
         )
@@ -92,7 +101,9 @@ class DeepLabV3Plus(nn.Module):
         self.fp_dropout = fp_dropout
         self.head = ASPP(high_ch, dilations)
         self.reduce = conv_bn_relu(low_ch, 48, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3))
+        # 3x3 convs before the classifier: two (UniMatch, U2PL) or one (CSS); the same key names
+        fuse = [conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3)]
+        self.fuse = nn.Sequential(*fuse[:decoder_convs])
         self.classifier = nn.Conv2d(256, num_classes, 1)
         # Built only when a method asks for it (CSS), so other checkpoints keep their keys.
         self.representation = (
