@@ -48,3 +48,17 @@ def test_imas_adds_the_weighted_aux_loss_of_the_labeled_images(toy_root):
 def test_an_aux_head_no_method_trains_is_refused(toy_root):
     with pytest.raises(ConfigError, match="model.aux_head=true: method=unimatch has no loss"):
         build_data_and_method(_compose(toy_root, "method=unimatch", "model.aux_head=true"))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "aux_head"),
+    [("imas_cityscapes", True), ("augseg_pascal", False), ("augseg_cityscapes", False)],
+)
+def test_the_u2pl_code_base_recipes_build_its_resnet(experiment, aux_head):
+    """iMAS's Cityscapes configs: multi-grid and the aux head (0.4); AugSeg's exps configs:
+    multi-grid, no aux head."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    assert cfg.model.multi_grid is True and cfg.model.aux_head is aux_head
+    if aux_head:
+        assert cfg.method.aux_weight == 0.4
