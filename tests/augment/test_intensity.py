@@ -82,18 +82,60 @@ def test_sharpness_by_hand():
     assert torch.equal(I.sharpness(img, each(1.0)), img)
 
 
+def test_blur_box_radius_and_weights_by_hand():
+    # sigma 3, 3 passes: sigma^2 / 3 = 3, box length sqrt(12 * 3 + 1) = 6.08: integer radius 2,
+    # fraction 5 (2 * 3 - 9) / (6 (3 - 9)) = 15 / 36 (Gwosdek et al.'s extended box)
+    assert I.pil_box_radius(torch.tensor([3.0])).item() == pytest.approx(2 + 15 / 36, abs=1e-6)
+    assert I.pil_box_radius(torch.tensor([0.0])).item() == 0.0
+    # one box of radius 1 (sigma^2 = 3 * 2/3 = 2): 3 taps of 2^24 / 3, the far taps none
+    whole, inner, far = I._box_weights(I.pil_box_radius(torch.tensor([math.sqrt(2.0)])))
+    assert (whole.item(), inner.item(), far.item()) == (1, 5592405, 0)
+
+
 def test_blur_by_hand():
-    img = torch.zeros(1, 3, 7, 7, dtype=torch.uint8)
-    img[..., 3, 3] = 255
-    sigma = 0.5  # radius ceil(1.5) = 2: taps -2..2 with weights exp(-2 t^2)
-    w = [math.exp(-2 * t * t) for t in range(-2, 3)]
-    k0, k1 = w[2] / sum(w), w[3] / sum(w)
-    out = I.blur(img, each(sigma))[0, 0]
-    assert out[3, 3].item() == round(255 * k0 * k0)  # 158
-    assert out[3, 4].item() == round(255 * k0 * k1)  # 21
-    assert out[2, 2].item() == round(255 * k1 * k1)  # 3
-    flat = torch.full((1, 3, 9, 9), 77, dtype=torch.uint8)
+    # a 1-row image, sigma sqrt(2): three 3-tap boxes along the row (edges repeated), each pass
+    # rounded to 8 bits; the single row's column passes repeat the same pixel: no change
+    row = (
+        torch.tensor([0, 0, 0, 255, 0, 0, 0], dtype=torch.uint8).view(1, 1, 1, 7).repeat(1, 3, 1, 1)
+    )
+    out = I.blur(row, torch.tensor([math.sqrt(2.0)]))[0, 0, 0].tolist()
+    # pass 1: 85 at 2..4 (255/3); pass 2: 28, 57, 85, 57, 28 (85/3 = 28.3, 170/3 = 56.7);
+    # pass 3: (0+0+28)/3 = 9, (0+28+57)/3 = 28, (28+57+85)/3 = 57, (57+85+57)/3 = 66
+    assert out == [9, 28, 57, 66, 57, 28, 9]
+    flat = torch.full((1, 3, 9, 9), 255, dtype=torch.uint8)  # 8-bit saturation: stays 255
     assert torch.equal(I.blur(flat, each(2.0)), flat)
+    assert torch.equal(I.blur(IMG, each(0.0)), IMG)  # radius 0: PIL returns a copy
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1e-30, 0.1, 0.7, 1.3, 2.0, 5.5])
+def test_blur_matches_pils_gaussian_blur(sigma):
+    """The public ops' `img.filter(ImageFilter.GaussianBlur(radius=sigma))`, exactly, on images
+    smaller than the box too (1 x 1 up to 13 x 17) and on black-and-white ones (saturation)."""
+    from PIL import ImageFilter
+
+    gen = torch.Generator().manual_seed(int(sigma * 10))
+    for h, w in ((1, 1), (2, 5), (13, 17), (6, 3)):
+        images = torch.randint(0, 256, (2, 3, h, w), generator=gen, dtype=torch.uint8)
+        images[1] = (images[1] > 127).to(torch.uint8) * 255
+        ours = I.blur(images, each(sigma, 2))
+        for i in range(2):
+            img = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+            pil = img.filter(ImageFilter.GaussianBlur(radius=sigma))
+            assert torch.equal(ours[i], torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)), (h, w)
+
+
+def test_blur_gives_each_image_its_own_sigma():
+    from PIL import ImageFilter
+
+    images = torch.randint(
+        0, 256, (3, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
+    sigmas = torch.tensor([0.0, 0.4, 1.9])
+    ours = I.blur(images, sigmas)
+    for i, sigma in enumerate(sigmas.tolist()):
+        img = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+        pil = np.asarray(img.filter(ImageFilter.GaussianBlur(radius=sigma)))
+        assert torch.equal(ours[i], torch.from_numpy(pil).permute(2, 0, 1)), sigma
 
 
 def test_hue_by_hand():
@@ -143,7 +185,6 @@ def test_level_ops_match_pil(name, pil_op):
         ("sharpness", TF.adjust_sharpness),
         ("posterize", lambda img, p: TF.posterize(img, int(p))),
         ("solarize", TF.solarize),
-        ("blur", lambda img, s: TF.gaussian_blur(img, [2 * math.ceil(3 * 1.7) + 1] * 2, [s, s])),
     ],
 )
 def test_per_image_parameters_match_torchvision_scalar_ops(name, scalar_op):
@@ -152,7 +193,6 @@ def test_per_image_parameters_match_torchvision_scalar_ops(name, scalar_op):
         "posterize": torch.tensor([4.0, 5, 6, 7]),
         "solarize": torch.tensor([1.0, 77, 128, 255]),
         "hue": torch.tensor([-0.5, -0.1, 0.2, 0.45]),
-        "blur": torch.tensor([0.1, 0.6, 1.7, 1.2]),  # one kernel size: that of the largest sigma
     }.get(name, torch.tensor([0.05, 0.3, 0.7, 0.95]))
     out = I.OPS[name](images, params)
     for img, p, got in zip(images, params.tolist(), out, strict=True):

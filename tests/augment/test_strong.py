@@ -114,8 +114,8 @@ def test_each_enhance_factor_at_its_edges_equals_pil(op_index):
 
 
 def test_apply_strong_follows_the_workers_pipeline():
-    """Jitter, then grayscale, then blur, each only where its coin came up, as strong_color;
-    PIL's blur is a box-filter approximation of the Gaussian: close, not equal."""
+    """Jitter, then grayscale, then blur (PIL's box approximation, exactly), each only where its
+    coin came up, as strong_color."""
     images = random_images(6, seed=5)
     plan = StrongPlan(
         jitter=torch.tensor([True, False, True, False, True, False]),
@@ -137,5 +137,5 @@ def test_apply_strong_follows_the_workers_pipeline():
         if plan.blur[i]:
             img = img.filter(ImageFilter.GaussianBlur(radius=float(plan.sigma[i])))
         diff = (ours[i].int() - from_pil(img).int()).abs()
-        assert diff.float().mean() < 1.5 and diff.max() <= 12, i
+        assert diff.max() <= (1 if plan.gray[i] else 0), i  # torchvision's gray: float luma
     assert ours.dtype == torch.uint8 and not torch.equal(ours, images)

@@ -116,3 +116,69 @@ def test_imagenet_init_loads_from_the_folder(tmp_path):
     )
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("multi_grid", [False, True])
+def test_resnet_dilations_are_u2pls(output_stride, multi_grid):
+    """Every 3x3 conv's dilation (and its size-keeping padding) as U2PL's `_make_layer`, with and
+    without multi-grid (iMAS's Cityscapes ResNet-50), at both output strides."""
+    from public_u2pl_model import public_block_dilations
+
+    model = DeepLabV3Plus(3, "resnet50", output_stride=output_stride, multi_grid=multi_grid)
+    replace = (False, output_stride == 8, True)
+    expected = public_block_dilations(replace, multi_grid)
+    for stage, dilations in enumerate(expected, start=1):
+        blocks = getattr(model.backbone, f"layer{stage}")
+        assert [b.conv2.dilation[0] for b in blocks] == dilations, stage
+        assert [b.conv2.padding[0] for b in blocks] == dilations, stage
+    if multi_grid:  # the grid itself, by hand: OS 16 -> 2, 4, 8; OS 8 -> 4, 8, 16
+        assert expected[3] == ([2, 4, 8] if output_stride == 16 else [4, 8, 16])
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 33, 47)).shape == (1, 3, 33, 47)
+
+
+def test_aux_head_is_u2pls_on_the_third_stage():
+    """The aux head: U2PL's Aux_Module on the third stage's feature (1024 channels on ResNet-50),
+    upsampled to the input with align_corners; same weights, same logits."""
+    from public_u2pl_model import PublicAuxModule
+
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(4, "resnet50", aux_head=True).eval()
+    public = PublicAuxModule(1024, 4).eval()
+    # ours: 0 = (conv, BN, ReLU), 1 = classifier; theirs: 0 conv, 1 BN, 2 ReLU, 3 classifier
+    names = {"0.0": "0", "0.1": "1", "1": "3"}
+    public.aux.load_state_dict(
+        {
+            names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v
+            for k, v in model.aux.state_dict().items()
+        }
+    )
+    x = torch.randn(2, 3, 41, 53)
+    with torch.no_grad():
+        out = model(x, outputs=("logits", "aux"))
+        stage3 = model.backbone(x)[1]
+        assert stage3.shape[1] == 1024 and stage3.shape[-1] == 4  # stride 16
+        assert torch.allclose(out["aux"], public(stage3, x.shape[-2:]), atol=1e-5)
+        assert torch.equal(out["logits"], model(x))  # the main logits as without "aux"
+    assert model.aux[1].bias.shape == (4,) and model.aux[0][0].bias is None
+
+
+def test_aux_head_and_multi_grid_refuse_other_encoders():
+    with pytest.raises(ConfigError, match="model.multi_grid=true needs a bottleneck"):
+        DeepLabV3Plus(3, "resnet18", multi_grid=True)
+    with pytest.raises(ConfigError, match="model.aux_head=true needs a timm ResNet"):
+        DeepLabV3Plus(3, "smp:resnet18", aux_head=True)
+    with pytest.raises(ValueError, match="aux_head=True"):
+        DeepLabV3Plus(3, "resnet18")(torch.randn(1, 3, 32, 32), outputs=("aux",))
+
+
+def test_one_decoder_conv_is_the_css_classifier():
+    """model.decoder_convs=1: the public CSS classifier, 304 -> 3x3 conv 256, BN, ReLU -> 1x1."""
+    model = DeepLabV3Plus(3, "resnet18", decoder_convs=1)
+    convs = [m for m in model.fuse.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(304, 256, (3, 3))]
+    assert len(DeepLabV3Plus(3, "resnet18").fuse) == 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    with pytest.raises(ConfigError, match="model.decoder_convs=3"):
+        DeepLabV3Plus(3, "resnet18", decoder_convs=3)

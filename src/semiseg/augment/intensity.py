@@ -21,12 +21,10 @@ What the public samplers draw (u ~ U(0, 1) per op, times `strength`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
@@ -122,22 +120,60 @@ def solarize(images: Tensor, threshold: Tensor) -> Tensor:
     return torch.where(images >= _per_image(threshold, images), 255 - images, images)
 
 
+def pil_box_radius(sigma: Tensor, passes: int = 3) -> Tensor:
+    """The extended box radius PIL's GaussianBlur(sigma) uses for each of its `passes` box passes
+    (BoxBlur.c `_gaussian_blur_radius`, Gwosdek et al. 2011), in its float32 and double steps:
+    the boxes' variance sums to sigma^2."""
+    s = sigma.detach().cpu().to(torch.float32)  # PIL parses the radius as a C float
+    sigma2 = s * s / passes
+    length = torch.sqrt(12.0 * sigma2.double() + 1.0).float()
+    whole = torch.floor((length.double() - 1.0) / 2.0).float()
+    frac = (2 * whole + 1) * (whole * (whole + 1) - 3 * sigma2)
+    frac = frac / (6 * (sigma2 - (whole + 1) * (whole + 1)))
+    return whole + frac
+
+
+def _box_weights(radius: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """PIL's 24-bit fixed-point weights of a box of float radius: `ww` for the 2r + 1 inner taps,
+    `fw` for the two taps at distance r + 1 (r its integer part)."""
+    whole = radius.long()
+    inner = (16777216.0 / (radius * 2 + 1)).long()  # float division, truncated to UINT32
+    far = (16777216 - (whole * 2 + 1) * inner) // 2
+    return whole, inner, far
+
+
+def _box_pass(x: Tensor, whole: Tensor, inner: Tensor, far: Tensor) -> Tensor:
+    """One horizontal box pass of int64 rows (n, c, h, w), each image with its own box: edge
+    pixels repeated beyond the border, the sum rounded to 8 bits as PIL (+2^23, >> 24)."""
+    w = x.shape[-1]
+    reach = int(whole.max()) + 1
+    index = torch.arange(-reach, w + reach, device=x.device).clamp_(0, w - 1)
+    padded = x.index_select(-1, index)
+    whole, inner, far = (v.to(x.device).view(-1, 1, 1, 1) for v in (whole, inner, far))
+    total = torch.zeros_like(x)
+    for offset in range(-reach, reach + 1):
+        weight = torch.where(abs(offset) <= whole, inner, 0)
+        weight = torch.where(abs(offset) == whole + 1, far, weight)
+        total += weight * padded[..., reach + offset : reach + offset + w]
+    return (total + (1 << 23)) >> 24
+
+
 def blur(images: Tensor, sigma: Tensor) -> Tensor:
-    """Gaussian blur, one sigma per image: a separable kernel of 2 * ceil(3 * max sigma) + 1 taps
-    (at most 13 for sigma 2; fewer on images too small for them), reflect padding, rounded back
-    to 8 bits (TF.gaussian_blur's semantics; PIL's GaussianBlur approximates the same Gaussian
-    with box filters)."""
-    n, c, h, w = images.shape
-    radius = min(math.ceil(3 * float(sigma.max())), h - 1, w - 1)
-    sigma = sigma.to(images.device, torch.float32).view(-1, 1)
-    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, taps)
-    x = images.float().view(1, n * c, h, w)
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    return x.view(n, c, h, w).round_().clamp_(0, 255).to(torch.uint8)
+    """Gaussian blur, one sigma per image, as PIL's ImageFilter.GaussianBlur (the op of the public
+    iMAS, AugSeg and UniMatch code): three extended box passes along the rows, each rounded to
+    8 bits, then three along the columns, edge pixels repeated; every weight and rounding of
+    PIL's fixed-point code kept, so the result equals PIL's. sigma 0 leaves the image as it is."""
+    radius = pil_box_radius(sigma)
+    whole, inner, far = _box_weights(radius)
+    x = images.to(torch.int64)
+    for _ in range(3):
+        x = _box_pass(x, whole, inner, far)
+    x = x.transpose(-1, -2)
+    for _ in range(3):
+        x = _box_pass(x, whole, inner, far)
+    out = x.transpose(-1, -2).to(torch.uint8)
+    # PIL skips a direction whose box radius is 0 (sigma 0, or so small it underflows)
+    return torch.where((radius == 0).to(images.device).view(-1, 1, 1, 1), images, out)
 
 
 def _f32(values: Tensor) -> Tensor:

@@ -43,6 +43,9 @@ class SemiSegModule(L.LightningModule):
     # What the run checks before training (run/build.py): a representation head on the
     # decoder's features needs a model that gives them.
     needs_decoder_features: bool = False
+    # Whether the step trains a model's auxiliary head (model.aux_head; iMAS on Cityscapes): a
+    # head no loss reaches would only hold unused parameters (DDP refuses them).
+    trains_aux_head: bool = False
 
     # Several optimizer steps per batch: the method's `iteration(batch, optimizer, step)` takes
     # them all (semiseg.tools.bench times it whole); otherwise one step of `training_losses`.
@@ -168,7 +171,11 @@ class SemiSegModule(L.LightningModule):
                 groups, lr=cfg["lr"], betas=betas, weight_decay=cfg["weight_decay"]
             )
         return torch.optim.SGD(
-            groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+            groups,
+            lr=cfg["lr"],
+            momentum=cfg["momentum"],
+            weight_decay=cfg["weight_decay"],
+            nesterov=bool(cfg.get("nesterov", False)),
         )
 
     @property
@@ -186,11 +193,13 @@ class SemiSegModule(L.LightningModule):
 
     def poly_update(self, optimizer, iteration: int) -> None:
         """lr_t = lr * (1 - t / T) ** power, set after step t as the reference code does; during
-        a warm-up, times the warm-up factor of the next step (step 0's is set when built)."""
+        a warm-up, times the warm-up factor of the next step (step 0's is set when built); never
+        below `optim.min_lr` (the public CSS PolyLR's max(poly, 1e-4); 0 elsewhere)."""
         factor = max(0.0, 1.0 - iteration / self.total_steps) ** self.optim_cfg["poly_power"]
         factor *= self.warmup_factor(iteration + 1)
+        floor = float(self.optim_cfg.get("min_lr") or 0.0)
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            group["lr"] = max(group["initial_lr"] * factor, floor)
 
     def optimizer_step_with(self, loss: Tensor) -> bool:
         """One backward, one SGD step (clipping inside it, see below), then the poly update

@@ -34,7 +34,12 @@ running ones move with its forwards) and `ema_buffers=own` averages parameters o
 `teacher_mode=eval` with `ema_buffers=true` is the family's eval-mode teacher with averaged
 statistics.
 
-Where this differs (the recipe docs say so too): the strong view is the data workers' (colour
+The model and optimizer of the public code are settings of the CSS experiments: one 3x3 conv
+before the classifier (`model.decoder_convs=1`), Nesterov SGD (`optim.nesterov`) and the poly
+rate floored at 1e-4 (`optim.min_lr`).
+
+Where this differs (docs/methods.md's CSS table says so too): the labeled images get UniMatch's
+resize, crop and flip, not the public jitter, blur, flip and scale; the strong view is the data workers' (colour
 jitter, grayscale, blur) and is mixed after its colour change, where ReCo jitters the mixed image
 and rescales it (0.5-1.5) after the teacher's forward; mixing stays within each rank's batch (the
 public code gathers all ranks' images first); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,

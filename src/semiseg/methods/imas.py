@@ -24,9 +24,15 @@ from semiseg.methods.teacher_student import IntensityAugmented
 class IMAS(IntensityAugmented):
     paper_policy = IMAS_POLICY
 
-    def __init__(self, *args, cutmix_side=(0.1, 0.9), **kwargs):
+    trains_aux_head = True
+
+    def __init__(self, *args, cutmix_side=(0.1, 0.9), aux_weight: float = 0.4, **kwargs):
         super().__init__(*args, **kwargs)
         self.cutmix_side = tuple(cutmix_side)
+        # U2PL's auxiliary head, where the model has one (model.aux_head, the public Cityscapes
+        # configs): its labeled loss (the same OHEM/CE) times aux_weight joins loss_x.
+        self.aux_weight = aux_weight
+        self.with_aux = getattr(self.model, "aux", None) is not None
 
     def training_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask
@@ -53,10 +59,16 @@ class IMAS(IntensityAugmented):
             views.append(mixed.images)
 
         # 4. The student on everything in one batch (the weak view only shapes BatchNorm).
-        logits = self.model(torch.cat(views))
         n_u = weak.shape[0]
+        if self.with_aux:
+            out = self.model(torch.cat(views), outputs=("logits", "aux"))
+            logits = out["logits"]
+        else:
+            logits = self.model(torch.cat(views))
         pred_x, pred_s = logits[:n_x], logits[n_x + n_u : n_x + 2 * n_u]
         loss_x = self.labeled_loss(pred_x, y)
+        if self.with_aux:  # the public Criterion(Ohem): main + aux_weight * aux, labeled only
+            loss_x = loss_x + self.aux_weight * self.labeled_loss(out["aux"][:n_x], y)
         over_all = self.train_on_padding  # the public mean over every pixel of each image
         loss_u = easiness_weighted_loss(pred_s, labels, conf, ignore, e, self.tau, over_all)
         if mixed is not None:

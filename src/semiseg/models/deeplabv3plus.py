@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semiseg.errors import ConfigError
 from semiseg.models.encoders import build_encoder, load_init
 
 
@@ -55,7 +56,14 @@ class DeepLabV3Plus(nn.Module):
     - "features": the decoder's concatenation (48 low-level + 256 ASPP channels, stride 4);
     - "representation": the representation head on those features, stride 4 (only when built
       with `representation_dim`: CSS's head, 304 -> 3x3 conv 256, BN, ReLU -> 1x1 conv dim, as
-      `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier).
+      `DeepLabv3Plus_with_rep.representation` in the public CSS code, beside the classifier);
+    - "aux": the auxiliary head's logits at the input size (only when built with `aux_head`:
+      U2PL's `Aux_Module`, as iMAS trains Cityscapes: the third ResNet stage -> 3x3 conv 256
+      without bias, BN, ReLU -> 1x1 conv to the classes; trained on labeled images only).
+
+    `decoder_convs`: the 3x3 convs between the concatenation and the classifier: 2 as UniMatch
+    and U2PL, 1 as the public CSS code's `DeepLabv3Plus_with_rep.classifier`.
+    `multi_grid`: U2PL's multi-grid dilations of the last ResNet stage (encoders.apply_multi_grid).
     """
 
     # What build checks before training: the inputs it takes (rgb | channels | pair) and
@@ -74,21 +82,41 @@ class DeepLabV3Plus(nn.Module):
         dilations=(6, 12, 18),
         fp_dropout: float = 0.5,
         representation_dim: int | None = None,
+        aux_head: bool = False,
+        multi_grid: bool = False,
+        decoder_convs: int = 2,
     ):
         super().__init__()
-        self.backbone = build_encoder(encoder, output_stride=output_stride, deep_stem=deep_stem)
+        if decoder_convs not in (1, 2):
+            raise ConfigError(
+                f"model.decoder_convs={decoder_convs}: use 2 (UniMatch's, U2PL's decoder) or 1 "
+                "(the public CSS code's classifier)"
+            )
+        self.backbone = build_encoder(
+            encoder, output_stride, deep_stem, multi_grid=multi_grid, stage3=aux_head
+        )
         # imagenet | scratch | a path (see encoders.resolve_init); None is scratch
         load_init(self.backbone, encoder, pretrained, pretrained_dir, deep_stem)
         low_ch, high_ch = self.backbone.channels
         self.fp_dropout = fp_dropout
         self.head = ASPP(high_ch, dilations)
         self.reduce = conv_bn_relu(low_ch, 48, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3))
+        # 3x3 convs before the classifier: two (UniMatch, U2PL) or one (CSS); the same key names
+        fuse = [conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3)]
+        self.fuse = nn.Sequential(*fuse[:decoder_convs])
         self.classifier = nn.Conv2d(256, num_classes, 1)
         # Built only when a method asks for it (CSS), so other checkpoints keep their keys.
         self.representation = (
             nn.Sequential(conv_bn_relu(256 + 48, 256, 3), nn.Conv2d(256, representation_dim, 1))
             if representation_dim
+            else None
+        )
+        self.aux = (
+            nn.Sequential(
+                conv_bn_relu(self.backbone.stage3_channels, 256, 3),
+                nn.Conv2d(256, num_classes, 1),
+            )
+            if aux_head
             else None
         )
 
@@ -102,11 +130,25 @@ class DeepLabV3Plus(nn.Module):
 
     def encode(self, x):
         """(stride-4 feature, last feature) of the input; the siamese change model overrides it."""
-        return self.backbone(x)
+        features = self.backbone(x)
+        return features[0], features[-1]
 
     def forward(
         self, x, feature_perturbation: bool = False, outputs: tuple[str, ...] | None = None
     ):
+        if outputs is not None and "aux" in outputs:
+            if self.aux is None or feature_perturbation:
+                raise ValueError(
+                    "outputs=('aux', ...) needs a model built with aux_head=True and no "
+                    "feature_perturbation"
+                )
+            low, stage3, high = self.backbone(x)
+            rest = tuple(name for name in outputs if name != "aux")
+            result = {}
+            if rest:
+                result = self.named_outputs(self.features(low, high), x.shape[-2:], rest)
+            result["aux"] = upsample(self.aux(stage3), x.shape[-2:])
+            return result
         low, high = self.encode(x)
         if outputs is not None:
             if feature_perturbation:

@@ -215,13 +215,49 @@ def load_init(
     return init
 
 
-def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) -> nn.Module:
+# U2PL's multi-grid (iMAS's Cityscapes ResNet, imas/models/resnet.py `_make_layer`): the 3x3
+# convolutions of the last stage's three blocks dilated 2, 2, 4 times what they had.
+MULTI_GRID = (2, 2, 4)
+
+
+def apply_multi_grid(model: nn.Module, name: str) -> None:
+    """Multiply the dilations of the last stage's 3x3 convolutions by MULTI_GRID, in place.
+
+    timm's ResNet dilates block 0 of a stage by the previous stage's dilation and the others by
+    the stage's own, as torchvision and U2PL's ResNet before their grid factor: times the grid
+    they are U2PL's dilations (output stride 16: 2, 4, 8; output stride 8: 4, 8, 16)."""
+    blocks = list(getattr(model, "layer4", []))
+    if len(blocks) != len(MULTI_GRID) or not all(hasattr(b, "conv3") for b in blocks):
+        raise ConfigError(
+            f"model.multi_grid=true needs a bottleneck ResNet with 3 blocks in its last stage "
+            f"(resnet50, resnet101), not encoder {name}; set model.multi_grid=false"
+        )
+    for block, grid in zip(blocks, MULTI_GRID, strict=True):
+        dilation = block.conv2.dilation[0] * grid
+        block.conv2.dilation = (dilation, dilation)
+        block.conv2.padding = (dilation, dilation)  # 3x3: the padding keeps the size
+
+
+def build_encoder(
+    name: str,
+    output_stride: int = 16,
+    deep_stem: bool = True,
+    multi_grid: bool = False,
+    stage3: bool = False,
+) -> nn.Module:
     """Build the encoder `name` with random weights.
 
     deep_stem: for timm ResNets, the papers' stem (three 3x3 convs, widths 64-64-128); its
     parameter names match the public ImageNet checkpoints of the reference code. It is ignored
     for other models and for `smp:` encoders, which keep their own stem.
+    multi_grid: U2PL's multi-grid dilations of the last stage (`apply_multi_grid`).
+    stage3: a timm ResNet also returns the third stage's feature, in the middle
+    (`[low, stage3, high]`; its width in `stage3_channels`): the input of U2PL's auxiliary head.
     """
+    is_resnet = timm.is_model(name) and name.split(".")[0] in timm.list_models(module="resnet")
+    if (multi_grid or stage3) and not is_resnet:
+        key = "model.multi_grid" if multi_grid else "model.aux_head"
+        raise ConfigError(f"{key}=true needs a timm ResNet encoder, not {name}; set {key}=false")
     if name in xception.NAMES:
         return xception.Xception65(output_stride)
     if name.startswith(SMP_PREFIX):
@@ -236,7 +272,9 @@ def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) ->
         if deep_stem:
             kwargs.update(stem_type="deep", stem_width=64)
         # ResNet features: 0 stem (stride 2), 1 layer1 (stride 4), ..., 4 layer4.
-        model = timm.create_model(name, out_indices=(1, 4), **kwargs)
+        model = timm.create_model(name, out_indices=(1, 3, 4) if stage3 else (1, 4), **kwargs)
+        if multi_grid:
+            apply_multi_grid(model, name)
     else:
         # Other families number their features differently: find the stride-4 one.
         info = timm.create_model(name, **kwargs).feature_info
@@ -247,7 +285,10 @@ def build_encoder(name: str, output_stride: int = 16, deep_stem: bool = True) ->
         model = timm.create_model(name, out_indices=(low, indices[-1]), **kwargs)
     # The timm feature model itself is the encoder, so its parameter names stay those of
     # ImageNet checkpoints (conv1.0, bn1, layer1, ...).
-    model.channels = tuple(model.feature_info.channels())
+    channels = model.feature_info.channels()
+    model.channels = (channels[0], channels[-1])
+    if stage3:
+        model.stage3_channels = channels[1]
     return model
 
 

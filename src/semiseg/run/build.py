@@ -222,6 +222,11 @@ def check_inputs(cfg: DictConfig, method_cls, model_cls) -> None:
             f"on the {given} of dataset={dataset.name}: use a method without in-step intensity "
             "ops (docs/methods.md)"
         )
+    if cfg.model.get("aux_head") and not method_cls.trains_aux_head:
+        raise ConfigError(
+            f"model.aux_head=true: method={method} has no loss for an auxiliary head (imas "
+            "trains one); set model.aux_head=false"
+        )
     if method_cls.needs_decoder_features and not getattr(model_cls, "decoder_features", False):
         raise ConfigError(
             f"method={method} needs decoder features (its representation head), which model "
