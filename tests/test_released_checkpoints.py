@@ -1,6 +1,8 @@
 """The authors' released checkpoints as they are: a public unimatch_v2.py file (`model` and
 `model_ema`, DDP's `module.` prefix), a bare state dict and a public UniMatch V1 DeepLabV3+ file,
-read by predict.py / eval.py / export.py with the model and dataset given on the command line.
+read by predict.py / eval.py / export.py with the model and dataset given on the command line;
+the public UniMatch V1 Xception-65 file (COCO) and the public remote-sensing UniMatch V2 file
+(siamese DINOv2 + DPT) the same way.
 
 The V2 fixture is written in the public layout from random weights of a tiny DINOv2 + DPT; its
 predictions are compared with the public evaluate() transcribed on the same state dict (ImageNet
@@ -276,6 +278,39 @@ def test_a_public_unimatch_v1_file_loads_and_predicts_as_the_public_model(tmp_pa
         ours = model(x)
         theirs = public_v1_decode(public, low, high, x.shape[-2:])
     assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+
+
+@pytest.mark.slow  # a 55M-parameter network written, loaded and run twice (about 15 s of CPU)
+def test_a_public_unimatch_v1_xception_file_predicts_as_the_public_model(tmp_path):
+    """The public COCO file (DeepLabV3+ on Xception-65, DDP-wrapped) written from a transcription
+    of the public constructors' names with random weights: every tensor loads, and the logits
+    are the public base_forward + decode transcribed on the same state dict."""
+    from public_xception import public_random, public_xception_forward, public_xception_shapes
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {f"backbone.{k}": s for k, s in public_xception_shapes().items()}
+    shapes.update(public_v1_head_shapes(81))  # COCO: 81 classes in the public config
+    public = public_random(shapes, g)
+    torch.save(
+        {"model": {"module." + k: v for k, v in public.items()}, "epoch": 29}, tmp_path / "x.pth"
+    )
+    cfg = released_cfg(["model=deeplabv3plus", "model.encoder=xception65"], dataset="coco")
+    checkpoint = load_checkpoint(tmp_path / "x.pth", cfg)
+    model = model_from_checkpoint(checkpoint).eval()
+    ours_state = model.state_dict()
+    assert len(ours_state) == len(public)  # every public tensor loaded, none left at init
+    for key in shapes:  # the backbone under the public names, unchanged
+        if key.startswith("backbone."):
+            assert torch.equal(ours_state[key], public[key]), key
+    x = torch.randn(1, 3, 65, 81, generator=g)
+    backbone = {k.removeprefix("backbone."): v for k, v in public.items() if "backbone." in k}
+    with torch.no_grad():
+        ours = model(x)
+        c1, c4 = public_xception_forward(backbone, x)
+        theirs = public_v1_decode(public, c1, c4, x.shape[-2:])
+    assert ours.shape == (1, 81, 65, 81)
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    assert torch.equal(ours.argmax(1), theirs.argmax(1))
 
 
 # ---------------------------------------------------------------- ONNX export of model=dpt
