@@ -22,7 +22,7 @@ from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from public_dpt import TINY, public_dpt, randomise, tiny  # noqa: E402
+from public_dpt import TINY, assert_close, public_dpt, randomise, tiny  # noqa: E402
 
 PASCAL_CLASSES = 21
 SIZES = [(45, 61), (56, 70), (30, 29)]  # (h, w): off the 14-grid, on it, and rounding down
@@ -367,3 +367,78 @@ def test_eval_py_scores_the_released_teacher_as_the_public_evaluate(released, tm
         ours = np.array(Image.open(out / "predictions" / f"{name}.png"))
         theirs = public_evaluate(released["teacher"], root / "JPEGImages" / f"{name}.jpg")
         assert np.array_equal(ours, theirs), name
+
+
+# ---------------------------------------------------------------- UniMatch V2 remote sensing
+
+CD_ARGS = [
+    "model=siamese_dpt",
+    *MODEL_ARGS[1:],  # the tiny DINOv2 + DPT
+]
+
+
+@pytest.fixture(scope="module")
+def released_cd(tmp_path_factory):
+    """best.pth as the public remote-sensing/unimatch_v2.py writes it: `model` and `model_ema`
+    of the DDP-wrapped siamese DPT (the segmentation DPT's names, 2 classes), beside the
+    change-detection bests."""
+    root = tmp_path_factory.mktemp("released_cd")
+    student, teacher = (randomise(tiny(2), seed).state_dict() for seed in (3, 4))
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in student.items()},
+            "model_ema": {"module." + k: v for k, v in teacher.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 59,
+            "previous_best_iou": 80.1,
+            "previous_best_acc": 98.2,
+            "previous_best_ema_iou": 80.5,
+            "previous_best_ema_acc": 98.3,
+            "best_epoch": 57,
+            "best_epoch_ema": 58,
+        },
+        root / "best.pth",
+    )
+    return {"path": root / "best.pth", "student": student, "teacher": teacher}
+
+
+def public_change_evaluate(state_dict, a, b):
+    """The public remote-sensing evaluate(multiplier=14) on a normalised pair: both images
+    resized to the nearest multiples of 14 (align_corners), DPT.forward(A, B) (one ViT pass on
+    cat(A, B), the head on |f(A) - f(B)|, the logits resized to the input), back to the pair's
+    size: the logits whose argmax it scores."""
+    from methods.test_unimatch_v2_change import public_change_dpt
+
+    ori_h, ori_w = a.shape[-2:]
+    size = (int(ori_h / 14 + 0.5) * 14, int(ori_w / 14 + 0.5) * 14)
+    a, b = (F.interpolate(x, size, mode="bilinear", align_corners=True) for x in (a, b))
+    with torch.no_grad():
+        pred = public_change_dpt(state_dict, a, b)
+    return F.interpolate(pred, (ori_h, ori_w), mode="bilinear", align_corners=True)
+
+
+def test_a_public_remote_sensing_file_loads_into_siamese_dpt(released_cd):
+    """Every tensor of both networks loads; the teacher (the default) predicts a pair off the
+    14-grid as the public evaluate(), and so does the student when asked for."""
+    from semiseg.models.change import ChangeDPT
+    from semiseg.run.evaluate import module_from_checkpoint
+
+    cfg = released_cfg(CD_ARGS, dataset="levir_cd", config="eval")
+    checkpoint = load_checkpoint(released_cd["path"], cfg)
+    assert checkpoint["semiseg"]["eval_network"] == "teacher"
+    evaluation = {"model": "teacher", "mode": "original", "task": "change_detection"}
+    module = module_from_checkpoint(checkpoint, evaluation, 28)
+    assert isinstance(module.teacher, ChangeDPT) and isinstance(module.model, ChangeDPT)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 45, 61, generator=g), torch.randn(2, 3, 45, 61, generator=g)
+    for network, name in ((module.teacher, "teacher"), (module.model, "student")):
+        state = network.state_dict()
+        assert state.keys() == released_cd[name].keys()
+        for key, value in released_cd[name].items():
+            assert torch.equal(state[key], value), key
+        with torch.no_grad():
+            ours = network.eval()(torch.cat((a, b), dim=1))
+        theirs = public_change_evaluate(released_cd[name], a, b)
+        assert ours.shape == theirs.shape == (2, 2, 45, 61)
+        assert_close(ours, theirs)
+        assert torch.equal(ours.argmax(1), theirs.argmax(1)), name
