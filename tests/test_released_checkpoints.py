@@ -1,6 +1,8 @@
 """The authors' released checkpoints as they are: a public unimatch_v2.py file (`model` and
 `model_ema`, DDP's `module.` prefix), a bare state dict and a public UniMatch V1 DeepLabV3+ file,
-read by predict.py / eval.py / export.py with the model and dataset given on the command line.
+read by predict.py / eval.py / export.py with the model and dataset given on the command line;
+the public UniMatch V1 Xception-65 file (COCO) and the public remote-sensing UniMatch V2 file
+(siamese DINOv2 + DPT) the same way.
 
 The V2 fixture is written in the public layout from random weights of a tiny DINOv2 + DPT; its
 predictions are compared with the public evaluate() transcribed on the same state dict (ImageNet
@@ -20,7 +22,7 @@ from semiseg.checkpoints.load import load_checkpoint, model_from_checkpoint
 from semiseg.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from public_dpt import TINY, public_dpt, randomise, tiny  # noqa: E402
+from public_dpt import TINY, assert_close, public_dpt, randomise, tiny  # noqa: E402
 
 PASCAL_CLASSES = 21
 SIZES = [(45, 61), (56, 70), (30, 29)]  # (h, w): off the 14-grid, on it, and rounding down
@@ -278,6 +280,39 @@ def test_a_public_unimatch_v1_file_loads_and_predicts_as_the_public_model(tmp_pa
     assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
 
 
+@pytest.mark.slow  # a 55M-parameter network written, loaded and run twice (about 15 s of CPU)
+def test_a_public_unimatch_v1_xception_file_predicts_as_the_public_model(tmp_path):
+    """The public COCO file (DeepLabV3+ on Xception-65, DDP-wrapped) written from a transcription
+    of the public constructors' names with random weights: every tensor loads, and the logits
+    are the public base_forward + decode transcribed on the same state dict."""
+    from public_xception import public_random, public_xception_forward, public_xception_shapes
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {f"backbone.{k}": s for k, s in public_xception_shapes().items()}
+    shapes.update(public_v1_head_shapes(81))  # COCO: 81 classes in the public config
+    public = public_random(shapes, g)
+    torch.save(
+        {"model": {"module." + k: v for k, v in public.items()}, "epoch": 29}, tmp_path / "x.pth"
+    )
+    cfg = released_cfg(["model=deeplabv3plus", "model.encoder=xception65"], dataset="coco")
+    checkpoint = load_checkpoint(tmp_path / "x.pth", cfg)
+    model = model_from_checkpoint(checkpoint).eval()
+    ours_state = model.state_dict()
+    assert len(ours_state) == len(public)  # every public tensor loaded, none left at init
+    for key in shapes:  # the backbone under the public names, unchanged
+        if key.startswith("backbone."):
+            assert torch.equal(ours_state[key], public[key]), key
+    x = torch.randn(1, 3, 65, 81, generator=g)
+    backbone = {k.removeprefix("backbone."): v for k, v in public.items() if "backbone." in k}
+    with torch.no_grad():
+        ours = model(x)
+        c1, c4 = public_xception_forward(backbone, x)
+        theirs = public_v1_decode(public, c1, c4, x.shape[-2:])
+    assert ours.shape == (1, 81, 65, 81)
+    assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+    assert torch.equal(ours.argmax(1), theirs.argmax(1))
+
+
 # ---------------------------------------------------------------- ONNX export of model=dpt
 
 
@@ -332,3 +367,78 @@ def test_eval_py_scores_the_released_teacher_as_the_public_evaluate(released, tm
         ours = np.array(Image.open(out / "predictions" / f"{name}.png"))
         theirs = public_evaluate(released["teacher"], root / "JPEGImages" / f"{name}.jpg")
         assert np.array_equal(ours, theirs), name
+
+
+# ---------------------------------------------------------------- UniMatch V2 remote sensing
+
+CD_ARGS = [
+    "model=siamese_dpt",
+    *MODEL_ARGS[1:],  # the tiny DINOv2 + DPT
+]
+
+
+@pytest.fixture(scope="module")
+def released_cd(tmp_path_factory):
+    """best.pth as the public remote-sensing/unimatch_v2.py writes it: `model` and `model_ema`
+    of the DDP-wrapped siamese DPT (the segmentation DPT's names, 2 classes), beside the
+    change-detection bests."""
+    root = tmp_path_factory.mktemp("released_cd")
+    student, teacher = (randomise(tiny(2), seed).state_dict() for seed in (3, 4))
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in student.items()},
+            "model_ema": {"module." + k: v for k, v in teacher.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 59,
+            "previous_best_iou": 80.1,
+            "previous_best_acc": 98.2,
+            "previous_best_ema_iou": 80.5,
+            "previous_best_ema_acc": 98.3,
+            "best_epoch": 57,
+            "best_epoch_ema": 58,
+        },
+        root / "best.pth",
+    )
+    return {"path": root / "best.pth", "student": student, "teacher": teacher}
+
+
+def public_change_evaluate(state_dict, a, b):
+    """The public remote-sensing evaluate(multiplier=14) on a normalised pair: both images
+    resized to the nearest multiples of 14 (align_corners), DPT.forward(A, B) (one ViT pass on
+    cat(A, B), the head on |f(A) - f(B)|, the logits resized to the input), back to the pair's
+    size: the logits whose argmax it scores."""
+    from methods.test_unimatch_v2_change import public_change_dpt
+
+    ori_h, ori_w = a.shape[-2:]
+    size = (int(ori_h / 14 + 0.5) * 14, int(ori_w / 14 + 0.5) * 14)
+    a, b = (F.interpolate(x, size, mode="bilinear", align_corners=True) for x in (a, b))
+    with torch.no_grad():
+        pred = public_change_dpt(state_dict, a, b)
+    return F.interpolate(pred, (ori_h, ori_w), mode="bilinear", align_corners=True)
+
+
+def test_a_public_remote_sensing_file_loads_into_siamese_dpt(released_cd):
+    """Every tensor of both networks loads; the teacher (the default) predicts a pair off the
+    14-grid as the public evaluate(), and so does the student when asked for."""
+    from semiseg.models.change import ChangeDPT
+    from semiseg.run.evaluate import module_from_checkpoint
+
+    cfg = released_cfg(CD_ARGS, dataset="levir_cd", config="eval")
+    checkpoint = load_checkpoint(released_cd["path"], cfg)
+    assert checkpoint["semiseg"]["eval_network"] == "teacher"
+    evaluation = {"model": "teacher", "mode": "original", "task": "change_detection"}
+    module = module_from_checkpoint(checkpoint, evaluation, 28)
+    assert isinstance(module.teacher, ChangeDPT) and isinstance(module.model, ChangeDPT)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 45, 61, generator=g), torch.randn(2, 3, 45, 61, generator=g)
+    for network, name in ((module.teacher, "teacher"), (module.model, "student")):
+        state = network.state_dict()
+        assert state.keys() == released_cd[name].keys()
+        for key, value in released_cd[name].items():
+            assert torch.equal(state[key], value), key
+        with torch.no_grad():
+            ours = network.eval()(torch.cat((a, b), dim=1))
+        theirs = public_change_evaluate(released_cd[name], a, b)
+        assert ours.shape == theirs.shape == (2, 2, 45, 61)
+        assert_close(ours, theirs)
+        assert torch.equal(ours.argmax(1), theirs.argmax(1)), name

@@ -4,6 +4,9 @@ A file that is not a semiseg training checkpoint is one of:
 - the public UniMatch V2 `unimatch_v2.py` / `fixmatch.py` file (`best.pth`, `latest.pth`): a dict
   with `model` (the student) and `model_ema` (the EMA teacher), beside `optimizer`, `epoch`,
   `previous_best(_ema)` and `best_epoch(_ema)`;
+- the public remote-sensing `unimatch_v2.py` file: the same two entries (its bests are changed
+  IoU and accuracy), the siamese DPT under the segmentation DPT's names (`model=siamese_dpt
+  dataset=whu_cd`, or `levir_cd`);
 - the public UniMatch V1 `unimatch.py` / `fixmatch.py` / `supervised.py` file: a dict with
   `model` only (DeepLabV3+ on ResNet-50/101 or Xception-65);
 - a bare state dict (name -> tensor).
