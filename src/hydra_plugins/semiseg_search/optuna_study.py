@@ -14,9 +14,7 @@ if OptunaSweeper is not None:
         """OptunaSweeper whose study lives in the sweep folder and continues on a re-run."""
 
         def setup(self, *, hydra_context, task_function, config) -> None:
-            super().setup(
-                hydra_context=hydra_context, task_function=task_function, config=config
-            )
+            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             use_study_file(self.sweeper, config.hydra.sweep.dir)
 
         def sweep(self, arguments: list[str]) -> None:
