@@ -151,7 +151,12 @@ def test_sigterm_during_the_final_validation_exits_143_and_resumes(tmp_path, toy
     assert returncode == 143, log.read_text()[-3000:]
     assert "preempted: SIGTERM at step 3" in log.read_text()
     assert not (tmp_path / "run" / "results.json").exists()
-    assert peek(tmp_path / "run" / "checkpoints" / LAST)["global_step"] == 3
+    interrupted = peek(tmp_path / "run" / "checkpoints" / LAST)
+    assert interrupted["global_step"] == 3
+    # abandoned, not finished: no validation result printed or kept (a finished final
+    # validation is recorded in val_history and last.ckpt is written after it)
+    assert interrupted["semiseg"]["val_history"] == []
+    assert "val mIoU" not in log.read_text()
     resumed = run_script("train.py", *common, "resume=auto", env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 from test_change import WHU
 from test_medical import ACDC, _datamodule
 

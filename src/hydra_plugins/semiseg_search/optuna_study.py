@@ -8,16 +8,20 @@ except ImportError:  # hparams_search=... needs it; nothing else does
     OptunaSweeper = None
 
 if OptunaSweeper is not None:
-    from semiseg.run.search import continue_study, use_study_file
 
     class ContinuedOptunaSweeper(OptunaSweeper):
         """OptunaSweeper whose study lives in the sweep folder and continues on a re-run."""
 
         def setup(self, *, hydra_context, task_function, config) -> None:
+            # imported here: Hydra imports this module at every start, optuna only a search needs
+            from semiseg.run.search import use_study_file
+
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             use_study_file(self.sweeper, config.hydra.sweep.dir)
 
         def sweep(self, arguments: list[str]) -> None:
+            from semiseg.run.search import continue_study
+
             continue_study(self.sweeper)
             try:
                 return self.sweeper.sweep(arguments)
