@@ -5,7 +5,12 @@ from setuptools import find_namespace_packages, find_packages, setup
 
 configs = ["semiseg.conf", *(f"semiseg.conf.{p}" for p in find_namespace_packages("conf"))]
 setup(
-    packages=[*find_packages("src"), *configs],
+    # hydra_plugins: the hyperparameter search's sweeper (Hydra looks for sweepers only there)
+    packages=[
+        *find_packages("src"),
+        *find_namespace_packages("src", include=["hydra_plugins*"]),
+        *configs,
+    ],
     package_dir={"": "src", "semiseg.conf": "conf"},
     package_data={p: ["*.yaml"] for p in configs},
 )

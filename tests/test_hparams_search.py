@@ -33,6 +33,9 @@ def test_toy_optuna_composes_a_maximising_search_of_lr_and_tau():
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert cfg.optimized_metric == "best_val_score" and cfg.hydra.mode.name == "MULTIRUN"
     assert "tau" in cfg.method  # the default method (unimatch) has the tuned key
+    # the study in a file a re-run continues; a failed trial does not end the search
+    assert sweeper._target_.endswith("ContinuedOptunaSweeper") and sweeper.storage is None
+    assert sweeper.max_failure_rate == 1.0
 
 
 @pytest.mark.slow
@@ -64,3 +67,45 @@ def test_two_trial_optuna_sweep_receives_each_runs_best_score(tmp_path, toy_root
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and set(best["best_params"]) == {"optim.lr", "method.tau"}
     assert best["best_value"] == pytest.approx(max(scores))
+
+
+DIVERGING = "1e+30"  # optim.lr: the first SGD step makes the weights overflow, the next loss NaN
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_as_failed_and_a_rerun_continues_the_study(
+    tmp_path, toy_root
+):
+    sweep = tmp_path / "search"
+    search = [
+        "-m",  # a sweep over the command line's choice(...)
+        "hparams_search=toy_optuna",
+        f"optim.lr=choice({DIVERGING},0.01)",
+        "method.tau=0.95",
+        "method=fixmatch",
+        "optim.max_nonfinite_steps=2",  # two NaN losses in a row end the diverging trial
+        "hydra.sweeper.sampler.seed=10",  # its first proposals: the diverging lr, then 0.01
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first = train_on_toy(toy_root, *search, "hydra.sweeper.n_trials=2")
+    assert "non-finite losses or gradients in a row" in first.stdout + first.stderr
+    study = json.loads((sweep / "optuna_study.json").read_text())["studies"][0]
+    trials = [(t["state"], t["params"]["optim.lr"]) for t in study["trials"]]
+    assert trials == [("FAIL", 1e30), ("COMPLETE", 0.01)]  # the search went on after the failure
+    finished = sweep / "1_fixmatch_toy_20_s0" / "results.json"
+    score = json.loads(finished.read_text())["best_val_score"]
+    assert study["trials"][1]["values"] == [pytest.approx(score)]
+    assert not (sweep / "0_fixmatch_toy_20_s0" / "results.json").exists()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"] == {"optim.lr": 0.01}
+
+    # The same command with n_trials=3: the stored two count, one more runs, in a new folder.
+    before = finished.read_bytes()
+    second = train_on_toy(toy_root, *search, "hydra.sweeper.n_trials=3")
+    assert "2 trials recorded (1 complete), 1 to run" in second.stdout + second.stderr
+    study = json.loads((sweep / "optuna_study.json").read_text())["studies"][0]
+    assert [t["number"] for t in study["trials"]] == [0, 1, 2]
+    assert [t["state"] for t in study["trials"]][:2] == ["FAIL", "COMPLETE"]
+    assert study["trials"][2]["state"] in ("FAIL", "COMPLETE")
+    assert len(list(sweep.glob("2_fixmatch_toy_20_s0"))) == 1
+    assert finished.read_bytes() == before  # the earlier trial's folder is left as it was

@@ -82,8 +82,8 @@ def test_missing_root_is_named(tmp_path):
 
 def test_ddp_streams_are_drawn_independently(toy_root):
     dm = make(toy_root, unlabeled=True, num_strong=2, mix="same")
-    # Attached to a 2-process trainer (rank 0); only these two attributes are read.
-    dm.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    # Attached to a 2-process trainer (rank 0) at step 0; only these attributes are read.
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=0, global_step=0)
     loaders = dm.train_dataloader()
     labeled, unlabeled = loaders["labeled"].sampler, loaders["unlabeled"].sampler
     assert len(dm.labeled_set) == len(dm.unlabeled_set) == 490

@@ -4,6 +4,7 @@ training instead of as a silent wrong number or a crash mid-run."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -42,12 +43,23 @@ def _examples(shared: set[str]) -> str:
     return ", ".join(sorted(shared)[:SHOWN])
 
 
-def check_overlap(files: SplitFiles, split_folder: Path, val_file: Path) -> str | None:
-    """Refuse validation images that are also training images (the mIoU would be inflated);
-    return a warning when labeled images are also in the unlabeled list."""
-    val = _images(files.val)
+def volume_name(path: str) -> str:
+    """The scan an ACDC file belongs to: `.../patient001_frame01_slice_3.h5` (a training slice)
+    and `.../patient001_frame01.h5` (a validation volume) are both `patient001_frame01`."""
+    return re.sub(r"_slice_\d+$", "", Path(path).stem)
+
+
+def check_overlap(
+    files: SplitFiles, split_folder: Path, val_file: Path, same_scan=None
+) -> str | None:
+    """Refuse validation images that are also training images (the score would be inflated);
+    return a warning when labeled images are also in the unlabeled list. `same_scan`: a name
+    under which a training file and a validation file are the same data (ACDC: a slice of a
+    validation volume, see volume_name); by default the image path."""
+    key = same_scan or os.path.normpath
+    val = {key(s.image) for s in files.val}
     for name, samples in (("labeled", files.labeled), ("unlabeled", files.unlabeled)):
-        shared = _images(samples) & val
+        shared = {s.image for s in samples if key(s.image) in val}
         if shared:
             raise SplitError(
                 f"{len(shared)} images of {split_folder / (name + '.txt')} are also in {val_file} "

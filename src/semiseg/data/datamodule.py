@@ -249,11 +249,17 @@ class SemiSegDataModule(L.LightningDataModule):
         Lightning would give every loader a DistributedSampler with the same seed: with the
         labeled list repeated to the unlabeled length, labeled image j mod n would then always be
         drawn with unlabeled image j. Independent seeds draw the two streams independently, as
-        separate RandomSamplers do on one device. Lightning still calls set_epoch on them."""
+        separate RandomSamplers do on one device. Lightning still calls set_epoch on them.
+
+        A run resumed mid-epoch (the loaders are built after the checkpoint is restored) adds
+        its step to the seed: the rest of the epoch is drawn afresh, as on one device, where the
+        restored random generators draw a new order. With the seed alone, the permutation is a
+        function of seed and epoch, and the resumed epoch would replay its first batches."""
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1:
             return None
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) + 1000 * stream
+        seed += 1_000_003 * int(trainer.global_step)  # 0 for a run that starts afresh
         return DistributedSampler(
             dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed
         )

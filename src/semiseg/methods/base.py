@@ -417,6 +417,8 @@ class SemiSegModule(L.LightningModule):
             "best_score": self.best_score,
             "last_state": self.last_state,
             "nonfinite_steps": self.nonfinite_steps,
+            # a resumed run goes on counting towards optim.max_nonfinite_steps
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "rng": gather_rng_states(),
             "wandb_run_id": next(
                 (lg.version for lg in self.loggers if type(lg).__name__ == "WandbLogger"), None
@@ -446,6 +448,7 @@ class SemiSegModule(L.LightningModule):
         self.best_score = state.get("best_score", state.get("best_miou", float("-inf")))
         self.last_state = dict(state.get("last_state", {}))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         trainer = self._trainer
         if trainer is None or not state.get("rng"):
             return

@@ -36,9 +36,11 @@ class VirtualSteps:
         if not self._all_finite(loss):  # a collective: every rank decides alike
             raise NonFiniteLoss(loss)
         self.manual_backward(loss)
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None:
             if not self._gradients_finite():  # the same on every rank (averaged by DDP)
                 raise NonFiniteLoss(loss, gradients=True)
+        scale = scaler.get_scale() if scaler is not None else None
         if final:
             iteration = self.global_step
             optimizer.step()
@@ -46,6 +48,12 @@ class VirtualSteps:
         else:
             # LightningOptimizer.step is this call between the loop's step-counter hooks.
             self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)
+        if scaler is not None and scaler.get_scale() < scale:
+            # The 16-mixed GradScaler found inf/NaN gradients, skipped this step and lowered
+            # its scale: the iteration is abandoned as after NaN gradients (student, teacher,
+            # optimizer state and EMA counter put back; no EMA update after a step not taken).
+            # A skipped final step still counts, as in SemiSegModule.optimizer_step_with.
+            raise NonFiniteLoss(loss, gradients=True)
 
     @torch.no_grad()
     def _snapshot(self, optimizer) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from semiseg.data import medical
+from semiseg.data.checks import check_overlap, note_once, volume_name
 from semiseg.data.splits import SplitError, SplitFiles
 
 AUGMENT = "medical"
@@ -36,6 +37,10 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
     for what, samples in (("labeled", labeled), ("unlabeled", unlabeled), ("val", val)):
         medical.check_exist(dm.root, samples, what)
     files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=dm.root)
+    # a slice of a validation volume trained on would inflate the mean Dice
+    overlap = check_overlap(files, folder, val_file, same_scan=volume_name)
+    if overlap:
+        note_once(overlap)
     dm.labeled_set = medical.SliceLabeledDataset(
         dm.root, labeled, dm.crop_size, length=dm._labeled_length(files)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from semiseg.data import change
+from semiseg.data.checks import check_overlap, note_once
 from semiseg.data.splits import SplitError, SplitFiles
 
 AUGMENT = "change"
@@ -19,6 +20,9 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         dm.root, dm.splits_dir, folder, dm.val_list, dm.unlabeled
     )
     files = SplitFiles(labeled=labeled, unlabeled=unlabeled, val=val, root=dm.root)
+    overlap = check_overlap(files, folder, dm.splits_dir / dm.val_list)
+    if overlap:
+        note_once(overlap)
     dm.labeled_set = change.ChangeLabeledDataset(
         dm.root, labeled, dm.crop_size, length=dm._labeled_length(files)
     )

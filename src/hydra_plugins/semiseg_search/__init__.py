@@ -1,0 +1,1 @@
+"""semiseg's Hydra plugins (optuna_study: the hyperparameter search's sweeper)."""
