@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from semiseg.augment import mixing
 from semiseg.methods import imas as imas_module
-from semiseg.methods import meanteacher as meanteacher_module
 from semiseg.methods.augseg import AugSeg
 from semiseg.methods.imas import IMAS
 from semiseg.methods.meanteacher import MeanTeacher
@@ -224,13 +223,13 @@ def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
     length - 1 updates copy), its entropy from a train-mode forward on the student's batch, its
     BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
     boxes = []
-    original = meanteacher_module.half_area_boxes
+    original = mixing.half_area_boxes
 
     def recorded(*args, **kwargs):
         boxes.append(original(*args, **kwargs))
         return boxes[-1]
 
-    monkeypatch.setattr(meanteacher_module, "half_area_boxes", recorded)
+    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
     module = _module(MeanTeacher, cutmix_p=cutmix_p, ema_buffers="own", weight_u=1.0)
     assert module.style == "u2pl" and module.teacher_entropy == "train_forward"
     student, teacher, optimizer = _reference(module)

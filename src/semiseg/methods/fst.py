@@ -54,23 +54,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semiseg.augment.mixing import half_area_boxes, paste
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
-from semiseg.methods.losses import (
-    IGNORE_INDEX,
-    entropy,
-    entropy_filtered_ce,
-    pseudo_label_accuracy,
-)
+from semiseg.methods.teacher import ema_update
 from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.u2pl_step import check_teacher_options, checked_entropy_drop, u2pl_losses
 from semiseg.methods.virtual_steps import NonFiniteLoss, Step, VirtualSteps
 
 __all__ = ["FST", "NonFiniteLoss"]
 
 
 class FST(VirtualSteps, TeacherStudentModule):
-    public_ema_warmup = "ramp"  # its own updates (iteration) ramp from the first one, see docstring
+    public_ema_warmup = "epoch"  # the public first epoch and per-iteration ramp, see docstring
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
@@ -83,23 +78,22 @@ class FST(VirtualSteps, TeacherStudentModule):
         entropy_drop: float = 0.2,
         cutmix_p: float = 0.5,
         restore: str = "parameters",
+        teacher_entropy: str = "train_forward",
+        ema_buffers: bool | str = "own",
         batch_size: int | None = None,  # data.batch_size, read by data_requirements (FST-W)
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        if variant not in ("D", "W"):
-            raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
-        if int(k) < 0:
-            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for none")
+        super().__init__(*args, ema_buffers=ema_buffers, **kwargs)
+        self.configure_virtual_steps(variant, k, restore, k0_is="none")
         if base not in ("meanteacher", "cutmix"):
             raise ConfigError(f"method.base={base!r}: use meanteacher or cutmix")
-        if restore not in ("parameters", "all"):
-            raise ConfigError(f"method.restore={restore!r}: use parameters or all")
-        if not 0.0 <= entropy_drop < 1.0:
-            raise ConfigError(f"method.entropy_drop={entropy_drop}: a fraction in [0, 1)")
-        self.variant, self.k, self.base = variant, int(k), base
-        self.entropy_drop, self.cutmix_p, self.restore = float(entropy_drop), cutmix_p, restore
+        own_forward = teacher_entropy == "train_forward"
+        check_teacher_options(teacher_entropy, self.teacher.average_buffers, own_forward)
+        self.base, self.teacher_entropy = base, teacher_entropy
+        self.cutmix_p = cutmix_p if base == "cutmix" else 0.0
+        self.entropy_drop = checked_entropy_drop(entropy_drop)
         self.last_decay = 0.0  # of the teacher's last EMA update, logged
+        self.iteration_index = 0  # global_step when this iteration began (the public i_iter)
 
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
@@ -110,41 +104,17 @@ class FST(VirtualSteps, TeacherStudentModule):
 
     # ------------------------------------------------------------------ the loss of one step
     def training_losses(self, batch: TrainBatch) -> dict[str, Tensor]:
-        x, y = batch.labeled.image, batch.labeled.mask
-        u = batch.unlabeled
-        n_x, n_u = x.shape[0], u.weak.shape[0]
+        if self._in_first_epoch():  # the public `epoch == sup_only_epoch` reset, every loss
+            ema_update(self.teacher.network, self.model, 0.0, self.teacher.average_buffers)
+        return u2pl_losses(self, batch, self.cutmix_p, self.entropy_drop, self.teacher_entropy)
 
-        # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
-        conf, labels, teacher_logits = self.teacher_pseudo_labels(u.weak)
-        images, ignore = u.weak, u.ignore
-        targets, uncertainty = labels, entropy(teacher_logits)
-
-        # 2. With base=cutmix, one batch in two: image i with image i + 1's pixels, pseudo-labels,
-        #    entropy and padding inside a box of half its area.
-        if self.base == "cutmix" and float(torch.rand(())) < self.cutmix_p:
-            box = half_area_boxes(n_u, *images.shape[-2:], device=images.device)
-            partner = (torch.arange(n_u, device=images.device) + 1) % n_u
-            images, targets, uncertainty, ignore = (
-                paste(box, t, t[partner]) for t in (images, targets, uncertainty, ignore)
-            )
-
-        # 3. The student on labeled and unlabeled images in one batch.
-        logits = self.model(torch.cat((x, images)))
-        loss_x = self.labeled_loss(logits[:n_x], y)
-        loss_u, kept = entropy_filtered_ce(
-            logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
-        )
-        return {
-            "loss": loss_x + self.weight_u * loss_u,
-            "loss_x": loss_x,
-            "loss_u": loss_u,
-            "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, 0.0),
-        }
+    def _in_first_epoch(self) -> bool:
+        return self.ema_warmup == "epoch" and self.iteration_index < self.ema_copy_updates()
 
     # ------------------------------------------------------------------ one iteration
     def training_step(self, batch, batch_idx: int) -> None:
         batch = TrainBatch.parse(batch)
+        self.iteration_index = self.global_step
         try:
             losses = self.iteration(batch, self.optimizers().optimizer, self.lightning_step)
         except NonFiniteLoss as bad:
@@ -217,5 +187,9 @@ class FST(VirtualSteps, TeacherStudentModule):
         return losses
 
     def _ema_update(self) -> None:
-        self.last_decay = self.teacher.update(self.model, self.ema_updates)
+        if self.ema_warmup == "epoch":  # the public ramp: every update of an iteration alike
+            step, copies = self.iteration_index, self.ema_copy_updates()
+        else:  # `ramp`: counted per update
+            step, copies = self.ema_updates, 0
+        self.last_decay = self.teacher.update(self.model, step, copies)
         self.ema_updates += 1
