@@ -66,7 +66,8 @@ class LabeledList(Dataset):
 
 
 class LabeledDataset(Dataset):
-    """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}."""
+    """Random resize, crop (mask padded with `pad_label`: 255, ignored, or U2PL's and FST's 0)
+    and flip; {"image", "mask"}."""
 
     def __init__(
         self,
@@ -76,13 +77,15 @@ class LabeledDataset(Dataset):
         length: int | None = None,
         read_mask=None,
         pad_fill: str = "zero",
+        resize: str = "long_side",
+        pad_label: int = tf.IGNORE,
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
         _require_masks(samples, "labeled")
         self.root = Path(root)
         self.crop_size = crop_size
-        self.pad_fill = pad_fill
+        self.pad_fill, self.resize, self.pad_label = pad_fill, resize, pad_label
         self.read_mask = read_mask or tf.load_mask
         self.samples = repeated(samples, length)
 
@@ -92,8 +95,10 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
-        img, (mask,) = tf.resize_long_side(img, [mask])
-        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE], self.pad_fill)
+        img, (mask,) = tf.random_resize(img, [mask], self.resize)
+        img, (mask,) = tf.pad_and_crop(
+            img, [mask], self.crop_size, [self.pad_label], self.pad_fill
+        )
         img, (mask,) = tf.hflip(img, [mask])
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 
@@ -157,11 +162,19 @@ class UnlabeledDataset(UnlabeledViews):
     grayscale and blur for each strong view."""
 
     def __init__(
-        self, root, samples, crop_size, num_strong=2, mix="same", read_mask=None, pad_fill="zero"
+        self,
+        root,
+        samples,
+        crop_size,
+        num_strong=2,
+        mix="same",
+        read_mask=None,
+        pad_fill="zero",
+        resize="long_side",
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
         self.read_mask = read_mask or tf.load_mask
-        self.pad_fill = pad_fill
+        self.pad_fill, self.resize = pad_fill, resize
 
     def load(self, index, with_gt=True):
         sample = self.samples[index]
@@ -176,7 +189,7 @@ class UnlabeledDataset(UnlabeledViews):
         """One joint geometric augmentation, then the weak and strong photometric views."""
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
-        img, masks = tf.resize_long_side(img, masks)
+        img, masks = tf.random_resize(img, masks, self.resize)
         fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
         img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills, self.pad_fill)
         img, masks = tf.hflip(img, masks)

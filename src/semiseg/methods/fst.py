@@ -63,6 +63,12 @@ from semiseg.methods.virtual_steps import NonFiniteLoss, Step, VirtualSteps
 
 __all__ = ["FST", "NonFiniteLoss"]
 
+# The crops of the public semi-supervised code (its dataset/augmentation.py), asked of the data
+# module: `RandResize` draws a scale factor half the time in [0.5, 1), else in [1, 2); `Crop`
+# pads the labeled mask with 0 (trained as class 0) and the normalised image with 0 (the mean
+# colour). `resize=long_side`, `labeled_pad_label=255`, `pad_fill=zero`: UniMatch's crops.
+PUBLIC_DATA = {"resize": "scale_halves", "labeled_pad_label": 0, "pad_fill": "mean"}
+
 
 class FST(VirtualSteps, TeacherStudentModule):
     public_ema_warmup = "epoch"  # the public first epoch and per-iteration ramp, see docstring
@@ -81,6 +87,10 @@ class FST(VirtualSteps, TeacherStudentModule):
         teacher_entropy: str = "train_forward",
         ema_buffers: bool | str = "own",
         batch_size: int | None = None,  # data.batch_size, read by data_requirements (FST-W)
+        # read by data_requirements: the data module's crops (see `PUBLIC_DATA`)
+        resize: str = "scale_halves",
+        labeled_pad_label: int = 0,
+        pad_fill: str = "mean",
         **kwargs,
     ):
         super().__init__(*args, ema_buffers=ema_buffers, **kwargs)
@@ -98,6 +108,7 @@ class FST(VirtualSteps, TeacherStudentModule):
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
         needs = super().data_requirements(method_cfg)
+        needs.update({key: method_cfg.get(key, value) for key, value in PUBLIC_DATA.items()})
         if method_cfg.get("variant", "D") == "W":  # this iteration's batch and K future ones
             needs["batch_size"] = int(method_cfg.batch_size) * (int(method_cfg.k) + 1)
         return needs
