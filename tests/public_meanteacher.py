@@ -45,10 +45,10 @@ def public_u2pl_step(
     parameters (the buffers are the teacher's own). Returns the losses."""
     x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
     weak = batch["unlabeled"]["weak"]
-    if epoch == 0:  # sup_only_epoch 0: the teacher's parameters := the student's, every loss
+    if epoch == 0:  # sup_only_epoch 0: the teacher's parameters ARE the student's tensors
         with torch.no_grad():
             for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-                t.data = s.data.clone()
+                t.data = s.data
     teacher.eval()
     with torch.no_grad():
         labels = torch.softmax(teacher(weak), dim=1).max(1).indices

@@ -219,8 +219,8 @@ def test_imas_and_augseg_ask_for_the_mean_colour_padding_and_a_bad_fill_is_refus
 
 @pytest.mark.parametrize("cutmix_p", [1.0, 0.0], ids=["mixed", "plain"])
 def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
-    """U2PL's mean teacher: the teacher's parameters reset in epoch 0 (here: the first epoch
-    length - 1 updates copy), its entropy from a train-mode forward on the student's batch, its
+    """U2PL's mean teacher: the teacher's parameters are the student's tensors in epoch 0 (here:
+    every update of the first epoch copies), its entropy from a train-mode forward on the student's batch, its
     BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
     boxes = []
     original = mixing.half_area_boxes

@@ -96,9 +96,7 @@ class LabeledDataset(Dataset):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
         img, (mask,) = tf.random_resize(img, [mask], self.resize)
-        img, (mask,) = tf.pad_and_crop(
-            img, [mask], self.crop_size, [self.pad_label], self.pad_fill
-        )
+        img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [self.pad_label], self.pad_fill)
         img, (mask,) = tf.hflip(img, [mask])
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 

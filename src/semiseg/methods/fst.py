@@ -2,13 +2,14 @@
 student steps before the student takes its real one, so the student learns pseudo-labels from a
 teacher "of the future".
 
-The loss is that of FST's semi-supervised code (semi_seg/train_semi.py, U2PL's mean teacher):
-the teacher (eval mode) labels the weak view; with `base=cutmix`, half of the batches (one draw
-per batch) are CutMixed, image i receiving a box of half the crop area from image i + 1, labels
-alike; the student learns the labeled images (CE, or OHEM) and the pseudo-labels on the weak or
-mixed view, without confidence threshold, the top `entropy_drop` of teacher entropy dropped
-(`losses.entropy_filtered_ce`). `base=meanteacher` is the same without CutMix: the student sees
-the image the teacher labelled.
+The loss is that of FST's semi-supervised code (semi_seg/train_semi.py, U2PL's mean teacher;
+`u2pl_step.u2pl_losses`, shared with the mean teacher): the teacher (eval mode) labels the weak
+view; with `base=cutmix`, half of the batches (one draw per batch) are CutMixed, image i
+receiving a box of half the crop area from image i + 1, labels alike; the student learns the
+labeled images (CE, or OHEM) and the pseudo-labels on the weak or mixed view, without
+confidence threshold, the top `entropy_drop` of teacher entropy dropped, that entropy from a
+second, train-mode teacher forward on the student's batch (`teacher_entropy=train_forward`).
+`base=meanteacher` is the same without CutMix: the student sees the image the teacher labelled.
 
 One iteration (`variant=D`, FST-D, `if cfg["trainer"].get("fst")` in train_semi.py): remember
 the student's parameters; K times (K = 3 there): EMA update, loss, backward, optimizer step;
@@ -30,15 +31,18 @@ What `restore=parameters` (the public code) puts back is the parameters only: th
 momentum and the BatchNorm statistics keep what the virtual steps did to them. `restore=all`
 puts those back too, so the final step is exactly one plain step from where the iteration began.
 
-The teacher: updated `min(1 - 1/(t + 1), alpha)` with t counting this method's own updates,
-K + 2 per iteration for D (the public order), 2 for W; BatchNorm statistics averaged
-(`ema_buffers`). Differences from the public semi-supervised code, on purpose: its ramp counts
-iterations (all updates of one iteration share one decay; the UDA code's counts forwards, as
-here its updates) and its teacher is reset to the student at every loss of the first epoch
-(`epoch == sup_only_epoch`, 0), so its look-ahead only starts in the second; its teacher's BatchNorm statistics come from a second,
-train-mode teacher forward on the mixed batch, whose entropy it filters on; here the entropy is
-that of the eval-mode pseudo-label forward, mixed with the same box; padded pixels (the data
-module's ignore mask) are left out of the loss and of the percentile.
+The teacher, as public by default: the EMA covers the parameters only and its BatchNorm
+statistics are those of its own train-mode forwards (`ema_buffers=own`); `ema_warmup=epoch`:
+every loss of the first epoch is taught by the student itself (the public
+`epoch == sup_only_epoch` reset of the teacher's parameters, so no look-ahead in epoch 0, though
+the K virtual steps still run and still move momentum and BatchNorm statistics), and every EMA
+update of iteration i uses the decay min(1 - 1/(i + 1), alpha), 0 in the first epoch (the
+public teacher shares the student's tensors there, so its updates leave it equal to the student).
+Options, not the public code: `ema_warmup=ramp` ramps per update from the first one (the UDA
+code's rule), `ema_buffers=true` averages the statistics, `teacher_entropy=pseudo_labels` takes
+the entropy of the eval-mode pseudo-label forward. The crops are asked of the data module as
+public (`PUBLIC_DATA`). Left different: padded unlabeled pixels (the data module's ignore mask)
+are out of the loss and of the percentile; the public crops pad centred, these right/bottom.
 
 A NaN or inf loss on any rank (or NaN/inf gradients of a finite loss, without the GradScaler),
 at any of the K + 1 steps, abandons the whole iteration on every

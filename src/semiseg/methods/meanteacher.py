@@ -13,9 +13,13 @@ image n - 1 - i, thresholded cross-entropy (tau) over the non-padded pixels.
 
 The teacher as public: `teacher_entropy=train_forward` runs it a second time, in train mode, on
 the student's batch, and the entropy of that output filters the loss (`pseudo_labels`: the
-entropy of the pseudo-label forward, mixed with the same box, as semiseg's FST); with
+entropy of the pseudo-label forward, mixed with the same box); the loss is
+`u2pl_step.u2pl_losses`, shared with FST; with
 `ema_buffers=own` the EMA covers parameters only and the teacher's BatchNorm statistics are those
-of its own train-mode forwards; `ema_warmup=epoch` copies the student for the first epoch.
+of its own train-mode forwards; `ema_warmup=epoch` copies the student for the first epoch: U2PL points the teacher's
+parameters at the student's tensors (`t.data = s.data`) before every loss of epoch 0, so the
+student's optimizer step moves the teacher too and every update of that epoch, the last one
+included, leaves teacher = student.
 Differences from the public U2PL step (docs/methods.md): padded pixels (the data module's ignore
 mask) are left out of the loss and of the entropy percentile.
 """
@@ -52,12 +56,6 @@ class MeanTeacher(TeacherStudentModule):
         check_teacher_options(teacher_entropy, self.teacher.average_buffers, own_forward)
         self.style, self.cutmix_p = style, cutmix_p
         self.entropy_drop = checked_entropy_drop(entropy_drop)
-
-    def ema_copy_updates(self) -> int:
-        """U2PL resets the teacher's parameters to the student's before every loss of the first
-        epoch, and its EMA update after the epoch's last step already ramps: the first
-        (epoch length - 1) updates copy."""
-        return max(super().ema_copy_updates() - 1, 0)
 
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:

@@ -169,5 +169,3 @@ def check_source_overlap(
 
 def _absolute(root: Path | None, sample: Sample) -> str:
     return os.path.normpath(os.path.abspath(Path(root) / sample.image))
-
-
