@@ -45,10 +45,10 @@ def public_u2pl_step(
     parameters (the buffers are the teacher's own). Returns the losses."""
     x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
     weak = batch["unlabeled"]["weak"]
-    if epoch == 0:  # sup_only_epoch 0: the teacher's parameters := the student's, every loss
+    if epoch == 0:  # sup_only_epoch 0: the teacher's parameters ARE the student's tensors
         with torch.no_grad():
             for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-                t.data = s.data.clone()
+                t.data = s.data
     teacher.eval()
     with torch.no_grad():
         labels = torch.softmax(teacher(weak), dim=1).max(1).indices
@@ -73,3 +73,62 @@ def public_u2pl_step(
         for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
             t.data = decay * t.data + (1 - decay) * s.data
     return {"loss": loss.detach(), "loss_x": loss_x.detach()}
+
+
+def public_fst_iteration(
+    student, teacher, optimizer, lrs, batch, epoch, i_iter, alpha, boxes, k=3, percent=80
+):
+    """One iteration of train_semi.py with `fst: True` (k look-ahead steps; k=0: the step
+    without it). `boxes` yields, per loss, None (not CutMixed) or the per-image boxes. In epoch 0
+    (sup_only_epoch 0) every loss first points the teacher's parameters at the student's tensors
+    (`t.data = s.data`, no copy: the student's optimizer step moves the teacher too, until an EMA
+    update writes new tensors); the teacher's buffers are its own. Returns the real loss."""
+    x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+    weak = batch["unlabeled"]["weak"]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+
+    @torch.no_grad()
+    def update_ema():
+        decay = min(1 - 1 / (i_iter + 1), alpha)
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+            t.data = decay * t.data + (1 - decay) * s.data
+
+    def loss_backward():
+        if epoch == 0:
+            with torch.no_grad():
+                for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+                    t.data = s.data
+        teacher.eval()
+        with torch.no_grad():
+            labels = torch.softmax(teacher(weak), dim=1).max(1).indices
+        images, box = weak, next(boxes)
+        if box is not None:
+            images, labels = public_cutmix_next(weak, labels, box)
+        both = torch.cat((x, images))
+        pred = student(both)
+        loss_x = F.cross_entropy(pred[: len(x)], y, ignore_index=255)
+        teacher.train()
+        with torch.no_grad():
+            teacher_pred = teacher(both)[len(x) :]
+        loss = loss_x + public_entropy_filtered_ce(pred[len(x) :], labels, percent, teacher_pred)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    if k == 0:
+        loss = loss_backward()
+        update_ema()
+        return loss
+    saved = [p.data.clone() for p in student.parameters()]  # record_model
+    for _ in range(k):
+        update_ema()
+        loss_backward()
+    update_ema()
+    with torch.no_grad():  # restore_model: the parameters only
+        for p, s in zip(student.parameters(), saved, strict=True):
+            p.data[:] = s
+    loss = loss_backward()
+    update_ema()
+    return loss

@@ -65,10 +65,10 @@ def test_steps_worked_by_hand(rows):
     assert by_key[("fst_pascal", "u2pl_1_16")].steps_4 == 24_800
     assert by_key[("fst_pascal", "u2pl_1_16")].reference_steps == 24_800
     # FST Cityscapes: the public loaders draw 2975 - 744 = 2231 images an epoch: ceil(2231 / 8)
-    # = 279 per GPU, // 2 = 139 x 80 = 11,120; here the 372 split's 2603 unlabeled images:
-    # ceil(2603 / 4) = 651, // 4 = 162 x 80 = 12,960
-    fst_cityscapes = by_key[("fst_cityscapes", "1/8")]
-    assert (fst_cityscapes.reference_steps, fst_cityscapes.steps_4) == (11_120, 12_960)
+    # = 279 per GPU, // 2 = 139 x 80 = 11,120; here the same 744 split's 2231 unlabeled images:
+    # ceil(2231 / 4) = 558, // 4 = 139 x 80 = 11,120
+    fst_cityscapes = by_key[("fst_cityscapes", "1/4")]
+    assert (fst_cityscapes.reference_steps, fst_cityscapes.steps_4) == (11_120, 11_120)
     # CSS: 80,000 iterations (ori_pseudo.py's --total_iter) at 4 x 8, lr 6.4e-3 for every layer
     css = by_key[("css_pascal", "92")]
     assert (css.steps_4, css.steps_1, css.epochs, css.crop) == (80_000, 80_000, None, 512)

@@ -17,7 +17,7 @@ from test_clipping import TinyNet
 from torch import nn
 from torch.utils.data import DataLoader
 
-from semiseg.methods import fst as fst_module
+from semiseg.augment import mixing
 from semiseg.methods.fst import FST
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -57,7 +57,11 @@ def _samples(n, seed=0):
 
 def _module(cls=FST, **kwargs):
     torch.manual_seed(0)
-    options = {"base": "meanteacher", "entropy_drop": 0.0, "k": K, "ema_alpha": 0.9, **kwargs}
+    # The look-ahead mechanics against `Reference`: its teacher averages BatchNorm statistics and
+    # ramps per update from the first one (the public teacher rules: test_fst_public.py).
+    options = {"base": "meanteacher", "entropy_drop": 0.0, "k": K, "ema_alpha": 0.9,
+               "ema_buffers": True, "ema_warmup": "ramp", "teacher_entropy": "pseudo_labels",
+               **kwargs}  # fmt: skip
     return cls(
         model=TinyBNNet(), class_names=["a", "b", "c"], optim=OPTIM,
         evaluation={"mode": "original"}, crop_size=8, **options,
@@ -381,7 +385,7 @@ def test_cutmix_takes_the_next_image_inside_the_box(monkeypatch):
     module = _module(base="cutmix", cutmix_p=1.0)
     box = torch.zeros(4, 8, 8, dtype=torch.bool)
     box[:, 2:6, 1:7] = True
-    monkeypatch.setattr(fst_module, "half_area_boxes", lambda n, h, w, device=None: box[:n])
+    monkeypatch.setattr(mixing, "half_area_boxes", lambda n, h, w, device=None: box[:n])
     seen = []
     module.model.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     batch = next(iter(DataLoader(_samples(4), batch_size=4)))

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from semiseg.augment import mixing
 from semiseg.methods import imas as imas_module
-from semiseg.methods import meanteacher as meanteacher_module
 from semiseg.methods.augseg import AugSeg
 from semiseg.methods.imas import IMAS
 from semiseg.methods.meanteacher import MeanTeacher
@@ -220,17 +219,17 @@ def test_imas_and_augseg_ask_for_the_mean_colour_padding_and_a_bad_fill_is_refus
 
 @pytest.mark.parametrize("cutmix_p", [1.0, 0.0], ids=["mixed", "plain"])
 def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
-    """U2PL's mean teacher: the teacher's parameters reset in epoch 0 (here: the first epoch
-    length - 1 updates copy), its entropy from a train-mode forward on the student's batch, its
+    """U2PL's mean teacher: the teacher's parameters are the student's tensors in epoch 0 (here:
+    every update of the first epoch copies), its entropy from a train-mode forward on the student's batch, its
     BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
     boxes = []
-    original = meanteacher_module.half_area_boxes
+    original = mixing.half_area_boxes
 
     def recorded(*args, **kwargs):
         boxes.append(original(*args, **kwargs))
         return boxes[-1]
 
-    monkeypatch.setattr(meanteacher_module, "half_area_boxes", recorded)
+    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
     module = _module(MeanTeacher, cutmix_p=cutmix_p, ema_buffers="own", weight_u=1.0)
     assert module.style == "u2pl" and module.teacher_entropy == "train_forward"
     student, teacher, optimizer = _reference(module)

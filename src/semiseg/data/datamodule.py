@@ -33,7 +33,7 @@ from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.rare_class import RareClassSampling
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import Split, SplitError, SplitFiles
-from semiseg.data.transforms import PAD_FILLS
+from semiseg.data.transforms import PAD_FILLS, RESIZES
 from semiseg.distributed import SigtermSafeLoader, worker_init
 from semiseg.errors import ConfigError
 
@@ -98,6 +98,8 @@ class SemiSegDataModule(L.LightningDataModule):
         rare_class_sampling: Mapping | None = None,
         pad_fill: str = "zero",
         uda_pipeline: Mapping | None = None,
+        resize: str = "long_side",
+        labeled_pad_label: int = 255,
     ):
         super().__init__()
         self.root = Path(root)
@@ -131,6 +133,18 @@ class SemiSegDataModule(L.LightningDataModule):
                 f"method.pad_fill={pad_fill!r} is unknown: use one of {', '.join(PAD_FILLS)}"
             )
         self.pad_fill = pad_fill
+        # Natural images, asked for by FST (method.resize, method.labeled_pad_label): how the
+        # random resize draws (transforms.RESIZES) and the label of the labeled crops' padding.
+        if resize not in RESIZES:
+            raise ConfigError(
+                f"method.resize={resize!r} is unknown: use one of {', '.join(RESIZES)}"
+            )
+        if not (isinstance(labeled_pad_label, int) and 0 <= labeled_pad_label <= 255):
+            raise ConfigError(
+                f"method.labeled_pad_label={labeled_pad_label!r}: a class index, or 255 to "
+                "leave the padding out of the loss"
+            )
+        self.resize, self.labeled_pad_label = resize, labeled_pad_label
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);

@@ -67,11 +67,13 @@ class LabeledList(Dataset):
 
 
 class LabeledDataset(Dataset):
-    """Random resize, crop (mask padded with 255) and flip; {"image", "mask"}.
+    """Random resize, crop (mask padded with `pad_label`: 255, ignored, or U2PL's and FST's 0)
+    and flip; {"image", "mask"}.
 
-    `resize` (W, H) replaces the random resize by mmseg's fixed one (aspect kept) and
-    `cat_max_ratio` the crop by mmseg's RandomCrop with that rule (transforms.py): the
-    domain-adaptation pipelines of DAFormer and FST.
+    `resize_draw` picks how the random resize draws (transforms.RESIZES). `resize` (W, H)
+    replaces the random resize by mmseg's fixed one (aspect kept) and `cat_max_ratio` the crop by
+    mmseg's RandomCrop with that rule (transforms.py): the domain-adaptation pipelines of
+    DAFormer and FST.
     """
 
     def __init__(
@@ -84,13 +86,15 @@ class LabeledDataset(Dataset):
         pad_fill: str = "zero",
         resize=None,
         cat_max_ratio: float | None = None,
+        resize_draw: str = "long_side",
+        pad_label: int = tf.IGNORE,
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
         _require_masks(samples, "labeled")
         self.root = Path(root)
         self.crop_size = crop_size
-        self.pad_fill = pad_fill
+        self.pad_fill, self.resize_draw, self.pad_label = pad_fill, resize_draw, pad_label
         self.read_mask = read_mask or tf.load_mask
         self.samples = repeated(samples, length)
         self.resize = tuple(resize) if resize else None
@@ -105,14 +109,16 @@ class LabeledDataset(Dataset):
         if self.resize:
             img, (mask,) = tf.fixed_resize(img, [mask], self.resize)
         else:
-            img, (mask,) = tf.resize_long_side(img, [mask])
+            img, (mask,) = tf.random_resize(img, [mask], self.resize_draw)
         if self.cat_max_ratio is not None:
             box = tf.cat_max_ratio_box(np.asarray(mask), self.crop_size, self.cat_max_ratio)
             img, (mask,) = tf.crop_then_pad(
-                img, [mask], box, self.crop_size, [tf.IGNORE], self.pad_fill
+                img, [mask], box, self.crop_size, [self.pad_label], self.pad_fill
             )
         else:
-            img, (mask,) = tf.pad_and_crop(img, [mask], self.crop_size, [tf.IGNORE], self.pad_fill)
+            img, (mask,) = tf.pad_and_crop(
+                img, [mask], self.crop_size, [self.pad_label], self.pad_fill
+            )
         img, (mask,) = tf.hflip(img, [mask])
         return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
 
@@ -185,10 +191,11 @@ class UnlabeledDataset(UnlabeledViews):
         read_mask=None,
         pad_fill="zero",
         resize=None,
+        resize_draw="long_side",
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
         self.read_mask = read_mask or tf.load_mask
-        self.pad_fill = pad_fill
+        self.pad_fill, self.resize_draw = pad_fill, resize_draw
         # (W, H): mmseg's fixed resize (aspect kept) instead of the random one (UDA targets)
         self.resize = tuple(resize) if resize else None
 
@@ -208,7 +215,7 @@ class UnlabeledDataset(UnlabeledViews):
         if self.resize:
             img, masks = tf.fixed_resize(img, masks, self.resize)
         else:
-            img, masks = tf.resize_long_side(img, masks)
+            img, masks = tf.random_resize(img, masks, self.resize_draw)
         fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
         img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills, self.pad_fill)
         img, masks = tf.hflip(img, masks)

@@ -85,6 +85,29 @@ def resize_long_side(img, masks: list, ratio_range=(0.5, 2.0)):
     return img, masks
 
 
+def scale_halves_size(w: int, h: int, ratio_range=(0.5, 2.0)) -> tuple[int, int]:
+    """A random (width, height) as U2PL's and FST's `RandResize`: a factor drawn with
+    probability 1/2 uniformly in [lo, 1), else in [1, hi), both sides int(side * factor)."""
+    lo, hi = ratio_range
+    if random.random() < 0.5:
+        factor = lo + (1.0 - lo) * random.random()
+    else:
+        factor = 1.0 + (hi - 1.0) * random.random()
+    return max(int(w * factor), 1), max(int(h * factor), 1)
+
+
+# How the random resize draws the new size: UniMatch's long side, or U2PL's/FST's scale factor.
+RESIZES = {"long_side": long_side_size, "scale_halves": scale_halves_size}
+
+
+def random_resize(img, masks: list, mode: str = "long_side"):
+    """Resize by RESIZES[mode] (bilinear image, nearest masks), the aspect ratio kept."""
+    ow, oh = RESIZES[mode](*img.size)
+    img = img.resize((ow, oh), Image.BILINEAR)
+    masks = [m.resize((ow, oh), Image.NEAREST) for m in masks]
+    return img, masks
+
+
 def _pad(img, width, height, fill):
     canvas = Image.new(img.mode, (width, height), fill)
     canvas.paste(img, (0, 0))

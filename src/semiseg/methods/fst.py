@@ -2,13 +2,14 @@
 student steps before the student takes its real one, so the student learns pseudo-labels from a
 teacher "of the future".
 
-The loss is that of FST's semi-supervised code (semi_seg/train_semi.py, U2PL's mean teacher):
-the teacher (eval mode) labels the weak view; with `base=cutmix`, half of the batches (one draw
-per batch) are CutMixed, image i receiving a box of half the crop area from image i + 1, labels
-alike; the student learns the labeled images (CE, or OHEM) and the pseudo-labels on the weak or
-mixed view, without confidence threshold, the top `entropy_drop` of teacher entropy dropped
-(`losses.entropy_filtered_ce`). `base=meanteacher` is the same without CutMix: the student sees
-the image the teacher labelled.
+The loss is that of FST's semi-supervised code (semi_seg/train_semi.py, U2PL's mean teacher;
+`u2pl_step.u2pl_losses`, shared with the mean teacher): the teacher (eval mode) labels the weak
+view; with `base=cutmix`, half of the batches (one draw per batch) are CutMixed, image i
+receiving a box of half the crop area from image i + 1, labels alike; the student learns the
+labeled images (CE, or OHEM) and the pseudo-labels on the weak or mixed view, without
+confidence threshold, the top `entropy_drop` of teacher entropy dropped, that entropy from a
+second, train-mode teacher forward on the student's batch (`teacher_entropy=train_forward`).
+`base=meanteacher` is the same without CutMix: the student sees the image the teacher labelled.
 
 One iteration (`variant=D`, FST-D, `if cfg["trainer"].get("fst")` in train_semi.py): remember
 the student's parameters; K times (K = 3 there): EMA update, loss, backward, optimizer step;
@@ -30,15 +31,18 @@ What `restore=parameters` (the public code) puts back is the parameters only: th
 momentum and the BatchNorm statistics keep what the virtual steps did to them. `restore=all`
 puts those back too, so the final step is exactly one plain step from where the iteration began.
 
-The teacher: updated `min(1 - 1/(t + 1), alpha)` with t counting this method's own updates,
-K + 2 per iteration for D (the public order), 2 for W; BatchNorm statistics averaged
-(`ema_buffers`). Differences from the public semi-supervised code, on purpose: its ramp counts
-iterations (all updates of one iteration share one decay; the UDA code's counts forwards, as
-here its updates) and its teacher is reset to the student at every loss of the first epoch
-(`epoch == sup_only_epoch`, 0), so its look-ahead only starts in the second; its teacher's BatchNorm statistics come from a second,
-train-mode teacher forward on the mixed batch, whose entropy it filters on; here the entropy is
-that of the eval-mode pseudo-label forward, mixed with the same box; padded pixels (the data
-module's ignore mask) are left out of the loss and of the percentile.
+The teacher, as public by default: the EMA covers the parameters only and its BatchNorm
+statistics are those of its own train-mode forwards (`ema_buffers=own`); `ema_warmup=epoch`:
+every loss of the first epoch is taught by the student itself (the public
+`epoch == sup_only_epoch` reset of the teacher's parameters, so no look-ahead in epoch 0, though
+the K virtual steps still run and still move momentum and BatchNorm statistics), and every EMA
+update of iteration i uses the decay min(1 - 1/(i + 1), alpha), 0 in the first epoch (the
+public teacher shares the student's tensors there, so its updates leave it equal to the student).
+Options, not the public code: `ema_warmup=ramp` ramps per update from the first one (the UDA
+code's rule), `ema_buffers=true` averages the statistics, `teacher_entropy=pseudo_labels` takes
+the entropy of the eval-mode pseudo-label forward. The crops are asked of the data module as
+public (`PUBLIC_DATA`). Left different: padded unlabeled pixels (the data module's ignore mask)
+are out of the loss and of the percentile; the public crops pad centred, these right/bottom.
 
 A NaN or inf loss on any rank (or NaN/inf gradients of a finite loss, without the GradScaler),
 at any of the K + 1 steps, abandons the whole iteration on every
@@ -54,23 +58,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from semiseg.augment.mixing import half_area_boxes, paste
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
-from semiseg.methods.losses import (
-    IGNORE_INDEX,
-    entropy,
-    entropy_filtered_ce,
-    pseudo_label_accuracy,
-)
+from semiseg.methods.teacher import ema_update
 from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.u2pl_step import check_teacher_options, checked_entropy_drop, u2pl_losses
 from semiseg.methods.virtual_steps import NonFiniteLoss, Step, VirtualSteps
 
 __all__ = ["FST", "NonFiniteLoss"]
 
+# The crops of the public semi-supervised code (its dataset/augmentation.py), asked of the data
+# module: `RandResize` draws a scale factor half the time in [0.5, 1), else in [1, 2); `Crop`
+# pads the labeled mask with 0 (trained as class 0) and the normalised image with 0 (the mean
+# colour). `resize=long_side`, `labeled_pad_label=255`, `pad_fill=zero`: UniMatch's crops.
+PUBLIC_DATA = {"resize": "scale_halves", "labeled_pad_label": 0, "pad_fill": "mean"}
+
 
 class FST(VirtualSteps, TeacherStudentModule):
-    public_ema_warmup = "ramp"  # its own updates (iteration) ramp from the first one, see docstring
+    public_ema_warmup = "epoch"  # the public first epoch and per-iteration ramp, see docstring
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
 
@@ -83,68 +88,48 @@ class FST(VirtualSteps, TeacherStudentModule):
         entropy_drop: float = 0.2,
         cutmix_p: float = 0.5,
         restore: str = "parameters",
+        teacher_entropy: str = "train_forward",
+        ema_buffers: bool | str = "own",
         batch_size: int | None = None,  # data.batch_size, read by data_requirements (FST-W)
+        # read by data_requirements: the data module's crops (see `PUBLIC_DATA`)
+        resize: str = "scale_halves",
+        labeled_pad_label: int = 0,
+        pad_fill: str = "mean",
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        if variant not in ("D", "W"):
-            raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
-        if int(k) < 0:
-            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for none")
+        super().__init__(*args, ema_buffers=ema_buffers, **kwargs)
+        self.configure_virtual_steps(variant, k, restore, k0_is="none")
         if base not in ("meanteacher", "cutmix"):
             raise ConfigError(f"method.base={base!r}: use meanteacher or cutmix")
-        if restore not in ("parameters", "all"):
-            raise ConfigError(f"method.restore={restore!r}: use parameters or all")
-        if not 0.0 <= entropy_drop < 1.0:
-            raise ConfigError(f"method.entropy_drop={entropy_drop}: a fraction in [0, 1)")
-        self.variant, self.k, self.base = variant, int(k), base
-        self.entropy_drop, self.cutmix_p, self.restore = float(entropy_drop), cutmix_p, restore
+        own_forward = teacher_entropy == "train_forward"
+        check_teacher_options(teacher_entropy, self.teacher.average_buffers, own_forward)
+        self.base, self.teacher_entropy = base, teacher_entropy
+        self.cutmix_p = cutmix_p if base == "cutmix" else 0.0
+        self.entropy_drop = checked_entropy_drop(entropy_drop)
         self.last_decay = 0.0  # of the teacher's last EMA update, logged
+        self.iteration_index = 0  # global_step when this iteration began (the public i_iter)
 
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
         needs = super().data_requirements(method_cfg)
+        needs.update({key: method_cfg.get(key, value) for key, value in PUBLIC_DATA.items()})
         if method_cfg.get("variant", "D") == "W":  # this iteration's batch and K future ones
             needs["batch_size"] = int(method_cfg.batch_size) * (int(method_cfg.k) + 1)
         return needs
 
     # ------------------------------------------------------------------ the loss of one step
     def training_losses(self, batch: TrainBatch) -> dict[str, Tensor]:
-        x, y = batch.labeled.image, batch.labeled.mask
-        u = batch.unlabeled
-        n_x, n_u = x.shape[0], u.weak.shape[0]
+        if self._in_first_epoch():  # the public `epoch == sup_only_epoch` reset, every loss
+            ema_update(self.teacher.network, self.model, 0.0, self.teacher.average_buffers)
+        return u2pl_losses(self, batch, self.cutmix_p, self.entropy_drop, self.teacher_entropy)
 
-        # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
-        conf, labels, teacher_logits = self.teacher_pseudo_labels(u.weak)
-        images, ignore = u.weak, u.ignore
-        targets, uncertainty = labels, entropy(teacher_logits)
-
-        # 2. With base=cutmix, one batch in two: image i with image i + 1's pixels, pseudo-labels,
-        #    entropy and padding inside a box of half its area.
-        if self.base == "cutmix" and float(torch.rand(())) < self.cutmix_p:
-            box = half_area_boxes(n_u, *images.shape[-2:], device=images.device)
-            partner = (torch.arange(n_u, device=images.device) + 1) % n_u
-            images, targets, uncertainty, ignore = (
-                paste(box, t, t[partner]) for t in (images, targets, uncertainty, ignore)
-            )
-
-        # 3. The student on labeled and unlabeled images in one batch.
-        logits = self.model(torch.cat((x, images)))
-        loss_x = self.labeled_loss(logits[:n_x], y)
-        loss_u, kept = entropy_filtered_ce(
-            logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
-        )
-        return {
-            "loss": loss_x + self.weight_u * loss_u,
-            "loss_x": loss_x,
-            "loss_u": loss_u,
-            "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, 0.0),
-        }
+    def _in_first_epoch(self) -> bool:
+        return self.ema_warmup == "epoch" and self.iteration_index < self.ema_copy_updates()
 
     # ------------------------------------------------------------------ one iteration
     def training_step(self, batch, batch_idx: int) -> None:
         batch = TrainBatch.parse(batch)
+        self.iteration_index = self.global_step
         try:
             losses = self.iteration(batch, self.optimizers().optimizer, self.lightning_step)
         except NonFiniteLoss as bad:
@@ -217,5 +202,9 @@ class FST(VirtualSteps, TeacherStudentModule):
         return losses
 
     def _ema_update(self) -> None:
-        self.last_decay = self.teacher.update(self.model, self.ema_updates)
+        if self.ema_warmup == "epoch":  # the public ramp: every update of an iteration alike
+            step, copies = self.iteration_index, self.ema_copy_updates()
+        else:  # `ramp`: counted per update
+            step, copies = self.ema_updates, 0
+        self.last_decay = self.teacher.update(self.model, step, copies)
         self.ema_updates += 1

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from semiseg.data.batch import TrainBatch
-from semiseg.errors import ConfigError
 from semiseg.methods.dacs import DACS
 from semiseg.methods.virtual_steps import (
     NonFiniteLoss,
@@ -51,13 +50,7 @@ class FSTUDA(VirtualSteps, DACS):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if variant not in ("D", "W"):
-            raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
-        if int(k) < 0:
-            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for DACS")
-        if restore not in ("parameters", "all"):
-            raise ConfigError(f"method.restore={restore!r}: use parameters or all")
-        self.variant, self.k, self.restore = variant, int(k), restore
+        self.configure_virtual_steps(variant, k, restore, k0_is="DACS")
 
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:

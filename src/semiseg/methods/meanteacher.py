@@ -13,9 +13,13 @@ image n - 1 - i, thresholded cross-entropy (tau) over the non-padded pixels.
 
 The teacher as public: `teacher_entropy=train_forward` runs it a second time, in train mode, on
 the student's batch, and the entropy of that output filters the loss (`pseudo_labels`: the
-entropy of the pseudo-label forward, mixed with the same box, as semiseg's FST); with
+entropy of the pseudo-label forward, mixed with the same box); the loss is
+`u2pl_step.u2pl_losses`, shared with FST; with
 `ema_buffers=own` the EMA covers parameters only and the teacher's BatchNorm statistics are those
-of its own train-mode forwards; `ema_warmup=epoch` copies the student for the first epoch.
+of its own train-mode forwards; `ema_warmup=epoch` copies the student for the first epoch: U2PL points the teacher's
+parameters at the student's tensors (`t.data = s.data`) before every loss of epoch 0, so the
+student's optimizer step moves the teacher too and every update of that epoch, the last one
+included, leaves teacher = student.
 Differences from the public U2PL step (docs/methods.md): padded pixels (the data module's ignore
 mask) are left out of the loss and of the entropy percentile.
 """
@@ -26,18 +30,12 @@ from typing import Any
 
 import torch
 
-from semiseg.augment.mixing import Mixed, cutmix_with, half_area_boxes, paste
+from semiseg.augment.mixing import Mixed, cutmix_with
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
-from semiseg.methods.losses import (
-    IGNORE_INDEX,
-    consistency_loss,
-    entropy,
-    entropy_filtered_ce,
-    mask_ratio,
-    pseudo_label_accuracy,
-)
+from semiseg.methods.losses import consistency_loss, mask_ratio, pseudo_label_accuracy
 from semiseg.methods.teacher_student import TeacherStudentModule
+from semiseg.methods.u2pl_step import check_teacher_options, checked_entropy_drop, u2pl_losses
 
 
 class MeanTeacher(TeacherStudentModule):
@@ -53,28 +51,11 @@ class MeanTeacher(TeacherStudentModule):
         super().__init__(*args, **kwargs)
         if style not in ("u2pl", "unimatch"):
             raise ConfigError(f"method.style={style!r}: use u2pl (the public one) or unimatch")
-        if teacher_entropy not in ("train_forward", "pseudo_labels"):
-            raise ConfigError(
-                f"method.teacher_entropy={teacher_entropy!r}: use train_forward (public) or "
-                "pseudo_labels"
-            )
         self.teacher_entropy = teacher_entropy
         own_forward = style == "u2pl" and teacher_entropy == "train_forward"
-        if self.teacher.average_buffers == "own" and not own_forward:
-            raise ConfigError(
-                "method.ema_buffers=own needs the teacher's own train-mode forward (style=u2pl, "
-                "teacher_entropy=train_forward), or its BatchNorm statistics never move: set "
-                "method.ema_buffers=true"
-            )
-        if not 0.0 <= entropy_drop < 1.0:
-            raise ConfigError(f"method.entropy_drop={entropy_drop}: a fraction in [0, 1)")
-        self.style, self.entropy_drop, self.cutmix_p = style, float(entropy_drop), cutmix_p
-
-    def ema_copy_updates(self) -> int:
-        """U2PL resets the teacher's parameters to the student's before every loss of the first
-        epoch, and its EMA update after the epoch's last step already ramps: the first
-        (epoch length - 1) updates copy."""
-        return max(super().ema_copy_updates() - 1, 0)
+        check_teacher_options(teacher_entropy, self.teacher.average_buffers, own_forward)
+        self.style, self.cutmix_p = style, cutmix_p
+        self.entropy_drop = checked_entropy_drop(entropy_drop)
 
     @classmethod
     def data_requirements(cls, method_cfg) -> dict[str, Any]:
@@ -85,46 +66,7 @@ class MeanTeacher(TeacherStudentModule):
     def training_losses(self, batch: TrainBatch):
         if self.style == "unimatch":
             return self.unimatch_losses(batch)
-        x, y = batch.labeled.image, batch.labeled.mask
-        u = batch.unlabeled
-        n_x, n_u = x.shape[0], u.weak.shape[0]
-
-        # 1. The teacher's pseudo-labels of the weak view (eval mode, no gradient), their entropy.
-        conf, labels, teacher_logits = self.teacher_pseudo_labels(u.weak)
-        images, targets, uncertainty, ignore = (
-            u.weak,
-            labels,
-            entropy(teacher_logits),
-            u.ignore,
-        )
-
-        # 2. One batch in two: image i with image i + 1's pixels, pseudo-labels, entropy and
-        #    padding inside a box of half its area.
-        if float(torch.rand(())) < self.cutmix_p:
-            box = half_area_boxes(n_u, *images.shape[-2:], device=images.device)
-            partner = (torch.arange(n_u, device=images.device) + 1) % n_u
-            images, targets, uncertainty, ignore = (
-                paste(box, t, t[partner]) for t in (images, targets, uncertainty, ignore)
-            )
-
-        # 3. The student on labeled and unlabeled images in one batch; then the teacher, in train
-        #    mode, on the same batch: the entropy of ITS output filters the loss (and the forward
-        #    moves its BatchNorm statistics, which `ema_buffers=own` leaves to it, as public).
-        both = torch.cat((x, images))
-        logits = self.model(both)
-        loss_x = self.labeled_loss(logits[:n_x], y)
-        if self.teacher_entropy == "train_forward":
-            uncertainty = entropy(self.teacher.with_batch_statistics(both)[n_x:])
-        loss_u, kept = entropy_filtered_ce(
-            logits[n_x:], targets, uncertainty, ignore, self.entropy_drop
-        )
-        return {
-            "loss": loss_x + self.weight_u * loss_u,
-            "loss_x": loss_x,
-            "loss_u": loss_u,
-            "kept_ratio": kept.sum() / (ignore != IGNORE_INDEX).sum().clamp(min=1),
-            "pseudo_acc": pseudo_label_accuracy(labels, conf, u.gt, 0.0),
-        }
+        return u2pl_losses(self, batch, self.cutmix_p, self.entropy_drop, self.teacher_entropy)
 
     def unimatch_losses(self, batch: TrainBatch):
         x, y = batch.labeled.image, batch.labeled.mask

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from semiseg.errors import ConfigError
+
 # step(loss, final): backward and optimizer step; `final` is the iteration's counted step.
 Step = Callable[[Tensor, bool], None]
 
@@ -28,6 +30,17 @@ class NonFiniteLoss(Exception):
 
 class VirtualSteps:
     """Mixin for a SemiSegModule subclass (it uses its optimizer, poly schedule and trainer)."""
+
+    def configure_virtual_steps(self, variant: str, k, restore: str, k0_is: str) -> None:
+        """Check and keep `method.variant`, `method.k` and `method.restore`; `k0_is` names what
+        k=0 runs (for the error line)."""
+        if variant not in ("D", "W"):
+            raise ConfigError(f"method.variant={variant!r}: use D (look-ahead) or W (averaged)")
+        if int(k) < 0:
+            raise ConfigError(f"method.k={k}: the number of virtual steps, 0 for {k0_is}")
+        if restore not in ("parameters", "all"):
+            raise ConfigError(f"method.restore={restore!r}: use parameters or all")
+        self.variant, self.k, self.restore = variant, int(k), restore
 
     def lightning_step(self, loss: Tensor, final: bool) -> None:
         """Backward and optimizer step through Lightning; only the final one moves global_step."""

@@ -46,6 +46,8 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         length=dm._labeled_length(files),
         read_mask=reader,
         pad_fill=dm.pad_fill,
+        resize_draw=dm.resize,
+        pad_label=dm.labeled_pad_label,
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
@@ -57,6 +59,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
             dm.mix,
             read_mask=gt_reader,
             pad_fill=dm.pad_fill,
+            resize_draw=dm.resize,
         )
     dm.val_set = ValDataset(dm.root, files.val, read_mask=reader)
     dm.files = files
