@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from semiseg.errors import ConfigError
+from semiseg.selection.trust import TAU_GRID
 from semiseg.selection.trust_callback import PseudoLabelTrust
 from semiseg.tasks.segmentation import SegmentationTask
 
@@ -131,3 +132,37 @@ def test_methods_without_a_threshold_log_nothing():
 def test_bad_target_precision_is_one_line(value):
     with pytest.raises(ConfigError, match=r"^trust.target_precision=.*give a precision in"):
         PseudoLabelTrust(target_precision=value)
+
+
+@pytest.mark.slow  # two tiny training runs
+def test_training_writes_trust_columns_into_the_csv_metrics(toy_root, tmp_path):
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from cli import train_on_toy
+
+    run = tmp_path / "run"
+    train_on_toy(
+        toy_root,
+        "method=fixmatch",
+        "logger=csv",
+        "trust.target_precision=0.5",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        f"hydra.run.dir={run}",
+    )
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("trust/ece")]
+    assert len(rows) == 1
+    classes = (toy_root / "classes.txt").read_text().split()
+    for name in classes:
+        assert f"trust/precision_{name}" in rows[0] and f"trust/coverage_{name}" in rows[0]
+    assert 0.0 <= float(rows[0]["trust/ece"]) <= 100.0
+    assert float(rows[0]["trust/tau"]) in (0.95, *TAU_GRID)  # set from the grid, or kept
+
+    supervised = tmp_path / "supervised"
+    train_on_toy(toy_root, "method=supervised", "logger=csv", f"hydra.run.dir={supervised}")
+    with open(supervised / "csv" / "metrics.csv") as f:
+        assert not any(k.startswith("trust/") for k in next(csv.DictReader(f)))
