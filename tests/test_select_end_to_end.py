@@ -231,11 +231,13 @@ def test_acdc_chooses_whole_cases_by_their_mean_slice_score(acdc_run, tmp_path):
         assert float(row["entropy"]) == pytest.approx(
             np.mean([slices[s] for s in members]), abs=2e-6
         )
-    ranked = sorted(cases, key=lambda r: (-float(r["entropy"]), int(r["index"])))[:2]
-    chosen = [
-        r["case"] for r in sorted(cases, key=lambda r: r["chosen_rank"] or "9") if r["chosen_rank"]
-    ]
-    assert chosen == [r["case"] for r in ranked]
+    chosen = [r["case"] for r in sorted(cases, key=lambda r: r["chosen_rank"] or "9")][:2]
+    assert all(r["chosen_rank"] for r in cases if r["case"] in chosen)
+    # the two highest mean scores (scores.csv rounds to 6 decimals: ties within that)
+    lowest_chosen = min(float(r["entropy"]) for r in cases if r["case"] in chosen)
+    assert all(
+        float(r["entropy"]) <= lowest_chosen + 1e-6 for r in cases if r["case"] not in chosen
+    )
     # every slice of the chosen cases moves; split 3 = 1 + 2 cases, one file per line
     new = (tmp_path / "case" / "3" / "labeled.txt").read_text().splitlines()
     moved = [s for c in chosen for s in pool if Path(s).name.startswith(c + "_slice_")]
