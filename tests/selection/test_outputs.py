@@ -70,7 +70,7 @@ def test_written_split_loads_and_the_old_split_is_untouched(tmp_path):
 
 def test_scores_csv_lists_every_pool_image_with_its_rank(tmp_path):
     scores = {"entropy": np.array([0.1, 0.5, 0.25]), "margin": np.array([0.2, 0.3, 0.4])}
-    outputs.write_scores_csv(tmp_path / "scores.csv", POOL, scores, [2, 0])
+    outputs.write_scores_csv(tmp_path / "scores.csv", [s.image for s in POOL], scores, [2, 0])
     lines = (tmp_path / "scores.csv").read_text().splitlines()
     assert lines == [
         "index,image,entropy,margin,chosen_rank",
@@ -81,10 +81,9 @@ def test_scores_csv_lists_every_pool_image_with_its_rank(tmp_path):
 
 
 def test_contact_sheet_shows_each_chosen_image_beside_its_map(tmp_path):
-    Image.new("RGB", (40, 30), (0, 200, 0)).save(tmp_path / "x.png")
+    green = Image.new("RGB", (40, 30), (0, 200, 0))
     maps = [np.zeros((10, 10)), np.ones((10, 10))]
-    picked = [Sample("x.png", None), Sample("x.png", None)]
-    shown = outputs.contact_sheet(tmp_path / "sheet.png", tmp_path, picked, maps, ["#1", "#2"])
+    shown = outputs.contact_sheet(tmp_path / "sheet.png", [[green], [green]], maps, ["#1", "#2"])
     sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
     assert shown == 2
     tile = outputs.TILE
@@ -92,3 +91,29 @@ def test_contact_sheet_shows_each_chosen_image_beside_its_map(tmp_path):
     cell = 2 * tile + 8
     certain, uncertain = sheet[5, tile + 5], sheet[5, cell + tile + 5]
     assert certain.sum() < 30 and uncertain.sum() > 500  # magma: dark at 0, bright at 1
+
+
+def test_contact_sheet_shows_both_images_of_a_pair_before_the_map(tmp_path):
+    a, b = Image.new("RGB", (20, 20), (200, 0, 0)), Image.new("RGB", (20, 20), (0, 0, 200))
+    outputs.contact_sheet(tmp_path / "sheet.png", [[a, b]], [np.ones((4, 4))], ["#1"])
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
+    tile = outputs.TILE
+    assert sheet.shape[1] == outputs.SHEET_COLUMNS * (3 * tile + 8)  # image, image, map
+    assert tuple(sheet[5, 5]) == (200, 0, 0) and tuple(sheet[5, tile + 5]) == (0, 0, 200)
+    assert sheet[5, 2 * tile + 5].sum() > 500  # the map after both images
+
+
+def test_next_round_of_one_name_per_line_lists_keeps_no_mask(tmp_path):
+    labeled = [Sample("data/slices/a_slice_0.h5", None)]
+    pool = [Sample("data/slices/b_slice_0.h5", None), Sample("data/slices/b_slice_1.h5", None)]
+    new, rest, picked = outputs.next_round(labeled, pool, [1], masks_listed=False)
+    assert new == [labeled[0], pool[1]] and rest == [pool[0]] and picked == [pool[1]]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "valtest.txt").write_text("data/v1.h5\ndata/v2.h5\n")
+    outputs.write_next_split(
+        tmp_path / "out", "2", new, rest, tmp_path / "old" / "valtest.txt", masks_listed=False
+    )
+    assert (tmp_path / "out" / "valtest.txt").read_text() == "data/v1.h5\ndata/v2.h5\n"
+    assert (tmp_path / "out" / "2" / "labeled.txt").read_text() == (
+        "data/slices/a_slice_0.h5\ndata/slices/b_slice_1.h5\n"
+    )

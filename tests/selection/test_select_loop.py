@@ -2,7 +2,7 @@
 select_images.py, tested on their own)."""
 
 from semiseg.data.splits import load_split, read_list
-from semiseg.tools.select_loop import first_split, plot
+from semiseg.tools.select_loop import best_miou, first_split, plot, table, train_once
 
 
 def test_first_split_takes_the_first_labeled_and_pool_images(toy_root, tmp_path):
@@ -24,3 +24,25 @@ def test_plot_writes_the_curves(tmp_path):
     ]
     plot(tmp_path / "loop.png", rows)
     assert (tmp_path / "loop.png").stat().st_size > 0
+
+
+def test_table_gives_mean_and_population_std_over_seeds():
+    rows = [
+        {"strategy": "random", "seed": 0, "labeled": 10, "miou": 20.0},
+        {"strategy": "random", "seed": 1, "labeled": 10, "miou": 30.0},
+        {"strategy": "entropy", "seed": 0, "labeled": 10, "miou": 21.0},
+        {"strategy": "entropy", "seed": 1, "labeled": 10, "miou": 21.0},
+        {"strategy": "random", "seed": 0, "labeled": 20, "miou": 40.0},
+    ]
+    assert table(rows).splitlines() == [
+        "| labeled images | random | entropy |",
+        "|---|---|---|",
+        "| 10 | 25.00 +- 5.00 (2) | 21.00 +- 0.00 (2) |",
+        "| 20 | 40.00 +- 0.00 (1) |  |",
+    ]
+
+
+def test_a_finished_round_is_read_not_trained_again(tmp_path):
+    (tmp_path / "results.json").write_text('{"best_val_miou": 12.5}')
+    train_once(tmp_path, "no_such_key=1")  # train.py would fail on this override
+    assert best_miou(tmp_path) == 12.5

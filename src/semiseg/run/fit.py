@@ -38,6 +38,7 @@ from semiseg.run.results import (
     versus_reference,
     write_json_atomic,
 )
+from semiseg.selection.trust_callback import PseudoLabelTrust
 
 
 def run_dir() -> Path:
@@ -120,6 +121,9 @@ def _train_in(cfg, out: Path, lock: RunLock, trainer_args, own, started, multiru
     )
     logger = build_logger(cfg, resume_from, multirun)
     callbacks = [RankSeed(cfg.seed), checkpoints, *progress_callbacks(trainer_args)]
+    trust_cfg = cfg.get("trust") or {}
+    if trust_cfg.get("log", True):  # pseudo-label precision, coverage, ECE at validation
+        callbacks.append(PseudoLabelTrust(trust_cfg.get("target_precision")))
     if isinstance(logger, WandbLogger):
         callbacks.append(WandbPanels(num_images=int(cfg.logger.get("panel_images", 4))))
     trainer = instantiate(

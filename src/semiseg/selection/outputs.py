@@ -34,16 +34,20 @@ def mask_path_for(image: str, labeled: list[Sample]) -> str:
 
 
 def next_round(
-    labeled: list[Sample], pool: list[Sample], chosen
+    labeled: list[Sample], pool: list[Sample], chosen, masks_listed: bool = True
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """(new labeled list, new unlabeled list, the chosen samples): the old labeled list then the
-    chosen in the order chosen, each with its mask (listed, or where it is expected); the rest of
-    the pool in its old order."""
+    chosen in the order chosen, each with its mask (listed, or where it is expected) where
+    `masks_listed` (image datasets; HDF5 slices and change pairs list one name per line); the
+    rest of the pool in its old order."""
     chosen = [int(i) for i in chosen]
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"chosen indices repeat: {chosen}")
     picked = [
-        Sample(pool[i].image, pool[i].mask or mask_path_for(pool[i].image, labeled)) for i in chosen
+        Sample(pool[i].image, pool[i].mask or mask_path_for(pool[i].image, labeled))
+        if masks_listed
+        else pool[i]
+        for i in chosen
     ]
     taken = set(chosen)
     rest = [s for i, s in enumerate(pool) if i not in taken]
@@ -56,14 +60,19 @@ def write_next_split(
     labeled: list[Sample],
     unlabeled: list[Sample],
     val_file: Path,
+    masks_listed: bool = True,
 ) -> Path:
     """`<output>/<name>/labeled.txt`, `unlabeled.txt` and `<output>/<val_file.name>` (the old
-    validation list, unless `output` is the old splits folder). Refuses a split that exists."""
+    validation list, unless `output` is the old splits folder; checked as image-and-mask pairs
+    where `masks_listed`, else copied as it is). Refuses a split that exists."""
     refuse_existing(output / name)
     folder = write_split(output, name, labeled, unlabeled)
     target = output / val_file.name
     if not (target.exists() and target.resolve() == val_file.resolve()):
-        write_list(target, read_list(val_file, require_mask=True))
+        if masks_listed:
+            write_list(target, read_list(val_file, require_mask=True))
+        else:
+            write_atomic(target, val_file.read_bytes())
     return folder
 
 
@@ -81,37 +90,42 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_scores_csv(path: Path, pool: list[Sample], scores: dict, chosen) -> None:
-    """One row per pool image in pool order: its scores and, if chosen, its rank (1 = first)."""
+def write_scores_csv(
+    path: Path, units: list[str], scores: dict, chosen, column: str = "image"
+) -> None:
+    """One row per pool unit (image, pair, slice or case) in pool order: its scores and, if
+    chosen, its rank (1 = first)."""
     rank = {int(i): k + 1 for k, i in enumerate(chosen)}
     names = [n for n in ("entropy", "margin", "disagreement") if scores.get(n) is not None]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "image", *names, "chosen_rank"])
-    for i, sample in enumerate(pool):
+    writer.writerow(["index", column, *names, "chosen_rank"])
+    for i, unit in enumerate(units):
         values = [f"{float(scores[n][i]):.6f}" for n in names]
-        writer.writerow([i, sample.image, *values, rank.get(i, "")])
+        writer.writerow([i, unit, *values, rank.get(i, "")])
     write_atomic(path, text.getvalue().encode())
 
 
 def contact_sheet(
-    path: Path, root: Path, picked: list[Sample], maps: list[np.ndarray], labels: list[str]
+    path: Path, thumbnails: list[list[Image.Image]], maps: list[np.ndarray], labels: list[str]
 ) -> int:
-    """The chosen images (up to SHEET_MAX) each beside its uncertainty map (magma: dark is
-    certain, bright uncertain, on one 0..1 scale), captioned; returns how many are shown."""
-    shown = min(len(picked), SHEET_MAX)
+    """The chosen images (up to SHEET_MAX; a pair shows both images) each beside its uncertainty
+    map (magma: dark is certain, bright uncertain, on one 0..1 scale), captioned; returns how
+    many are shown."""
+    shown = min(len(thumbnails), SHEET_MAX)
     rows = max(1, -(-shown // SHEET_COLUMNS))
-    cell_w, cell_h = 2 * TILE + 8, TILE + 16
+    per_cell = max((len(t) for t in thumbnails[:shown]), default=1) + 1
+    cell_w, cell_h = per_cell * TILE + 8, TILE + 16
     sheet = Image.new("RGB", (SHEET_COLUMNS * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     cmap = colormaps["magma"]
     for k in range(shown):
         x, y = (k % SHEET_COLUMNS) * cell_w, (k // SHEET_COLUMNS) * cell_h
-        with Image.open(root / picked[k].image) as img:
-            thumb = img.convert("RGB").resize((TILE, TILE))
+        for j, thumb in enumerate(thumbnails[k]):
+            sheet.paste(thumb.convert("RGB").resize((TILE, TILE)), (x + j * TILE, y))
         heat = (cmap(np.clip(maps[k], 0, 1))[..., :3] * 255).astype(np.uint8)
-        sheet.paste(thumb, (x, y))
-        sheet.paste(Image.fromarray(heat).resize((TILE, TILE), Image.NEAREST), (x + TILE, y))
+        heat_x = x + len(thumbnails[k]) * TILE
+        sheet.paste(Image.fromarray(heat).resize((TILE, TILE), Image.NEAREST), (heat_x, y))
         draw.text((x + 2, y + TILE + 2), labels[k], fill="black")
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")

@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError
-from semiseg.predict import tta_probabilities
 from semiseg.selection.uncertainty import (
     disagreement_map,
     entropy_map,
@@ -50,47 +49,89 @@ def load_normalized(path: Path) -> Tensor:
     return tf.normalize(tf.load_image(path))[None]
 
 
+def pair_seed(seed: int, index: int) -> int:
+    """The seed of the feature-perturbation dropout of pool image `index`: one per image, so
+    that an image's disagreement does not depend on which images were scored before it (or on
+    which process scored it)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def score_one(module, fmt, x: Tensor, pair: bool, features: bool, seed: int) -> dict:
+    """The scores of one input (1, C, H, W): entropy, margin, the small entropy map and, if
+    asked, the disagreement of the method's two predictions and the pooled encoder features."""
+    network = module.eval_network
+    probs = fmt.probabilities(network, x)[0]
+    pixel_entropy = entropy_map(probs)
+    record = {
+        "entropy": image_score(pixel_entropy),
+        "margin": image_score(margin_map(probs)),
+        "map": small_map(pixel_entropy),
+    }
+    if pair:
+        torch.manual_seed(seed)
+        logits_a, logits_b = module.prediction_pair(fmt.network_input(x))
+        probs_a, probs_b = logits_a.float().softmax(1)[0], logits_b.float().softmax(1)[0]
+        record["disagreement"] = image_score(disagreement_map(probs_a, probs_b))
+    if features:
+        record["feature"] = pooled_encoder_features(network, fmt.network_input(x))[0].cpu().numpy()
+    return record
+
+
+def shard(count: int, rank: int, world: int) -> range:
+    """The indices one process scores: every world-th from its rank."""
+    return range(rank, count, world)
+
+
 @torch.no_grad()
 def score_pool(
     module,
-    images: list[Path],
-    labeled_images: list[Path],
-    mode: str,
-    crop_size: int,
+    fmt,
+    pool: list,
+    labeled: list,
     pair: bool,
     features: bool,
     device: torch.device,
-) -> PoolScores:
-    """Scores of every pool image with the module's evaluated network; `pair`: also the
-    disagreement of the method's two predictions; `features`: pooled encoder features of the
-    pool and of the labeled images."""
-    network = module.eval_network
-    num_classes = module.num_classes
-    mode = scoring_mode(mode)
-    entropy, margin, disagreement, maps, pooled = [], [], [], [], []
-    for path in tqdm(images, desc="score unlabeled images", unit="img"):
-        image = load_normalized(path).to(device)
-        probs = tta_probabilities(network, image, mode, crop_size, num_classes)[0]
-        pixel_entropy = entropy_map(probs)
-        entropy.append(image_score(pixel_entropy))
-        margin.append(image_score(margin_map(probs)))
-        maps.append(small_map(pixel_entropy))
-        if pair:
-            logits_a, logits_b = module.prediction_pair(image)
-            probs_a, probs_b = logits_a.float().softmax(1)[0], logits_b.float().softmax(1)[0]
-            disagreement.append(image_score(disagreement_map(probs_a, probs_b)))
-        if features:
-            pooled.append(pooled_encoder_features(network, image)[0].cpu().numpy())
-    scores = PoolScores(np.asarray(entropy), np.asarray(margin), maps=maps)
-    if pair:
-        scores.disagreement = np.asarray(disagreement)
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> dict:
+    """This process's share of the scores: {"pool": {index: record}, "labeled": {index:
+    feature}} for its shard of the pool (and, for `features`, of the labeled samples). Merged
+    over the processes by `merge`."""
+    mine = {}
+    for i in tqdm(shard(len(pool), rank, world), desc="score unlabeled images", unit="img"):
+        x = fmt.load(pool[i]).to(device)
+        mine[i] = score_one(module, fmt, x, pair, features, pair_seed(seed, i))
+    labeled_features = {}
     if features:
-        scores.features = np.stack(pooled)
-        labeled = [
-            pooled_encoder_features(network, load_normalized(p).to(device))[0].cpu().numpy()
-            for p in tqdm(labeled_images, desc="features of labeled images", unit="img")
-        ]
-        scores.labeled_features = np.stack(labeled) if labeled else scores.features[:0]
+        for i in tqdm(shard(len(labeled), rank, world), desc="features of labeled images"):
+            x = fmt.network_input(fmt.load(labeled[i]).to(device))
+            labeled_features[i] = pooled_encoder_features(module.eval_network, x)[0].cpu().numpy()
+    return {"pool": mine, "labeled": labeled_features}
+
+
+def merge(parts: list[dict], pool_size: int, labeled_size: int, pair: bool, features: bool):
+    """The processes' shares as one PoolScores in pool order."""
+    records = {i: r for part in parts for i, r in part["pool"].items()}
+    if sorted(records) != list(range(pool_size)):
+        raise RuntimeError(f"scores of {len(records)} of {pool_size} pool images came back")
+    ordered = [records[i] for i in range(pool_size)]
+    scores = PoolScores(
+        np.asarray([r["entropy"] for r in ordered]),
+        np.asarray([r["margin"] for r in ordered]),
+        maps=[r["map"] for r in ordered],
+    )
+    if pair:
+        scores.disagreement = np.asarray([r["disagreement"] for r in ordered])
+    if features:
+        scores.features = np.stack([r["feature"] for r in ordered])
+        labeled = {i: f for part in parts for i, f in part["labeled"].items()}
+        scores.labeled_features = (
+            np.stack([labeled[i] for i in range(labeled_size)])
+            if labeled_size
+            else scores.features[:0]
+        )
     return scores
 
 

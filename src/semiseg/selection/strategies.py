@@ -37,7 +37,7 @@ STRATEGIES = {
 }
 
 
-def check_budget(budget, pool_size: int) -> int:
+def check_budget(budget, pool_size: int, what: str = "unlabeled images") -> int:
     """The budget as an int in 1..pool_size, or one line saying what is wrong."""
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
         raise ConfigError(f"budget={budget}: give the number of images to label next (>= 1)")
@@ -45,7 +45,7 @@ def check_budget(budget, pool_size: int) -> int:
         raise ConfigError(f"budget={budget}: give the number of images to label next (>= 1)")
     if budget > pool_size:
         raise ConfigError(
-            f"budget={budget} is more than the {pool_size} unlabeled images of the split: "
+            f"budget={budget} is more than the {pool_size} {what} of the split: "
             f"give budget <= {pool_size}"
         )
     return int(budget)

@@ -30,6 +30,9 @@ class SegmentationTask(Task):
             self.trust_grid = {
                 t: trust.TrustCounts(self.num_classes, tau=t) for t in trust.TAU_GRID
             }
+        # the network whose pseudo-labels are counted (None: the evaluated one); a training
+        # run's trust callback (selection/trust_callback.py) names the EMA teacher
+        self.trust_network = None
         self._probs = None
 
     def predict(self, network: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
@@ -53,7 +56,8 @@ class SegmentationTask(Task):
 
     def update(self, name: str, pred: Tensor, mask: Tensor, batch: dict, chosen: bool) -> None:
         super().update(name, pred, mask, batch, chosen)
-        if chosen and self.trust is not None:
+        counted = name == self.trust_network if self.trust_network else chosen
+        if counted and self.trust is not None:
             # sliding windows sum their softmaxes: back to one distribution per pixel
             probs = self._probs / self._probs.sum(1, keepdim=True).clamp(min=1e-12)
             for counts in (self.trust, *self.trust_grid.values()):

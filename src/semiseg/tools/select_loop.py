@@ -2,13 +2,16 @@
 lists carry their masks, so revealing them is free), train again; per strategy and seed.
 
     python -m semiseg.tools.select_loop --out DIR --strategies random,entropy --seeds 0,1 \
-        --start 10 --pool 100 --budget 10 --rounds 2 [TRAIN OVERRIDES ...]
+        --start 10 --pool 100 --budget 10 --rounds 2 [--jobs 2] [TRAIN OVERRIDES ...]
 
 Round 0 trains on the first `start` labeled images of the toy's split 40 with the first `pool`
 unlabeled images as the pool (shared by every strategy of a seed); each round then runs
 select_images.py on the last run's best.ckpt and train.py on the split it wrote. Every command
 is the one a user would type; DIR/loop.csv gets one row per (strategy, seed, labeled count) with
-the best val mIoU, and DIR/loop.png the learning curves (mean and spread over seeds).
+the best val mIoU, DIR/loop.png the learning curves (mean and spread over seeds) and
+DIR/loop.md the table of means and standard deviations. `--jobs N` runs N (seed, strategy) chains
+at once: the same commands, so the same figures, sooner on several cores. A stopped loop run again
+with the same arguments continues: finished rounds are read from their files.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from semiseg.data import toy
@@ -49,47 +55,97 @@ def first_split(root: Path, out: Path, start: int, pool: int) -> Path:
 def loop(args, overrides: list[str]) -> list[dict]:
     out, root = Path(args.out).resolve(), Path(args.root).resolve()
     splits = first_split(root, out, args.start, args.pool)
-    rows = []
-    for seed in args.seeds:
-        base = out / f"s{seed}" / "round0"
-        common = [f"dataset.root={root}", f"seed={seed}", "logger=none", *overrides]
-        run(
-            "train.py",
-            *common,
-            f"dataset.splits_dir={splits}",
-            f"split={args.start}",
-            f"hydra.run.dir={base}",
-        )
-        first = json.loads((base / "results.json").read_text())["best_val_miou"]
-        for strategy in args.strategies:
-            rows.append({"strategy": strategy, "seed": seed, "labeled": args.start, "miou": first})
-            run_dir, labeled = base, args.start
-            for k in range(1, args.rounds + 1):
-                chosen = out / f"s{seed}" / strategy / f"select{k}"
-                run(
-                    "select_images.py",
-                    f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
-                    f"budget={args.budget}",
-                    f"strategy={strategy}",
-                    f"seed={seed}",
-                    f"output={chosen}",
-                    "label_studio=false",
-                    f"dataset.root={root}",
-                )
-                labeled += args.budget
-                run_dir = out / f"s{seed}" / strategy / f"round{k}"
-                run(
-                    "train.py",
-                    *common,
-                    f"dataset.splits_dir={chosen}",
-                    f"split={labeled}",
-                    f"hydra.run.dir={run_dir}",
-                )
-                miou = json.loads((run_dir / "results.json").read_text())["best_val_miou"]
-                rows.append({"strategy": strategy, "seed": seed, "labeled": labeled, "miou": miou})
-                write_csv(out / "loop.csv", rows)
-    plot(out / "loop.png", rows)
+    rows: list[dict] = []
+    lock = threading.Lock()
+    round0 = {seed: threading.Lock() for seed in args.seeds}  # shared by a seed's strategies
+
+    def one_chain(task: tuple[int, str]) -> None:
+        seed, strategy = task
+        for row in chain(args, overrides, out, root, splits, seed, strategy, round0[seed]):
+            with lock:  # every chain's rows, written as each round ends
+                rows.append(row)
+                write_csv(out / "loop.csv", sorted(rows, key=row_order))
+
+    tasks = [(seed, strategy) for seed in args.seeds for strategy in args.strategies]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(one_chain, tasks))  # list(): a failed chain raises here
+    rows.sort(key=row_order)
+    report(out, rows)
     return rows
+
+
+def report(out: Path, rows: list[dict]) -> None:
+    write_csv(out / "loop.csv", rows)
+    plot(out / "loop.png", rows)
+    (out / "loop.md").write_text(table(rows))
+
+
+def row_order(row: dict) -> tuple:
+    return (row["strategy"], row["seed"], row["labeled"])
+
+
+def chain(args, overrides, out: Path, root: Path, splits: Path, seed: int, strategy, round0):
+    """One seed and strategy: round 0 (trained once per seed, under `round0`, a lock), then the
+    rounds; yields a row per trained run. A round whose files are complete (results.json,
+    select.json) is read, not run again: a stopped loop continues where it stopped."""
+    base = out / f"s{seed}" / "round0"
+    common = [f"dataset.root={root}", f"seed={seed}", "logger=none", *overrides]
+    with round0:
+        train_once(base, *common, f"dataset.splits_dir={splits}", f"split={args.start}")
+    yield {"strategy": strategy, "seed": seed, "labeled": args.start, "miou": best_miou(base)}
+    last = base
+    for k in range(1, args.rounds + 1):
+        labeled = args.start + k * args.budget
+        chosen = out / f"s{seed}" / strategy / f"select{k}"
+        if not (chosen / "select.json").is_file():
+            shutil.rmtree(chosen, ignore_errors=True)  # a selection cut short
+            run(
+                "select_images.py",
+                f"ckpt_path={last / 'checkpoints' / 'best.ckpt'}",
+                f"budget={args.budget}",
+                f"strategy={strategy}",
+                f"seed={seed}",
+                f"output={chosen}",
+                "label_studio=false",
+                f"dataset.root={root}",
+            )
+        last = out / f"s{seed}" / strategy / f"round{k}"
+        train_once(last, *common, f"dataset.splits_dir={chosen}", f"split={labeled}")
+        yield {"strategy": strategy, "seed": seed, "labeled": labeled, "miou": best_miou(last)}
+
+
+def train_once(run_dir: Path, *overrides: str) -> None:
+    """train.py into run_dir, unless a finished run is there (a run cut short starts over)."""
+    if (run_dir / "results.json").is_file():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run("train.py", *overrides, f"hydra.run.dir={run_dir}")
+
+
+def best_miou(run_dir: Path) -> float:
+    return json.loads((run_dir / "results.json").read_text())["best_val_miou"]
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per labeled count, per strategy the mean +- std (population, over
+    seeds) of the best val mIoU, and the number of seeds."""
+    import numpy as np
+
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    counts = sorted({r["labeled"] for r in rows})
+    lines = [
+        "| labeled images | " + " | ".join(strategies) + " |",
+        "|---" * (len(strategies) + 1) + "|",
+    ]
+    for n in counts:
+        cells = []
+        for s in strategies:
+            values = [r["miou"] for r in rows if r["strategy"] == s and r["labeled"] == n]
+            cells.append(
+                f"{np.mean(values):.2f} +- {np.std(values):.2f} ({len(values)})" if values else ""
+            )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -132,12 +188,14 @@ def main(argv=None) -> None:
     parser.add_argument("--pool", type=int, default=100)
     parser.add_argument("--budget", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1, help="(seed, strategy) chains at once")
     args, overrides = parser.parse_known_args(argv)
     for row in loop(args, overrides):
         print(
             f"{row['strategy']:>12} seed {row['seed']} {row['labeled']:>4} labeled: "
             f"{row['miou']:.2f}"
         )
+    print((Path(args.out) / "loop.md").read_text())
 
 
 if __name__ == "__main__":
