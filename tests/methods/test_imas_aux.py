@@ -1,4 +1,4 @@
-"""iMAS with U2PL's auxiliary head (model.aux_head, the public Cityscapes configs): the labeled
+"""iMAS and FST with U2PL's auxiliary head (model.aux_head, the public Cityscapes configs): the labeled
 loss is the public Criterion's main + 0.4 x aux, on the labeled images only."""
 
 import sys
@@ -23,8 +23,10 @@ def _compose(toy_root, *overrides):
         return compose("train", overrides=[f"dataset.root={toy_root}", *TINY, *overrides])
 
 
-def test_imas_adds_the_weighted_aux_loss_of_the_labeled_images(toy_root):
-    cfg = _compose(toy_root, "method=imas", "model.aux_head=true")
+@pytest.mark.parametrize("method", ["imas", "fst"])
+def test_the_weighted_aux_loss_of_the_labeled_images_joins_loss_x(toy_root, method):
+    """iMAS's and FST's (u2pl_step) labeled loss with the aux head."""
+    cfg = _compose(toy_root, f"method={method}", "model.aux_head=true", "method.ema_warmup=ramp")
     datamodule, module = build_data_and_method(cfg)
     assert module.aux_weight == 0.4 and module.model.aux is not None
     batch = TrainBatch.parse(
@@ -52,11 +54,16 @@ def test_an_aux_head_no_method_trains_is_refused(toy_root):
 
 @pytest.mark.parametrize(
     ("experiment", "aux_head"),
-    [("imas_cityscapes", True), ("augseg_pascal", False), ("augseg_cityscapes", False)],
+    [
+        ("imas_cityscapes", True),
+        ("fst_cityscapes", True),
+        ("augseg_pascal", False),
+        ("augseg_cityscapes", False),
+    ],
 )
 def test_the_u2pl_code_base_recipes_build_its_resnet(experiment, aux_head):
-    """iMAS's Cityscapes configs: multi-grid and the aux head (0.4); AugSeg's exps configs:
-    multi-grid, no aux head."""
+    """iMAS's and FST's Cityscapes configs: multi-grid and the aux head (0.4); AugSeg's exps
+    configs: multi-grid, no aux head."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}"])
     assert cfg.model.multi_grid is True and cfg.model.aux_head is aux_head

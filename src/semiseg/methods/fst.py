@@ -78,6 +78,7 @@ class FST(VirtualSteps, TeacherStudentModule):
     public_ema_warmup = "epoch"  # the public first epoch and per-iteration ramp, see docstring
     num_strong_views = 0  # the weak view only; CutMix is drawn in the step, per forward
     several_steps_per_batch = True  # K virtual steps and the real one, in `iteration`
+    trains_aux_head = True  # the public Cityscapes config's aux_loss (u2pl_step.u2pl_losses)
 
     def __init__(
         self,
@@ -95,9 +96,14 @@ class FST(VirtualSteps, TeacherStudentModule):
         resize: str = "scale_halves",
         labeled_pad_label: int = 0,
         pad_fill: str = "mean",
+        aux_weight: float = 0.4,
         **kwargs,
     ):
         super().__init__(*args, ema_buffers=ema_buffers, **kwargs)
+        # U2PL's auxiliary head where the model has one (model.aux_head): its labeled loss times
+        # aux_weight joins loss_x, as the public Cityscapes config's net.aux_loss.
+        self.aux_weight = aux_weight
+        self.with_aux = getattr(self.model, "aux", None) is not None
         self.configure_virtual_steps(variant, k, restore, k0_is="none")
         if base not in ("meanteacher", "cutmix"):
             raise ConfigError(f"method.base={base!r}: use meanteacher or cutmix")

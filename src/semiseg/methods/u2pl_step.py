@@ -80,9 +80,17 @@ def u2pl_losses(
 
     # 3. The student on labeled and unlabeled images in one batch; with train_forward, the
     #    teacher in train mode on the same batch: the entropy of ITS output filters the loss.
+    #    With an auxiliary head (model.aux_head, the public Cityscapes configs) the labeled loss
+    #    is the public Criterion's: main + aux_weight x aux, on the labeled images only.
     both = torch.cat((x, images))
-    logits = module.model(both)
-    loss_x = module.labeled_loss(logits[:n_x], y)
+    if getattr(module, "with_aux", False):
+        out = module.model(both, outputs=("logits", "aux"))
+        logits = out["logits"]
+        loss_x = module.labeled_loss(logits[:n_x], y)
+        loss_x = loss_x + module.aux_weight * module.labeled_loss(out["aux"][:n_x], y)
+    else:
+        logits = module.model(both)
+        loss_x = module.labeled_loss(logits[:n_x], y)
     if teacher_entropy == "train_forward":
         uncertainty = entropy(module.teacher.with_batch_statistics(both)[n_x:])
     loss_u, kept = entropy_filtered_ce(logits[n_x:], targets, uncertainty, ignore, entropy_drop)
