@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 
 from semiseg.augment.mixing import Mixed, reco_mix
+from semiseg.augment.reco import reco_jitter, rescale_and_crop
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
 from semiseg.methods.contrastive import (
@@ -94,12 +95,25 @@ class CSS(TeacherStudentModule):
         rampdown_epochs: float | None = 200,
         mix_mode: str = "cutmix",
         teacher_mode: str = "train",
+        unlabeled_aug: str = "public",
+        unlabeled_scale: tuple[float, float] = (0.5, 1.5),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
         if teacher_mode not in ("train", "eval"):
             raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
         self.teacher_mode = teacher_mode
+        if unlabeled_aug not in ("public", "strong_view"):
+            raise ConfigError(
+                f"method.unlabeled_aug={unlabeled_aug!r}: use public (ReCo's rescale, mix, "
+                "jitter) or strong_view (the workers' strong view, mixed)"
+            )
+        if len(unlabeled_scale) != 2 or not 0 < unlabeled_scale[0] <= unlabeled_scale[1]:
+            raise ConfigError(
+                f"method.unlabeled_scale={list(unlabeled_scale)}: give [low, high], 0 < low <= high"
+            )
+        self.unlabeled_aug = unlabeled_aug
+        self.unlabeled_scale = tuple(unlabeled_scale)
         if label_mode not in ("cross", "mix"):
             raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
         head = getattr(self.model, "representation", None)
@@ -159,12 +173,18 @@ class CSS(TeacherStudentModule):
             similarity = prototype_similarity(teacher["representation"], self.prototypes)
             similarity = upsample(similarity, weak.shape[-2:])
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
-        logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
-        rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
-
-        # 2. ReCo's mixing within the batch (image i with image i + 1), both spaces alike.
-        partner = torch.arange(n_u).roll(-1)
-        logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
+        # 2. The images the student sees, with both spaces' labels moved alike.
+        partner = torch.arange(n_u).roll(-1)  # ReCo mixes image i with image i + 1
+        if self.unlabeled_aug == "public":  # the weak crop rescaled, mixed, then jittered
+            logit_space = Mixed(weak, labels_c, conf_c.masked_fill(padded, 0), ignore)
+            rep_space = Mixed(weak, labels_r, conf_r.masked_fill(padded, 0), ignore)
+            views = rescale_and_crop((logit_space, rep_space), self.unlabeled_scale)
+            views = reco_mix(views, self.mix_mode, partner)
+            logit_space, rep_space = reco_jitter(views)
+        else:  # strong_view: the workers' strong view, mixed after its colour change
+            logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
+            rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
+            logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
 
         # 3. The student, labeled and unlabeled images in separate forwards (separate BatchNorm
         #    batches, as the public code).
