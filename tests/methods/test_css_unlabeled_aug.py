@@ -21,9 +21,17 @@ from semiseg.augment.reco import (
     rescale_and_crop,
     rescale_one,
 )
+from semiseg.data.batch import TrainBatch
+from semiseg.methods.contrastive import prototype_similarity, representation_pseudo_labels
+from semiseg.models.deeplabv3plus import upsample
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from public_css import public_jitter_blur_flip, public_rescale_crop  # noqa: E402
+from public_css import (  # noqa: E402
+    public_attention_threshold_loss,
+    public_jitter_blur_flip,
+    public_rescale_crop,
+)
+from test_css import _css  # noqa: E402
 
 H, W = 20, 24
 
@@ -168,3 +176,64 @@ def test_the_geometry_draws_have_the_public_ranges():
     big = heights > 150
     room = (heights[big] - 100).float()
     assert abs((tops[big].float() / room).mean().item() - 0.5) < 0.05
+
+
+def test_a_whole_css_step_learns_the_public_pipelines_images_and_labels(toy_root):
+    """One `cross` step through `unlabeled_aug=public` (no mixing): its unsupervised loss equals
+    `Attention_Threshold_Loss` of the student on the images and representation labels that the
+    public `transform_3` makes from the same weak crops and the same draws (rescale, crop, then
+    jitter, blur, flip), within the one-level difference of the bilinear resize."""
+    module, batch = _css(
+        toy_root, "method.mix_mode=none", "method.tau=0.5", "method.unlabeled_scale=[0.5,1.5]"
+    )
+    module.train()
+    module.prototypes.copy_(torch.randn(module.prototypes.shape, generator=torch.Generator()))
+    parsed = TrainBatch.parse(batch)
+    torch.manual_seed(0)
+    ours = module.training_losses(parsed)["loss_u"]
+
+    weak, ignore = parsed.unlabeled.weak, parsed.unlabeled.ignore
+    with torch.no_grad():
+        rep = module.teacher.with_batch_statistics(weak, outputs=("representation",))
+        similarity = upsample(
+            prototype_similarity(rep["representation"], module.prototypes), weak.shape[-2:]
+        )
+        conf, labels = representation_pseudo_labels(similarity, module.rep_temperature)
+    conf = conf.masked_fill(ignore == 255, 0)
+    labels = labels.masked_fill(ignore == 255, 255)
+    n, _, h, w = weak.shape
+    torch.manual_seed(0)  # the draws in the step's order: the geometries, then the jitter plan
+    geometries = [draw_geometry(h, w, (0.5, 1.5)) for _ in range(n)]
+    plan = jitter_plan(n)
+    images, targets, confs = [], [], []
+    for i, g in enumerate(geometries):
+        scale = g.height / h  # recovers s up to int(): the same int(h s), int(w s)
+        assert (int(h * scale), int(w * scale)) == (g.height, g.width)
+        image, label, c = public_rescale_crop(
+            _pil(to_uint8(weak[i : i + 1])[0]),
+            Image.fromarray(labels[i].to(torch.uint8).numpy()),
+            Image.fromarray(conf[i].numpy(), mode="F"),
+            (h, w),
+            scale,
+            g.top,
+            g.left,
+        )
+        image, label = public_jitter_blur_flip(
+            image,
+            label,
+            plan.order[i].tolist() if plan.jitter[i] else None,
+            plan.factors[i].tolist(),
+            float(plan.sigma[i]) if plan.blur[i] else None,
+            bool(plan.flip[i]),
+        )
+        c = np.array(c)[:, ::-1] if plan.flip[i] else np.array(c)
+        images.append(_array(image).permute(2, 0, 1))
+        targets.append(_array(label).long().masked_fill(_array(label) == 255, -1))
+        confs.append(torch.from_numpy(c.copy()))
+    with torch.no_grad():
+        pred = module.model(from_uint8(torch.stack(images)), outputs=("logits",))["logits"]
+    public = public_attention_threshold_loss(
+        pred, torch.stack(targets), torch.stack(confs), module.tau
+    )
+    assert public > 0
+    torch.testing.assert_close(ours.detach(), public, rtol=1e-2, atol=0)
