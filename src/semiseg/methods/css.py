@@ -38,12 +38,15 @@ The model and optimizer of the public code are settings of the CSS experiments: 
 before the classifier (`model.decoder_convs=1`), Nesterov SGD (`optim.nesterov`) and the poly
 rate floored at 1e-4 (`optim.min_lr`).
 
+The unlabeled images as public (`unlabeled_aug=public`, augment/reco.py): the teacher labels the
+weak crop, then each image and both spaces' labels are rescaled (`unlabeled_scale`) and re-cropped,
+mixed, and the mixed images get ReCo's jitter, blur and flip. `unlabeled_aug=strong_view` mixes
+the data workers' strong view (colour jitter, grayscale, blur) instead.
+
 Where this differs (docs/methods.md's CSS table says so too): the labeled images get UniMatch's
-resize, crop and flip, not the public jitter, blur, flip and scale; the strong view is the data workers' (colour
-jitter, grayscale, blur) and is mixed after its colour change, where ReCo jitters the mixed image
-and rescales it (0.5-1.5) after the teacher's forward; mixing stays within each rank's batch (the
-public code gathers all ranks' images first); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,
-so its 0.97 threshold acts as 248/255 = 0.9725).
+resize, crop and flip, not the public jitter, blur, flip and scale; mixing stays within each rank's
+batch (the public code gathers all ranks' images first); confidences are not rounded to 8 bits (the
+public PIL round trip floors them to k/255, so its 0.97 threshold acts as 248/255 = 0.9725).
 """
 
 from __future__ import annotations
