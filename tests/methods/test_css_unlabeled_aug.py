@@ -194,7 +194,12 @@ def test_a_whole_css_step_learns_the_public_pipelines_images_and_labels(toy_root
     module.prototypes.copy_(torch.randn(module.prototypes.shape, generator=torch.Generator()))
     parsed = TrainBatch.parse(batch)
     torch.manual_seed(0)
-    ours = module.training_losses(parsed)["loss_u"]
+    seen = []  # the images of the student's forwards: labeled, then unlabeled
+    hook = module.model.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    try:
+        ours = module.training_losses(parsed)["loss_u"]
+    finally:
+        hook.remove()
 
     weak, ignore = parsed.unlabeled.weak, parsed.unlabeled.ignore
     with torch.no_grad():
@@ -239,5 +244,7 @@ def test_a_whole_css_step_learns_the_public_pipelines_images_and_labels(toy_root
     public = public_attention_threshold_loss(
         pred, torch.stack(targets), torch.stack(confs), module.tau
     )
+    difference = (to_uint8(seen[1]).int() - torch.stack(images).int()).abs()
+    assert difference.float().mean() < 0.5 and difference.max() <= 8  # jitter amplifies
     assert public > 0
     torch.testing.assert_close(ours.detach(), public, rtol=3e-2, atol=0)
