@@ -79,3 +79,43 @@ def public_contrast_loss(
         logits = torch.cosine_similarity(anchors.unsqueeze(1), candidates, dim=2)
         loss = loss + F.cross_entropy(logits / temp, torch.zeros(queries).long())
     return loss / len(counts)
+
+
+# ReCo's unlabeled augmentation as CSS runs it (`transform_3` of generalframeworks/dataset_helpers/
+# VOC.py on PIL images), with its random draws passed in: the scale, RandomCrop's (i, j), then
+# the jitter's order and factors, the blur's sigma and the flip (None = not applied).
+
+
+def public_rescale_crop(image, labels, logits, crop, scale_ratio, i, j):
+    """PIL image, label and confidence images -> the rescaled, padded and cropped three."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    raw_w, raw_h = image.size
+    size = (int(raw_h * scale_ratio), int(raw_w * scale_ratio))
+    image = TF.resize(image, size, Image.BILINEAR)
+    labels = TF.resize(labels, size, Image.NEAREST)
+    logits = TF.resize(logits, size, Image.NEAREST)
+    if crop[0] > size[0] or crop[1] > size[1]:
+        right, bottom = max(crop[1] - size[1], 0), max(crop[0] - size[0], 0)
+        image = TF.pad(image, padding=(0, 0, right, bottom), padding_mode="reflect")
+        labels = TF.pad(labels, padding=(0, 0, right, bottom), fill=255, padding_mode="constant")
+        logits = TF.pad(logits, padding=(0, 0, right, bottom), fill=0, padding_mode="constant")
+    return tuple(TF.crop(x, i, j, crop[0], crop[1]) for x in (image, labels, logits))
+
+
+def public_jitter_blur_flip(image, labels, order, factors, sigma, flip):
+    """The `augmentation=True` branch: ColorJitter (its ops in `order`, or None), PIL's Gaussian
+    blur (sigma or None), the horizontal flip of image and labels."""
+    from PIL import ImageFilter
+    from torchvision.transforms import functional as TF
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    if order is not None:
+        for k in order:
+            image = ops[k](image, factors[k])
+    if sigma is not None:
+        image = image.filter(ImageFilter.GaussianBlur(radius=sigma))
+    if flip:
+        image, labels = TF.hflip(image), TF.hflip(labels)
+    return image, labels

@@ -276,7 +276,12 @@ def test_the_trap_on_a_model_state_with_clustered_representations(toy_root, temp
     column x reads source column 15x/63; columns 31 and 32 fall at 0.38 and 0.62 of the way
     from source column 7 to 8, cosines (0.62, 0.38) to the two prototypes: softmax 0.91 at
     T_r = 0.1, below 0.97; columns 30 and 33 (0.14 of the way) reach 0.998."""
-    module, batch = _css(toy_root, f"method.rep_temperature={temperature}", "method.mix_mode=none")
+    module, batch = _css(
+        toy_root,
+        f"method.rep_temperature={temperature}",
+        "method.mix_mode=none",
+        "method.unlabeled_aug=strong_view",  # no rescale: the student's pixels are the teacher's
+    )
     module.train()
     hook = _clustered(module, batch)
     try:

@@ -38,12 +38,15 @@ The model and optimizer of the public code are settings of the CSS experiments: 
 before the classifier (`model.decoder_convs=1`), Nesterov SGD (`optim.nesterov`) and the poly
 rate floored at 1e-4 (`optim.min_lr`).
 
+The unlabeled images as public (`unlabeled_aug=public`, augment/reco.py): the teacher labels the
+weak crop, then each image and both spaces' labels are rescaled (`unlabeled_scale`) and re-cropped,
+mixed, and the mixed images get ReCo's jitter, blur and flip. `unlabeled_aug=strong_view` mixes
+the data workers' strong view (colour jitter, grayscale, blur) instead.
+
 Where this differs (docs/methods.md's CSS table says so too): the labeled images get UniMatch's
-resize, crop and flip, not the public jitter, blur, flip and scale; the strong view is the data workers' (colour
-jitter, grayscale, blur) and is mixed after its colour change, where ReCo jitters the mixed image
-and rescales it (0.5-1.5) after the teacher's forward; mixing stays within each rank's batch (the
-public code gathers all ranks' images first); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255,
-so its 0.97 threshold acts as 248/255 = 0.9725).
+resize, crop and flip, not the public jitter, blur, flip and scale; mixing stays within each rank's
+batch (the public code gathers all ranks' images first); confidences are not rounded to 8 bits (the
+public PIL round trip floors them to k/255, so its 0.97 threshold acts as 248/255 = 0.9725).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import torch
 import torch.distributed as dist
 
 from semiseg.augment.mixing import Mixed, reco_mix
+from semiseg.augment.reco import reco_jitter, rescale_and_crop
 from semiseg.data.batch import TrainBatch
 from semiseg.errors import ConfigError
 from semiseg.methods.contrastive import (
@@ -94,12 +98,25 @@ class CSS(TeacherStudentModule):
         rampdown_epochs: float | None = 200,
         mix_mode: str = "cutmix",
         teacher_mode: str = "train",
+        unlabeled_aug: str = "public",
+        unlabeled_scale: tuple[float, float] = (0.5, 1.5),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
         if teacher_mode not in ("train", "eval"):
             raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
         self.teacher_mode = teacher_mode
+        if unlabeled_aug not in ("public", "strong_view"):
+            raise ConfigError(
+                f"method.unlabeled_aug={unlabeled_aug!r}: use public (ReCo's rescale, mix, "
+                "jitter) or strong_view (the workers' strong view, mixed)"
+            )
+        if len(unlabeled_scale) != 2 or not 0 < unlabeled_scale[0] <= unlabeled_scale[1]:
+            raise ConfigError(
+                f"method.unlabeled_scale={list(unlabeled_scale)}: give [low, high], 0 < low <= high"
+            )
+        self.unlabeled_aug = unlabeled_aug
+        self.unlabeled_scale = tuple(unlabeled_scale)
         if label_mode not in ("cross", "mix"):
             raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
         head = getattr(self.model, "representation", None)
@@ -159,12 +176,18 @@ class CSS(TeacherStudentModule):
             similarity = prototype_similarity(teacher["representation"], self.prototypes)
             similarity = upsample(similarity, weak.shape[-2:])
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
-        logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
-        rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
-
-        # 2. ReCo's mixing within the batch (image i with image i + 1), both spaces alike.
-        partner = torch.arange(n_u).roll(-1)
-        logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
+        # 2. The images the student sees, with both spaces' labels moved alike.
+        partner = torch.arange(n_u).roll(-1)  # ReCo mixes image i with image i + 1
+        if self.unlabeled_aug == "public":  # the weak crop rescaled, mixed, then jittered
+            logit_space = Mixed(weak, labels_c, conf_c.masked_fill(padded, 0), ignore)
+            rep_space = Mixed(weak, labels_r, conf_r.masked_fill(padded, 0), ignore)
+            views = rescale_and_crop((logit_space, rep_space), self.unlabeled_scale)
+            views = reco_mix(views, self.mix_mode, partner)
+            logit_space, rep_space = reco_jitter(views)
+        else:  # strong_view: the workers' strong view, mixed after its colour change
+            logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
+            rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
+            logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
 
         # 3. The student, labeled and unlabeled images in separate forwards (separate BatchNorm
         #    batches, as the public code).
