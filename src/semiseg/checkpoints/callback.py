@@ -20,7 +20,6 @@ from lightning.pytorch.callbacks import Checkpoint
 from semiseg.checkpoints.io import BEST, LAST, CheckpointWriteError, copy_atomic, peek
 from semiseg.checkpoints.preemption import Preempted, Sigterm
 from semiseg.data.splits import SplitError
-from semiseg.distributed import rng_state, set_rng_state
 
 # Lightning's private loop-progress entries that `on_save_checkpoint` rewrites, under
 # checkpoint["loops"]["fit_loop"] (tests/test_checkpointing.py fails when Lightning renames them).
@@ -60,7 +59,6 @@ class RunCheckpoints(Checkpoint):
         self.saved_on_error: int | None = None  # the step saved before a data error stopped it
         self._rewind: str | None = None  # how to record the loops in a save: "batch", "validation"
         self._val_checks = 0  # validation batches at which every rank looks at the signal
-        self._rng_after_step: dict | None = None  # this rank's generators after the last step
         self._best_before = -math.inf
         self._settled = False
 
@@ -96,12 +94,6 @@ class RunCheckpoints(Checkpoint):
             self.save(trainer, rewind="batch")
         if stop:
             raise Preempted(step, self.path)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # An abandoned validation is saved with the generators as they stood before it (its
-        # loader has drawn a seed from them): the resumed run validates again and then draws
-        # what the uninterrupted run draws.
-        self._rng_after_step = rng_state()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.sigterm.install()
@@ -170,9 +162,6 @@ class RunCheckpoints(Checkpoint):
         if force or self.saved_step != trainer.global_step:
             self._rewind = rewind
             error = None
-            now = rng_state()
-            if rewind == "validation" and self._rng_after_step is not None:
-                set_rng_state(self._rng_after_step)  # what the module puts in the checkpoint
             try:
                 # a resumable checkpoint (optimizer, loops, callbacks), said so to Lightning
                 trainer.save_checkpoint(self.path, weights_only=False)
@@ -182,7 +171,6 @@ class RunCheckpoints(Checkpoint):
                     trainer.strategy.barrier("Trainer.save_checkpoint")
             finally:
                 self._rewind = None
-                set_rng_state(now)
             raise_on_every_rank(trainer, error)
             self.saved_step = trainer.global_step
 
