@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def _train(cfg: DictConfig) -> dict:
         try:
             return _train_run(cfg, started, multirun, sigterm)
         except Preempted as stop:
+            if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # each rank: where it stopped
+                at = f"step {stop.step}" if stop.step is not None else "setup"
+                print(f"rank {rank_zero_only.rank}: stopped at {at}", flush=True)
             if rank_zero_only.rank == 0:
                 where = (
                     f"hydra.sweep.dir={HydraConfig.get().sweep.dir}"

@@ -1,0 +1,80 @@
+"""SIGTERM to a two-rank torchrun job (its whole process group, as SLURM and a cluster's
+preemption send it): every rank stops at the same step with last.ckpt of that step, and the
+same command with resume=auto finishes the run. Gloo on the CPU."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from cli import REPO, TINY, wait_for
+from test_ddp import torchrun
+
+from semiseg.checkpoints.io import LAST
+
+pytestmark = pytest.mark.slow
+
+
+def _start_torchrun(*args, log):
+    """torchrun in a process group of its own: killpg reaches torchrun and both ranks."""
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *args,
+        ],
+        cwd=REPO,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_sigterm_stops_every_rank_at_one_step_and_resume_finishes(tmp_path, toy_root):
+    run = tmp_path / "run"
+    common = [
+        "train.py",
+        "trainer=ddp",
+        "method=unimatch",
+        f"dataset.root={toy_root}",
+        *TINY,
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=4",
+        f"hydra.run.dir={run}",
+    ]
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = _start_torchrun(*common, log=out)
+        wait_for(proc, log, "step 4: val mIoU")  # training under way on both ranks
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    output = log.read_text()
+    # each rank says where it stopped (torchrun's own exit status is its SignalException's)
+    stops = dict(re.findall(r"rank (\d): stopped at step (\d+)", output))
+    assert sorted(stops) == ["0", "1"], output[-3000:]
+    assert len(set(stops.values())) == 1, stops  # one step for both ranks
+    step = int(stops["0"])
+    assert 4 <= step < 12
+    assert f"preempted: SIGTERM at step {step}" in output
+    # both ranks left through the preemption exit (143), none was killed by torchrun
+    assert "Traceback" not in output.split("preempted:")[0]
+    last = torch.load(run / "checkpoints" / LAST, map_location="cpu", weights_only=True)
+    assert last["global_step"] == step
+    assert len(last["semiseg"]["rng"]) == 2  # both ranks' generators, saved together
+    assert not (run / "results.json").exists()
+
+    resumed = torchrun(*common, "resume=auto")
+    assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-3000:])
+    assert "resuming from" in resumed.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 12 and results["world_size"] == 2
+    assert [h["step"] for h in results["val_history"]] == [4, 8, 12]
