@@ -53,11 +53,11 @@ def prepare(module: str, root):
     return proc.stdout
 
 
-# The pascal, cityscapes and coco cases are slow (a train.py process each, 15-40 s on 2 busy
-# cores): their loading is covered in process by tests/data/ and every layout trains every method
-# in test_methods_on_layouts.py (slow); ade20k and custom stay fast (a prepare, train.py and
-# eval.py each: the label map, a generated split and eval.py's own loading path).
-SLOW_CASES = {"pascal", "cityscapes", "coco"}
+# The pascal, cityscapes, coco and ade20k cases are slow (a train.py process each, 15-40 s on 2
+# busy cores): their loading is covered in process by tests/data/ and every layout trains every
+# method in test_methods_on_layouts.py (slow); custom stays fast (a prepare, train.py and eval.py:
+# a generated split and eval.py's own loading path).
+SLOW_CASES = {"pascal", "cityscapes", "coco", "ade20k"}
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,7 @@ def test_train_py_with_a_source_dataset(tmp_path, toy_root):
     assert evaluated["val_miou"] == pytest.approx(results["val_miou"], abs=0.01)
 
 
+@pytest.mark.slow  # about 37 s on 2 cores; the check itself is held in process by tests/data
 def test_bad_source_stops_train_py_with_one_line(tmp_path, toy_root):
     missing = tmp_path / "gta5"
     proc = run_script(

@@ -184,6 +184,7 @@ def sweep(tmp_path_factory, toy_root):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # the module's two-job sweep through train.py -m (about 70 s on 2 cores)
 def test_sweep_runs_every_job_and_reports_the_table(sweep):
     sweep_dir, proc = sweep
     assert len(list(sweep_dir.glob("*/.hydra"))) == 6
@@ -217,6 +218,7 @@ def test_sweep_runs_every_job_and_reports_the_table(sweep):
     assert (sweep_dir / "report.png").is_file() and (sweep_dir / "report.csv").is_file()
 
 
+@pytest.mark.slow  # the same sweep
 def test_sweep_jobs_log_to_their_own_wandb_runs(sweep):
     sweep_dir, _ = sweep
     for job in sorted(p.parent for p in sweep_dir.glob("*/results.json")):
