@@ -26,7 +26,7 @@ from semiseg.selection.pool import FORMATS, check_unit, group, unit_groups
 from semiseg.selection.scoring import load_normalized, merge, score_pool, scoring_mode
 from semiseg.selection.strategies import STRATEGIES, check_budget, check_strategy, choose
 
-COLUMN = {"images": "image", "cd": "pair", "slice": "slice", "case": "case"}  # scores.csv
+COLUMN = {"image": "image", "pair": "pair", "slice": "slice", "case": "case"}  # scores.csv, by unit
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict | None:
     folder = outputs.write_next_split(
         output, name, new_labeled, new_unlabeled, val_file, masks_listed
     )
-    column = COLUMN.get(unit, COLUMN["images"])
+    column = COLUMN[unit]
     outputs.write_scores_csv(output / "scores.csv", pool.names, values, chosen, column)
     ranked_by = STRATEGIES[strategy]
     shown_units = [int(u) for u in chosen[: outputs.SHEET_MAX]]
