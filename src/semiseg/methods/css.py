@@ -59,6 +59,7 @@ import torch.distributed as dist
 from semiseg.augment.mixing import Mixed, reco_mix
 from semiseg.augment.reco import reco_jitter, rescale_and_crop
 from semiseg.data.batch import TrainBatch
+from semiseg.data.checks import note_once
 from semiseg.errors import ConfigError
 from semiseg.methods.contrastive import (
     class_sums,
@@ -178,7 +179,14 @@ class CSS(TeacherStudentModule):
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
         # 2. The images the student sees, with both spaces' labels moved alike.
         partner = torch.arange(n_u).roll(-1)  # ReCo mixes image i with image i + 1
-        if self.unlabeled_aug == "public":  # the weak crop rescaled, mixed, then jittered
+        if self.unlabeled_aug == "public" and weak.shape[1] != 3:
+            # ReCo's jitter is defined on RGB images; a change pair (6 channels) keeps the
+            # workers' strong view of each of its images, as strong_view does
+            note_once(
+                f"css: method.unlabeled_aug=public jitters RGB images; these inputs have "
+                f"{weak.shape[1]} channels (image pairs): using method.unlabeled_aug=strong_view"
+            )
+        if self.unlabeled_aug == "public" and weak.shape[1] == 3:  # rescaled, mixed, jittered
             logit_space = Mixed(weak, labels_c, conf_c.masked_fill(padded, 0), ignore)
             rep_space = Mixed(weak, labels_r, conf_r.masked_fill(padded, 0), ignore)
             views = rescale_and_crop((logit_space, rep_space), self.unlabeled_scale)
