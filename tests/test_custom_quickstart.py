@@ -108,7 +108,11 @@ def test_the_quickstart_as_printed_on_the_demo_folder(tmp_path):
     evaluated = json.loads((run_dir / "eval" / "results.json").read_text())
     assert evaluated["num_images"] == 10
     assert list(evaluated["per_class_iou"]) == ["background", "cell"]
-    assert evaluated["val_miou"] == pytest.approx(trained["best_val_miou"], abs=0.01)
+    # eval.py scores in fp32; the training's validation ran at the run's precision: equal to
+    # rounding in fp32, within bf16's rounding of the logits where `fast` resolved to bf16
+    # (a CPU with native bf16 units: measured 0.03 apart on a Xeon with AMX)
+    tolerance = 0.01 if trained["precision"] in ("32", "32-true") else 0.5
+    assert evaluated["val_miou"] == pytest.approx(trained["best_val_miou"], abs=tolerance)
     # it learns the cells (the page's figures: mIoU 84.04, cell Dice 83.47 on one thread)
     assert evaluated["per_class_dice"]["cell"] > 60
     for key in ("mean_dice", "pixel_accuracy", "cohen_kappa"):
