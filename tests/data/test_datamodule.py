@@ -82,14 +82,17 @@ def test_missing_root_is_named(tmp_path):
 
 def test_ddp_streams_are_drawn_independently(toy_root):
     dm = make(toy_root, unlabeled=True, num_strong=2, mix="same")
-    # Attached to a 2-process trainer (rank 0) at step 0; only these attributes are read.
-    dm.trainer = SimpleNamespace(world_size=2, global_rank=0, global_step=0)
+    # Attached to a 2-process trainer (rank 0) at the start; only these attributes are read.
+    progress = SimpleNamespace(current=SimpleNamespace(completed=0))
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=0, current_epoch=0, fit_loop=loop)
     loaders = dm.train_dataloader()
     labeled, unlabeled = loaders["labeled"].sampler, loaders["unlabeled"].sampler
     assert len(dm.labeled_set) == len(dm.unlabeled_set) == 490
     for epoch in (0, 1):
         labeled.set_epoch(epoch), unlabeled.set_epoch(epoch)
-        pairs = list(zip(labeled, unlabeled, strict=True))
+        # (index, augmentation seed) pairs: compare the indices
+        pairs = [(a, b) for (a, _), (b, _) in zip(labeled, unlabeled, strict=True)]
         # With one seed for both (Lightning's default sampler) every pair would be (j, j): the
         # labeled image j mod 10 always drawn with unlabeled image j. Independent: about 1/490.
         same = sum(a == b for a, b in pairs) / len(pairs)

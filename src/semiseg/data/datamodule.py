@@ -24,13 +24,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader
 
 from semiseg.data import acdc_toy, cd_toy, toy
 from semiseg.data.checks import check_batches, world_size
 from semiseg.data.formats import FORMATS
 from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.rare_class import RareClassSampling
+from semiseg.data.sampling import STREAM_STRIDE, EpochSampler, SeededItems
 from semiseg.data.spec import DatasetSpec, load_class_names
 from semiseg.data.splits import Split, SplitError, SplitFiles
 from semiseg.data.transforms import PAD_FILLS, RESIZES
@@ -244,39 +246,43 @@ class SemiSegDataModule(L.LightningDataModule):
 
     def _train_loader(self, dataset, stream: int) -> DataLoader:
         # drop_last: BatchNorm after ASPP image pooling fails on a batch of one.
-        sampler = self._distributed_sampler(dataset, stream)
+        # The sampler draws the order and every sample's augmentation seed (data/sampling.py);
+        # the loader's own generator draws its workers' base seed, so creating an iterator
+        # leaves the process's generators alone (a resumed run creates them at other times).
         return SigtermSafeLoader(
-            dataset,
+            SeededItems(dataset),
             batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
+            sampler=self._epoch_sampler(dataset, stream),
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=False,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=worker_init,  # workers outlive a SIGTERM to the process group
+            generator=torch.Generator().manual_seed(self._seed(stream)),
         )
 
-    def _distributed_sampler(self, dataset, stream: int) -> DistributedSampler | None:
-        """Under DDP, one sampler per stream with its own seed (`stream` 0 labeled, 1 unlabeled).
+    def _seed(self, stream: int) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + STREAM_STRIDE * stream
 
-        Lightning would give every loader a DistributedSampler with the same seed: with the
-        labeled list repeated to the unlabeled length, labeled image j mod n would then always be
-        drawn with unlabeled image j. Independent seeds draw the two streams independently, as
-        separate RandomSamplers do on one device. Lightning still calls set_epoch on them.
+    def _epoch_sampler(self, dataset, stream: int) -> EpochSampler:
+        """One sampler per stream with its own seed (`stream` 0 labeled, 1 unlabeled), on one
+        device and under DDP alike.
 
-        A run resumed mid-epoch (the loaders are built after the checkpoint is restored) adds
-        its step to the seed: the rest of the epoch is drawn afresh, as on one device, where the
-        restored random generators draw a new order. With the seed alone, the permutation is a
-        function of seed and epoch, and the resumed epoch would replay its first batches."""
+        Lightning would give every loader under DDP a DistributedSampler with the same seed:
+        with the labeled list repeated to the unlabeled length, labeled image j mod n would then
+        always be drawn with unlabeled image j. Independent seeds draw the two streams
+        independently.
+
+        The loaders are built after a checkpoint is restored: a run resumed in the middle of an
+        epoch tells the sampler how many batches of it are done, and the rest of that epoch is
+        drawn afresh (data/sampling.py)."""
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return None
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) + 1000 * stream
-        seed += 1_000_003 * int(trainer.global_step)  # 0 for a run that starts afresh
-        return DistributedSampler(
-            dataset, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed
-        )
+        ranks, rank, epoch, done = 1, 0, -1, 0
+        if trainer is not None:
+            ranks, rank = trainer.world_size, trainer.global_rank
+            epoch = trainer.current_epoch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return EpochSampler(dataset, self._seed(stream), ranks, rank, epoch, done)
 
     def train_dataloader(self):
         labeled = self._train_loader(self.labeled_set, stream=0)
@@ -310,6 +316,9 @@ def val_loader(val_set, trainer, num_workers: int) -> DataLoader:
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         worker_init_fn=worker_init,
+        # its own generator for the workers' base seed: validating leaves the process's
+        # random generators where training left them (a resumed run validates again)
+        generator=torch.Generator().manual_seed(0),
     )
 
 
