@@ -75,6 +75,4 @@ def test_training_logs_and_eval_writes_trust_per_class(kind, tmp_path):
     for name in classes:
         logged = float(rows[0][f"trust/coverage_{name}"])
         written = trusted["coverage"][name]
-        assert (written is None and logged != logged) or written == pytest.approx(
-            logged, abs=0.01
-        )
+        assert (written is None and logged != logged) or written == pytest.approx(logged, abs=0.01)

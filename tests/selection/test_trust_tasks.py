@@ -120,9 +120,9 @@ def test_eval_writes_the_trust_of_the_evaluated_network(kind, tmp_path):
     trusted = results["pseudo_label_trust"]
     assert trusted["precision"] == precision and trusted["coverage"] == coverage
     assert trusted["ece"] == ece and trusted["tau"] == tau
-    assert sum(b["count"] for b in trusted["reliability"]) == probs[0, 0].numel() * len(
-        probs
-    ) - (1 if kind == "acdc" else 0)  # every pixel with a ground truth, once
+    assert sum(b["count"] for b in trusted["reliability"]) == probs[0, 0].numel() * len(probs) - (
+        1 if kind == "acdc" else 0
+    )  # every pixel with a ground truth, once
     assert (tmp_path / "reliability.png").stat().st_size > 0
     assert any("pseudo-labels at tau" in line for line in task.eval_lines(results))
 
