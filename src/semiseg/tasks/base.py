@@ -76,9 +76,9 @@ class Task(nn.Module):
 
     def keep_for_trust(self, probs: Tensor) -> None:
         """Keep a prediction's class probabilities (N, C, H, W) for `update` to count, when
-        trust is measured (sliding windows sum their softmaxes: back to one distribution)."""
+        trust is measured."""
         if self.trust is not None:
-            self._probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-12)
+            self._probs = probs
 
     def update(self, name: str, pred: Tensor, mask: Tensor, batch: dict, chosen: bool) -> None:
         """Count one batch's prediction of network `name` (`chosen`: the evaluated network),
@@ -86,7 +86,9 @@ class Task(nn.Module):
         self.confusions[name].update(pred, mask)
         counted = name == self.trust_network if self.trust_network else chosen
         if counted and self.trust is not None:
-            probs, mask = self._probs.cpu(), mask.cpu()
+            # sliding windows sum their softmaxes: back to one distribution per pixel
+            probs = self._probs / self._probs.sum(1, keepdim=True).clamp(min=1e-12)
+            probs, mask = probs.cpu(), mask.cpu()
             for counts in (self.trust, *self.trust_grid.values()):
                 counts.update(probs, mask)
 
