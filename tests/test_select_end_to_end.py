@@ -204,6 +204,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def summary_classes(checkpoint) -> list[str]:
+    return load_checkpoint(checkpoint)["semiseg"]["class_names"]
+
+
 def scores_rows(output):
     with open(output / "scores.csv") as f:
         return list(csv.DictReader(f))
@@ -247,6 +251,18 @@ def test_acdc_chooses_whole_cases_by_their_mean_slice_score(acdc_run, tmp_path):
     assert (tmp_path / "case" / "val.txt").read_text() == (root / "splits" / "val.txt").read_text()
     summary = json.loads((tmp_path / "case" / "select.json").read_text())
     assert summary["unit"] == "case" and summary["chosen_units"] == chosen
+    # Label Studio: one task per slice of the chosen cases, its PNG, brush regions per class
+    studio = tmp_path / "case" / "label_studio"
+    tasks = json.loads((studio / "tasks.json").read_text())
+    assert [t["data"]["case"] for t in tasks] == [c for c in chosen for _ in range(8)]
+    for task, path in zip(tasks, moved, strict=True):
+        png = Path(path).name.replace(".h5", ".png")
+        assert task["data"]["image"] == f"/data/local-files/?d=images/{png}"
+        assert (studio / "images" / png).stat().st_size > 0
+        for region in task["predictions"][0]["result"]:
+            assert region["type"] == "brushlabels" and region["to_name"] == "image"
+            assert region["value"]["brushlabels"][0] in summary_classes(checkpoint)[1:]
+    assert "<BrushLabels" in (studio / "config.xml").read_text()
     # unit=slice: the 3 highest slices, in rank order; the split is named by its slice count
     rows = scores_rows(tmp_path / "slice")
     top = [r["slice"] for r in sorted(rows, key=lambda r: r["chosen_rank"] or "9")[:3]]
@@ -296,6 +312,15 @@ def test_change_pairs_are_scored_through_the_siamese_network(cd_run, tmp_path):
     assert labeled == old + [r["pair"] for r in ranked]
     assert (out / "test.txt").read_text() == (root / "splits" / "test.txt").read_text()
     assert (out / "contact_sheet.png").stat().st_size > 0
+    # Label Studio: both images of each chosen pair, the predicted change painted on B
+    tasks = json.loads((out / "label_studio" / "tasks.json").read_text())
+    assert [t["data"] for t in tasks] == [
+        {"image_a": f"/data/local-files/?d=A/{r['pair']}",
+         "image_b": f"/data/local-files/?d=B/{r['pair']}"} for r in ranked
+    ]  # fmt: skip
+    for task in tasks:
+        for region in task["predictions"][0]["result"]:
+            assert region["to_name"] == "image_b" and region["value"]["brushlabels"] == ["changed"]
 
 
 @pytest.mark.slow

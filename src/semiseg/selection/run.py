@@ -19,11 +19,10 @@ from semiseg.data import change, medical
 from semiseg.data.spec import DatasetSpec
 from semiseg.distributed import launched_by_torchrun
 from semiseg.errors import ConfigError
-from semiseg.predict import tta_probabilities
 from semiseg.run.evaluate import eval_dataset_config, eval_settings, module_from_checkpoint
 from semiseg.selection import label_studio, outputs
 from semiseg.selection.pool import FORMATS, check_unit, group, unit_groups
-from semiseg.selection.scoring import load_normalized, merge, score_pool, scoring_mode
+from semiseg.selection.scoring import merge, score_pool
 from semiseg.selection.strategies import STRATEGIES, check_budget, check_strategy, choose
 
 COLUMN = {"image": "image", "pair": "pair", "slice": "slice", "case": "case"}  # scores.csv, by unit
@@ -113,22 +112,17 @@ def run(cfg: DictConfig) -> dict | None:
         [scores.maps[i] for i in faces],
         labels,
     )
-    studio = cfg.label_studio and fmt_name == "images"
-    if cfg.label_studio and not studio:
-        print(f"label_studio: left out: Label Studio imports image files, not {what} of {fmt_name}")
-    if studio:
-        tasks = [
-            label_studio.task(
-                f"{cfg.image_url_prefix}{sample.image}",
-                predicted_labels(
-                    module.eval_network, spec.root / sample.image, mode, crop, len(class_names)
-                ),
-                class_names,
-                str(cfg.ckpt_path),
-            )
-            for sample in picked
-        ]
-        label_studio.write(output / "label_studio", tasks, class_names)
+    if cfg.label_studio:  # the chosen samples with the model's prediction as pre-annotations
+        label_studio.export(
+            output / "label_studio",
+            fmt,
+            module.eval_network,
+            picked,
+            class_names,
+            str(cfg.ckpt_path),
+            str(cfg.image_url_prefix),
+            device,
+        )
     summary = {
         "ckpt_path": str(cfg.ckpt_path),
         "method": trained["method"]["name"],
@@ -149,7 +143,7 @@ def run(cfg: DictConfig) -> dict | None:
         "chosen": [{"image": s.image, "mask": s.mask} for s in picked],
         "masks_to_draw": masks_to_draw(fmt_name, spec.root, picked),
         "contact_sheet": {"file": "contact_sheet.png", "shown": shown},
-        "label_studio": "label_studio/tasks.json" if studio else None,
+        "label_studio": "label_studio/tasks.json" if cfg.label_studio else None,
         "train": f"python train.py dataset={dataset_cfg.name} dataset.root={spec.root} "
         f"dataset.splits_dir={output.resolve()} split={name}",
         "wall_time_s": round(time.time() - started, 1),
@@ -227,11 +221,3 @@ def gather(part: dict, world: int) -> list[dict]:
     parts: list = [None] * world
     dist.all_gather_object(parts, part)
     return parts
-
-
-@torch.no_grad()
-def predicted_labels(network, path: Path, mode: str, crop: int, num_classes: int):
-    """The class per pixel (H, W) of one image, predicted as it was scored."""
-    image = load_normalized(path).to(next(network.parameters()).device)
-    probs = tta_probabilities(network, image, scoring_mode(mode), crop, num_classes)
-    return probs[0].argmax(0).cpu().numpy()

@@ -10,7 +10,6 @@ the whole image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from semiseg.data import transforms as tf
 from semiseg.errors import ConfigError
 from semiseg.selection.uncertainty import (
     disagreement_map,
@@ -42,11 +40,6 @@ class PoolScores:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None and k != "maps"}
-
-
-def load_normalized(path: Path) -> Tensor:
-    """An image file as the network's input (1, 3, H, W)."""
-    return tf.normalize(tf.load_image(path))[None]
 
 
 def pair_seed(seed: int, index: int) -> int:
@@ -133,11 +126,6 @@ def merge(parts: list[dict], pool_size: int, labeled_size: int, pair: bool, feat
             else scores.features[:0]
         )
     return scores
-
-
-def scoring_mode(mode: str) -> str:
-    """A sliding window stays one (large images); every other mode scores the whole image."""
-    return "sliding_window" if mode == "sliding_window" else "original"
 
 
 def small_map(pixel_map: Tensor) -> np.ndarray:

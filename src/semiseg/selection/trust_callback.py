@@ -1,11 +1,14 @@
 """Pseudo-label trust at every validation of a training run (selection/trust.py's counts).
 
-For a method with a confidence threshold (`tau`: FixMatch, UniMatch, the EMA family...) on the
-image datasets, each validation also counts, on the labeled validation images, the pseudo-labels
-of the network that makes them (the EMA teacher where the method has one and validates it, else
-the evaluated network) at the method's current threshold, and logs them as `trust/*`: per class
-precision and coverage (percent) and the ECE (percent) of its top-class confidence, into the CSV
-metrics and, as one panel section, the W&B dashboard.
+For a method with a confidence threshold (`tau`: FixMatch, UniMatch, the EMA family...), each
+validation also counts, on the labeled validation items, the pseudo-labels of the network that
+makes them (the EMA teacher where the method has one and validates it, else the evaluated
+network) at the method's current threshold, and logs them as `trust/*`: per class precision and
+coverage (percent) and the ECE (percent) of its top-class confidence, into the CSV metrics and,
+as one panel section, the W&B dashboard. Every task kind counts them as its validation predicts:
+the pixels of natural images; every slice of ACDC's validation volumes (each slice predicted at
+crop_size, the probabilities resized back to the slice, as its Dice); the change mask of each
+change pair (classes `unchanged` and `changed`).
 
 `trust.target_precision=P` also sets the method's threshold after each validation to the lowest
 of trust.TAU_GRID whose pseudo-labels reach precision P over all classes on those images (the
@@ -19,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 from semiseg.errors import ConfigError
 from semiseg.selection import trust
-from semiseg.tasks.segmentation import SegmentationTask
+from semiseg.tasks.base import Task
 
 COUNT_FIELDS = (
     "pseudo",
@@ -61,7 +64,7 @@ class PseudoLabelTrust(Callback):
     @staticmethod
     def applies(pl_module) -> bool:
         return isinstance(getattr(pl_module, "tau", None), int | float) and isinstance(
-            getattr(pl_module, "task", None), SegmentationTask
+            getattr(pl_module, "task", None), Task
         )
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from semiseg.evaluation import reports
 from semiseg.evaluation.metrics import iou_per_class, mean_iou, subset_mious
+from semiseg.selection import trust
 
 
 def percent_or_none(value) -> float | None:
@@ -44,6 +45,20 @@ class Task(nn.Module):
         self.absent = self.cfg.get("absent_class", "zero")
         self.subsets = dict(self.cfg.get("miou_subsets") or {})
         self.confusions = nn.ModuleDict()
+        # eval.py: how far the evaluated network's pseudo-labels can be trusted (selection/trust)
+        tau = self.cfg.get("trust_tau")
+        self.trust = None if tau is None else trust.TrustCounts(self.num_classes, tau=tau)
+        # and the lowest threshold of TAU_GRID whose pseudo-labels reach a target precision
+        self.trust_target = self.cfg.get("trust_target_precision")
+        self.trust_grid = {}
+        if self.trust is not None and self.trust_target is not None:
+            self.trust_grid = {
+                t: trust.TrustCounts(self.num_classes, tau=t) for t in trust.TAU_GRID
+            }
+        # the network whose pseudo-labels are counted (None: the evaluated one); a training
+        # run's trust callback (selection/trust_callback.py) names the EMA teacher
+        self.trust_network = None
+        self._probs = None
 
     # ------------------------------------------------------------------ one validation
     def start(self, networks: list[str], device) -> None:
@@ -55,12 +70,27 @@ class Task(nn.Module):
                 ).to(device)
 
     def predict(self, network: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-        """(predicted labels, ground truth) of one validation batch."""
+        """(predicted labels, ground truth) of one validation batch; a subclass passes its
+        class probabilities to `keep_for_trust` before taking their argmax."""
         raise NotImplementedError
 
+    def keep_for_trust(self, probs: Tensor) -> None:
+        """Keep a prediction's class probabilities (N, C, H, W) for `update` to count, when
+        trust is measured."""
+        if self.trust is not None:
+            self._probs = probs
+
     def update(self, name: str, pred: Tensor, mask: Tensor, batch: dict, chosen: bool) -> None:
-        """Count one batch's prediction of network `name` (`chosen`: the evaluated network)."""
+        """Count one batch's prediction of network `name` (`chosen`: the evaluated network),
+        and its pseudo-labels when it is the network whose trust is measured."""
         self.confusions[name].update(pred, mask)
+        counted = name == self.trust_network if self.trust_network else chosen
+        if counted and self.trust is not None:
+            # sliding windows sum their softmaxes: back to one distribution per pixel
+            probs = self._probs / self._probs.sum(1, keepdim=True).clamp(min=1e-12)
+            probs, mask = probs.cpu(), mask.cpu()
+            for counts in (self.trust, *self.trust_grid.values()):
+                counts.update(probs, mask)
 
     def compute(self, chosen: str) -> dict:
         """The scores of this validation (the same on every rank), then reset for the next.
@@ -158,7 +188,21 @@ class Task(nn.Module):
         reports.write_confusion_csv(out_dir / "confusion_matrix.csv", confusion, self.class_names)
         reports.plot_confusion(out_dir / "confusion_matrix.png", confusion, self.class_names)
         results["confusion_matrix"] = {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"}
-        return results
+        return {**results, **self.trust_results(out_dir)}
+
+    def trust_results(self, out_dir) -> dict:
+        """eval.py's `pseudo_label_trust` (and reliability.png in `out_dir`); {} without trust."""
+        if self.trust is None:
+            return {}
+        trusted = trust.summary(self.trust, self.class_names)
+        trust.plot_reliability(out_dir / "reliability.png", self.trust)
+        trusted["plot"] = "reliability.png"
+        if self.trust_grid:
+            trusted["tau_for_precision"] = {
+                "target": self.trust_target,
+                "tau": trust.threshold_for_precision(self.trust_grid, self.trust_target),
+            }
+        return {"pseudo_label_trust": trusted}
 
     def eval_lines(self, results: dict) -> list[str]:
         """What eval.py prints."""
@@ -167,6 +211,7 @@ class Task(nn.Module):
             f"pixel accuracy {results['pixel_accuracy']}, mean Dice {results['mean_dice']}, "
             f"mean precision {results['mean_precision']}, mean recall {results['mean_recall']}, "
             f"Cohen's kappa {results['cohen_kappa']}",
+            *trust_lines(results),
         ]
 
     def last_state(self, scores: dict) -> dict:
@@ -188,6 +233,17 @@ class Task(nn.Module):
         """W&B tables of a validation: name -> (columns, rows)."""
         rows = [[n, v] for n, v in scores_state.get("per_class_iou", {}).items()]
         return {"val/per_class_iou": (["class", "iou"], rows)}
+
+
+def trust_lines(results: dict) -> list[str]:
+    """eval.py's line on the pseudo-labels' trust (none without it)."""
+    trusted = results.get("pseudo_label_trust")
+    if not trusted:
+        return []
+    return [
+        f"pseudo-labels at tau {trusted['tau']}: ECE {trusted['ece']}%, precision per class "
+        f"{trusted['precision']}, coverage {trusted['coverage']} (reliability.png)"
+    ]
 
 
 def format_iou_table(per_class: dict, miou: float) -> str:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from semiseg.errors import ConfigError
 from semiseg.evaluation.volume import dice_per_class, predict_volume, summarise
-from semiseg.tasks.base import Task, percent_or_none
+from semiseg.tasks.base import Task, percent_or_none, trust_lines
 
 
 class VolumeTask(Task):
@@ -37,9 +37,12 @@ class VolumeTask(Task):
         self._dice: dict[str, Tensor] = {}  # volume name -> per-class Dice of the chosen network
 
     def predict(self, network: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-        """One volume (1, D, H, W): slices predicted at crop_size, resized back."""
-        pred = predict_volume(network, batch["image"], self.crop_size).argmax(1)
-        return pred, batch["mask"][0]
+        """One volume (1, D, H, W): slices predicted at crop_size, resized back. Its slices'
+        probabilities are what the trust of the pseudo-labels counts, per pixel of each slice
+        at the slice's size, as the Dice counts them."""
+        probs = predict_volume(network, batch["image"], self.crop_size)
+        self.keep_for_trust(probs)
+        return probs.argmax(1), batch["mask"][0]
 
     def update(self, name, pred, mask, batch, chosen):
         super().update(name, pred, mask, batch, chosen)
@@ -123,6 +126,7 @@ class VolumeTask(Task):
             "val_miou": round(scores["miou"], 2),
             "per_class_iou": scores["per_class_iou"],
             "miou_convention": self.convention(),
+            **self.trust_results(out_dir),
         }
 
     def eval_lines(self, results):
@@ -130,7 +134,7 @@ class VolumeTask(Task):
         lines = [f"{'class':<{width}}Dice (%)"]
         lines += [f"{c:<{width}}{v}" for c, v in results["per_class_dice"].items()]
         lines.append(f"{'mean Dice':<{width}}{results['mean_dice']} (foreground classes)")
-        return ["\n".join(lines)]
+        return ["\n".join(lines), *trust_lines(results)]
 
     def write_prediction(self, path, pred, palette):
         """A volume's labels as HDF5 (key `prediction`, uint8, (D, H, W))."""
