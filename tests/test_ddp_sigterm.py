@@ -3,40 +3,15 @@ preemption send it): every rank stops at the same step with last.ckpt of that st
 same command with resume=auto finishes the run. Gloo on the CPU."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from cli import REPO, TINY, wait_for
-from test_ddp import torchrun
+from cli import TINY, start_torchrun, stop_with_sigterm, torchrun
 
 from semiseg.checkpoints.io import LAST
 
 pytestmark = pytest.mark.slow
-
-
-def _start_torchrun(*args, log):
-    """torchrun in a process group of its own: killpg reaches torchrun and both ranks."""
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            *args,
-        ],
-        cwd=REPO,
-        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def test_sigterm_stops_every_rank_at_one_step_and_resume_finishes(tmp_path, toy_root):
@@ -52,11 +27,8 @@ def test_sigterm_stops_every_rank_at_one_step_and_resume_finishes(tmp_path, toy_
         f"hydra.run.dir={run}",
     ]
     log = tmp_path / "log"
-    with open(log, "w") as out:
-        proc = _start_torchrun(*common, log=out)
-        wait_for(proc, log, "step 4: val mIoU")  # training under way on both ranks
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=300)
+    # SIGTERM to torchrun and both ranks once training is under way on both
+    stop_with_sigterm(start_torchrun, *common, log=log, until="step 4: val mIoU")
     output = log.read_text()
     # each rank says where it stopped (torchrun's own exit status is its SignalException's)
     stops = dict(re.findall(r"rank (\d): stopped at step (\d+)", output))

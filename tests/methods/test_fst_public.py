@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_public_steps import PER_EPOCH, STEPS, _fit, _module, _reference, _samples, box_rows_cols
+from test_public_steps import (
+    PER_EPOCH,
+    STEPS,
+    _fit,
+    _module,
+    _reference,
+    _samples,
+    box_rows_cols,
+    recorded_returns,
+)
 from torch.utils.data import DataLoader
 
 from semiseg.augment import mixing
@@ -26,14 +35,7 @@ K = 2
     "k, cutmix_p", [(K, 1.0), (K, 0.0), (0, 1.0)], ids=["look_ahead_mixed", "look_ahead", "k0"]
 )
 def test_fst_iterations_equal_the_public_train_semi(monkeypatch, k, cutmix_p):
-    boxes = []
-    original = mixing.half_area_boxes
-
-    def recorded(*args, **kwargs):
-        boxes.append(original(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
+    boxes = recorded_returns(monkeypatch, mixing, "half_area_boxes")
     module = _module(FST, k=k, base="cutmix", cutmix_p=cutmix_p, entropy_drop=0.2, weight_u=1.0)
     assert (module.teacher_entropy, module.teacher.average_buffers) == ("train_forward", "own")
     assert module.ema_warmup == "epoch"

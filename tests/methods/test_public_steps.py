@@ -134,6 +134,20 @@ def box_rows_cols(masks):
     return boxes
 
 
+def recorded_returns(monkeypatch, owner, name: str) -> list:
+    """From here on, what `owner.name` returns at each call (semiseg's random draws, handed to
+    the transcription)."""
+    returns = []
+    original = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        returns.append(original(*args, **kwargs))
+        return returns[-1]
+
+    monkeypatch.setattr(owner, name, recorded)
+    return returns
+
+
 def assert_same_networks(state, student, teacher):
     for got, want in zip(state, (student, teacher), strict=True):
         for key, value in want.state_dict().items():
@@ -143,15 +157,9 @@ def assert_same_networks(state, student, teacher):
 
 @pytest.mark.parametrize("trigger_draws", [(0.0, 0.0, 0.0), (1.0, 0.0, 1.0)], ids=["mix", "plain"])
 def test_imas_steps_equal_the_public_train_semi(monkeypatch, trigger_draws):
-    draws, boxes = list(trigger_draws), []
+    draws = list(trigger_draws)
     monkeypatch.setattr(imas_module, "hard_cutmix_triggered", lambda e: draws.pop(0) < e.mean())
-    original_boxes = mixing.centred_boxes
-
-    def recorded_boxes(*args, **kwargs):
-        boxes.append(original_boxes(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "centred_boxes", recorded_boxes)
+    boxes = recorded_returns(monkeypatch, mixing, "centred_boxes")
     module = _module(IMAS, weight_u=3.0)
     student, teacher, optimizer = _reference(module)
     record, losses = _fit(module)
@@ -222,14 +230,7 @@ def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
     """U2PL's mean teacher: the teacher's parameters are the student's tensors in epoch 0 (here:
     every update of the first epoch copies), its entropy from a train-mode forward on the student's batch, its
     BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
-    boxes = []
-    original = mixing.half_area_boxes
-
-    def recorded(*args, **kwargs):
-        boxes.append(original(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
+    boxes = recorded_returns(monkeypatch, mixing, "half_area_boxes")
     module = _module(MeanTeacher, cutmix_p=cutmix_p, ema_buffers="own", weight_u=1.0)
     assert module.style == "u2pl" and module.teacher_entropy == "train_forward"
     student, teacher, optimizer = _reference(module)
