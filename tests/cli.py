@@ -79,15 +79,53 @@ def wait_for(proc, log_path, until: str | Callable[[], bool], timeout=300):
         time.sleep(0.02)
 
 
-def stop_with_sigterm(start, *args, log: Path, until, timeout=300) -> int:
+def stop_with_sigterm(start, *args, log: Path, until, timeout=300, receiver=None) -> int:
     """Start `start(*args)` (start_train, start_torchrun) with its output into `log`, wait
     `until` (wait_for), then SIGTERM its whole process group, as SLURM and a cluster's preemption
-    send it (ranks and DataLoader workers included); the exit status once it has ended."""
+    send it (DataLoader workers included; torchrun passes it on to its ranks), or, with
+    `receiver`, only the process `receiver(proc)` names (`rank_pid`: one rank). Returns the exit
+    status; a run still going after `timeout` fails the test and is ended (`_end`)."""
     with open(log, "w") as out:
         proc = start(*args, log=out)
-        wait_for(proc, log, until)
-        os.killpg(proc.pid, signal.SIGTERM)
-        return proc.wait(timeout=timeout)
+        try:
+            wait_for(proc, log, until)
+            if receiver is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                os.kill(receiver(proc), signal.SIGTERM)
+            return proc.wait(timeout=timeout)
+        finally:
+            _end(proc)
+
+
+def _end(proc) -> None:
+    """End a process started in its own group that is still running (a failed test's): SIGTERM
+    to the group (torchrun ends its ranks, which sit in process groups of their own), then
+    SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def rank_pid(torchrun_proc, rank: int) -> int:
+    """The process id of one rank of a torchrun job: the child of torchrun started with
+    RANK=`rank` in its environment (read from /proc: Linux)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # ended meanwhile, or not ours to read
+            continue
+        if parent == torchrun_proc.pid and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no rank {rank} among torchrun's ({torchrun_proc.pid}) children")
 
 
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
