@@ -28,7 +28,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # predictable speed on a busy 2-core mach
 
 def _start_in_own_group(command: list, env: dict, log):
     """A process in a process group of its own, as torchrun and SLURM start their workers: a
-    signal to the group (`stop_with_sigterm`) reaches it and every process it starts."""
+    signal to the group (`stop_with_sigterm`) reaches it and the processes it starts there
+    (DataLoader workers; torchrun's ranks sit in groups of their own, torchrun passes it on)."""
     return subprocess.Popen(
         command,
         cwd=REPO,

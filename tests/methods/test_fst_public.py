@@ -17,6 +17,7 @@ from test_public_steps import (
     _module,
     _reference,
     _samples,
+    assert_same_networks,
     box_rows_cols,
     recorded_returns,
 )
@@ -52,9 +53,6 @@ def test_fst_iterations_equal_the_public_train_semi(monkeypatch, k, cutmix_p):
         )  # fmt: skip
         real = losses[per_iteration * (step + 1) - 1]["loss"]
         torch.testing.assert_close(real, public, rtol=1e-5, atol=1e-6)
-        got_student, got_teacher = record.states[step]
-        for key, value in student.state_dict().items():
-            torch.testing.assert_close(got_student[key], value, rtol=1e-5, atol=1e-6, msg=key)
-        for key, value in teacher.state_dict().items():  # buffers: the teacher's own
-            torch.testing.assert_close(got_teacher[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        # buffers: the teacher's own
+        assert_same_networks(record.states[step], student, teacher, every_entry=True)
     assert len(boxes) == (STEPS * per_iteration if cutmix_p else 0)
