@@ -1,9 +1,11 @@
 """Run the entry points as a user would, with settings that take seconds on a CPU."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,24 +26,107 @@ TINY = [
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # predictable speed on a busy 2-core machine
 
 
-def start_train(*overrides, log):
-    """train.py in a process group of its own, as torchrun and SLURM start their workers."""
+def _start_in_own_group(command: list, env: dict, log):
+    """A process in a process group of its own, as torchrun and SLURM start their workers: a
+    signal to the group (`stop_with_sigterm`) reaches it and the processes it starts there
+    (DataLoader workers; torchrun's ranks sit in groups of their own, torchrun passes it on)."""
     return subprocess.Popen(
-        [sys.executable, "train.py", *overrides],
+        command,
         cwd=REPO,
-        env={**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
-def wait_for(proc, log_path, text, timeout=300):
+def start_train(*overrides, log):
+    """train.py in a process group of its own, its output into the open file `log`."""
+    return _start_in_own_group([sys.executable, "train.py", *overrides], ONE_THREAD, log)
+
+
+# Two ranks on one machine; the environment keeps them to one thread each and offline.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def torchrun(*args: str, timeout: int = 600):
+    """Two ranks under torchrun, run to the end; the finished process with its output."""
+    return subprocess.run(
+        [*TORCHRUN, *args],
+        cwd=REPO,
+        env={**os.environ, **TORCHRUN_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_torchrun(*args: str, log):
+    """Two ranks under torchrun in a process group of its own, its output into `log`."""
+    return _start_in_own_group([*TORCHRUN, *args], TORCHRUN_ENV, log)
+
+
+def wait_for(proc, log_path, until: str | Callable[[], bool], timeout=300):
+    """Wait until the text `until` is in the log (or the callable `until` returns true); fails
+    with the log's tail if the process ends first."""
+    ready = until if callable(until) else lambda: until in log_path.read_text()
     deadline = time.time() + timeout
-    while text not in log_path.read_text():
+    while not ready():
         assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert time.time() < deadline, f"no {text!r} within {timeout} s"
+        assert time.time() < deadline, (
+            f"no {getattr(until, '__name__', repr(until))} within {timeout} s"
+        )
         time.sleep(0.02)
+
+
+def stop_with_sigterm(start, *args, log: Path, until, timeout=300, receiver=None) -> int:
+    """Start `start(*args)` (start_train, start_torchrun) with its output into `log`, wait
+    `until` (wait_for), then SIGTERM its whole process group, as SLURM and a cluster's preemption
+    send it (DataLoader workers included; torchrun passes it on to its ranks), or, with
+    `receiver`, only the process `receiver(proc)` names (`rank_pid`: one rank). Returns the exit
+    status; a run still going after `timeout` fails the test and is ended (`_end`)."""
+    with open(log, "w") as out:
+        proc = start(*args, log=out)
+        try:
+            wait_for(proc, log, until)
+            if receiver is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                os.kill(receiver(proc), signal.SIGTERM)
+            return proc.wait(timeout=timeout)
+        finally:
+            _end(proc)
+
+
+def _end(proc) -> None:
+    """End a process started in its own group that is still running (a failed test's): SIGTERM
+    to the group (torchrun ends its ranks, which sit in process groups of their own), then
+    SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def rank_pid(torchrun_proc, rank: int) -> int:
+    """The process id of one rank of a torchrun job: the child of torchrun started with
+    RANK=`rank` in its environment (read from /proc: Linux)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):  # ended meanwhile, or not ours to read
+            continue
+        if parent == torchrun_proc.pid and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    raise AssertionError(f"no rank {rank} among torchrun's ({torchrun_proc.pid}) children")
 
 
 def run_script(script: str, *overrides: str, env: dict | None = None, timeout: int = 600):
@@ -100,3 +185,16 @@ def setup_fails(datamodule, capsys) -> str:
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err
     return lines[0]
+
+
+def resume_and_run_whole(common, stopped: Path, whole: Path) -> str:
+    """The stopped run's command again with resume=auto (into `stopped`), then the same run
+    never stopped (into `whole`), each on one thread as start_train runs it; the resumed run's
+    output. Fails with the output's tail if either run fails."""
+    resumed = run_script(
+        "train.py", *common, f"hydra.run.dir={stopped}", "resume=auto", env=ONE_THREAD
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = run_script("train.py", *common, f"hydra.run.dir={whole}", env=ONE_THREAD)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return resumed.stdout

@@ -1,35 +1,13 @@
 """Two ranks on the CPU (gloo) under torchrun, and the launches that are refused."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from cli import REPO, TINY, run_script
+from cli import TINY, run_script, torchrun
 
 # real processes (train.py, torchrun) killed and resumed: part of CI (make test SLOW=1)
 pytestmark = pytest.mark.slow
-
-
-def torchrun(*args: str, timeout: int = 600):
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            *args,
-        ],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

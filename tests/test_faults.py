@@ -4,7 +4,6 @@ during setup and during the final validation. Each ends in one line
 and keeps what can be resumed."""
 
 import json
-import os
 import resource
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import TINY, run_script, start_train, wait_for
+from cli import TINY, run_script, start_train, stop_with_sigterm
 from lightning.pytorch.callbacks import Callback
 from test_checkpointing import _fit
 from test_full_disk import _one_line_error, _train
@@ -119,13 +118,11 @@ def test_image_unreadable_mid_run_saves_last_then_one_line(tmp_path, toy_root):
 def test_sigterm_during_setup_exits_143(tmp_path):
     log = tmp_path / "log"
     run = tmp_path / "run"
-    with open(log, "w") as out:
-        proc = start_train(
-            f"dataset.root={tmp_path / 'fresh'}", *TINY, f"hydra.run.dir={run}", log=out
-        )
-        wait_for(proc, log, "generating toy dataset")  # takes seconds: the signal lands in it
-        os.killpg(proc.pid, signal.SIGTERM)
-        returncode = proc.wait(timeout=120)
+    fresh = f"dataset.root={tmp_path / 'fresh'}"
+    returncode = stop_with_sigterm(
+        start_train, fresh, *TINY, f"hydra.run.dir={run}", log=log, timeout=120,
+        until="generating toy dataset",  # takes seconds: the signal lands in it
+    )  # fmt: skip
     assert returncode == 143, log.read_text()[-3000:]
     assert "preempted: SIGTERM during setup" in log.read_text()
     assert not (run / "results.json").exists()
@@ -143,11 +140,9 @@ def test_sigterm_during_the_final_validation_exits_143_and_resumes(tmp_path, toy
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     log = tmp_path / "log"
-    with open(log, "w") as out:
-        proc = start_train(*common, log=out)
-        wait_for(proc, log, "final validation at step 3")
-        os.killpg(proc.pid, signal.SIGTERM)
-        returncode = proc.wait(timeout=120)
+    returncode = stop_with_sigterm(
+        start_train, *common, log=log, until="final validation at step 3", timeout=120
+    )
     assert returncode == 143, log.read_text()[-3000:]
     assert "preempted: SIGTERM at step 3" in log.read_text()
     assert not (tmp_path / "run" / "results.json").exists()

@@ -8,7 +8,15 @@ import signal
 
 import pytest
 import torch
-from cli import ONE_THREAD, TINY, run_script, start_train, wait_for
+from cli import (
+    ONE_THREAD,
+    TINY,
+    resume_and_run_whole,
+    run_script,
+    start_train,
+    stop_with_sigterm,
+    wait_for,
+)
 
 # real processes (train.py, torchrun) killed and resumed: part of CI (make test SLOW=1)
 pytestmark = pytest.mark.slow
@@ -42,33 +50,23 @@ def runs(tmp_path_factory, toy_root):
 
     # 1. Start, wait for the first validation, then SIGTERM to the whole process group (what
     #    torchrun and SLURM send), DataLoader workers included.
-    killed = tmp / "killed"
-    log = tmp / "killed.log"
-    with open(log, "w") as out:
-        proc = start_train(*common, f"hydra.run.dir={killed}", log=out)
-        wait_for(proc, log, "step 10: val mIoU")
-        os.killpg(proc.pid, signal.SIGTERM)
-        returncode = proc.wait(timeout=300)
+    killed, log = tmp / "killed", tmp / "killed.log"
+    returncode = stop_with_sigterm(
+        start_train, *common, f"hydra.run.dir={killed}", log=log, until="step 10: val mIoU"
+    )
     interrupted = torch.load(
         killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
 
-    # 2. The same command with resume=auto.
-    resumed = run_script(
-        "train.py", *common, f"hydra.run.dir={killed}", "resume=auto", env=ONE_THREAD
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    # 3. The same run, never interrupted.
+    # 2. The same command with resume=auto; 3. the same run, never interrupted.
     whole = tmp / "whole"
-    proc_whole = run_script("train.py", *common, f"hydra.run.dir={whole}", env=ONE_THREAD)
-    assert proc_whole.returncode == 0, proc_whole.stderr[-3000:]
+    resumed_stdout = resume_and_run_whole(common, killed, whole)
     return {
         "returncode": returncode,
         "log": log.read_text(),
         "interrupted": interrupted,
         "killed": killed,
-        "resumed_stdout": resumed.stdout,
+        "resumed_stdout": resumed_stdout,
         "whole": whole,
     }
 

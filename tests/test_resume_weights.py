@@ -17,14 +17,11 @@ CPU kernels sum in one order.
 
 import csv
 import json
-import os
 import shutil
-import signal
-import time
 
 import pytest
 import torch
-from cli import ONE_THREAD, TINY, run_script, start_train
+from cli import TINY, resume_and_run_whole, start_train, stop_with_sigterm
 
 from semiseg.checkpoints.io import LAST
 
@@ -52,14 +49,13 @@ def _stop_in_the_validation_of(step, common, run, log):
     """SIGTERM to the process group once step `step`'s training row is on disk: after the
     signal check that starts that step, before its validation (100 images) ends. The run
     abandons the validation and keeps step `step`."""
-    with open(log, "w") as out:
-        proc = start_train(*common, f"hydra.run.dir={run}", log=out)
-        deadline = time.time() + 300
-        while step - 1 not in _logged_steps(run / "csv" / "metrics.csv"):  # rows count from 0
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGTERM)
-        return proc.wait(timeout=300)
+
+    def step_logged():  # rows count from 0
+        return step - 1 in _logged_steps(run / "csv" / "metrics.csv")
+
+    return stop_with_sigterm(
+        start_train, *common, f"hydra.run.dir={run}", log=log, until=step_logged
+    )
 
 
 def _load(path):
@@ -83,19 +79,14 @@ def runs(request, tmp_path_factory, toy_root):
     killed, log = tmp / "killed", tmp / "killed.log"
     returncode = _stop_in_the_validation_of(EPOCH_STEPS, common, killed, log)
     interrupted = _load(killed / "checkpoints" / LAST)
-    resumed = run_script(
-        "train.py", *common, f"hydra.run.dir={killed}", "resume=auto", env=ONE_THREAD
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole = tmp / "whole"
-    straight = run_script("train.py", *common, f"hydra.run.dir={whole}", env=ONE_THREAD)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    resumed_stdout = resume_and_run_whole(common, killed, whole)
     return {
         "method": request.param,
         "returncode": returncode,
         "log": log.read_text(),
         "interrupted": interrupted,
-        "resumed_stdout": resumed.stdout,
+        "resumed_stdout": resumed_stdout,
         "resumed": _load(killed / "checkpoints" / LAST),
         "whole": _load(whole / "checkpoints" / LAST),
         "resumed_results": json.loads((killed / "results.json").read_text()),

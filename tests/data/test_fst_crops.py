@@ -12,7 +12,7 @@ from PIL import Image
 
 from semiseg.data import transforms as tf
 from semiseg.data.datamodule import SemiSegDataModule
-from semiseg.data.datasets import LabeledDataset
+from semiseg.data.datasets import LabeledDataset, UnlabeledDataset
 from semiseg.data.splits import Sample
 from semiseg.errors import ConfigError
 from semiseg.methods.fst import FST
@@ -59,7 +59,7 @@ def test_fst_asks_for_the_public_crops_and_the_labeled_padding_is_class_0(tmp_pa
     Image.fromarray(np.full((4, 6), 3, np.uint8)).save(tmp_path / "a_mask.png")
     samples = [Sample("a.png", "a_mask.png")]
     labeled = LabeledDataset(
-        tmp_path, samples, crop_size=16, resize_draw=needs["resize"],
+        tmp_path, samples, crop_size=16, resize=needs["resize"],
         pad_label=needs["labeled_pad_label"], pad_fill=needs["pad_fill"],
     )  # fmt: skip
     for seed in range(5):
@@ -70,6 +70,25 @@ def test_fst_asks_for_the_public_crops_and_the_labeled_padding_is_class_0(tmp_pa
         assert (mask == 0).sum() == 16 * 16 - (mask == 3).sum()
     unimatch = LabeledDataset(tmp_path, samples, crop_size=16)  # 255: left out of the loss
     assert set(unimatch[0]["mask"].unique().tolist()) == {3, 255}
+
+
+@pytest.mark.parametrize("resize", ["scale_halves", "long_side", (20, 12)])
+def test_both_datasets_resize_by_their_one_setting(tmp_path, resize):
+    """`resize` names the random draw (method.resize) or is a fixed (W, H) (the UDA pipelines):
+    a 10 x 6 image of class 3 in a crop larger than any draw keeps the size that setting gives,
+    the rest padded 255. The resize is each item's first random draw."""
+    Image.new("RGB", (10, 6), (200, 10, 10)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((6, 10), 3, np.uint8)).save(tmp_path / "a_mask.png")
+    samples = [Sample("a.png", "a_mask.png")]
+    labeled = LabeledDataset(tmp_path, samples, crop_size=32, resize=resize)
+    unlabeled = UnlabeledDataset(tmp_path, samples, 32, num_strong=0, mix="none", resize=resize)
+    for seed in range(6):
+        random.seed(seed)
+        want = tf.RESIZES[resize](10, 6) if isinstance(resize, str) else (20, 12)
+        for dataset, key in ((labeled, "mask"), (unlabeled, "gt")):
+            random.seed(seed)
+            kept = dataset[0][key] == 3
+            assert (int(kept.any(0).sum()), int(kept.any(1).sum())) == want, (seed, key)
 
 
 @pytest.mark.parametrize(

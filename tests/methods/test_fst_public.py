@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_public_steps import PER_EPOCH, STEPS, _fit, _module, _reference, _samples, box_rows_cols
+from test_public_steps import (
+    PER_EPOCH,
+    STEPS,
+    _fit,
+    _module,
+    _reference,
+    _samples,
+    assert_same_networks,
+    box_rows_cols,
+    recorded_returns,
+)
 from torch.utils.data import DataLoader
 
 from semiseg.augment import mixing
@@ -26,14 +36,7 @@ K = 2
     "k, cutmix_p", [(K, 1.0), (K, 0.0), (0, 1.0)], ids=["look_ahead_mixed", "look_ahead", "k0"]
 )
 def test_fst_iterations_equal_the_public_train_semi(monkeypatch, k, cutmix_p):
-    boxes = []
-    original = mixing.half_area_boxes
-
-    def recorded(*args, **kwargs):
-        boxes.append(original(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
+    boxes = recorded_returns(monkeypatch, mixing, "half_area_boxes")
     module = _module(FST, k=k, base="cutmix", cutmix_p=cutmix_p, entropy_drop=0.2, weight_u=1.0)
     assert (module.teacher_entropy, module.teacher.average_buffers) == ("train_forward", "own")
     assert module.ema_warmup == "epoch"
@@ -50,9 +53,6 @@ def test_fst_iterations_equal_the_public_train_semi(monkeypatch, k, cutmix_p):
         )  # fmt: skip
         real = losses[per_iteration * (step + 1) - 1]["loss"]
         torch.testing.assert_close(real, public, rtol=1e-5, atol=1e-6)
-        got_student, got_teacher = record.states[step]
-        for key, value in student.state_dict().items():
-            torch.testing.assert_close(got_student[key], value, rtol=1e-5, atol=1e-6, msg=key)
-        for key, value in teacher.state_dict().items():  # buffers: the teacher's own
-            torch.testing.assert_close(got_teacher[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        # buffers: the teacher's own
+        assert_same_networks(record.states[step], student, teacher, every_entry=True)
     assert len(boxes) == (STEPS * per_iteration if cutmix_p else 0)

@@ -134,24 +134,34 @@ def box_rows_cols(masks):
     return boxes
 
 
-def assert_same_networks(state, student, teacher):
+def recorded_returns(monkeypatch, owner, name: str) -> list:
+    """From here on, what `owner.name` returns at each call (semiseg's random draws, handed to
+    the transcription)."""
+    returns = []
+    original = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        returns.append(original(*args, **kwargs))
+        return returns[-1]
+
+    monkeypatch.setattr(owner, name, recorded)
+    return returns
+
+
+def assert_same_networks(state, student, teacher, every_entry=False):
+    """The recorded (student, teacher) state dicts against the transcription's networks: their
+    floating-point entries, or with `every_entry` the integer ones too (BatchNorm's counters)."""
     for got, want in zip(state, (student, teacher), strict=True):
         for key, value in want.state_dict().items():
-            if value.is_floating_point():
+            if every_entry or value.is_floating_point():
                 torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("trigger_draws", [(0.0, 0.0, 0.0), (1.0, 0.0, 1.0)], ids=["mix", "plain"])
 def test_imas_steps_equal_the_public_train_semi(monkeypatch, trigger_draws):
-    draws, boxes = list(trigger_draws), []
+    draws = list(trigger_draws)
     monkeypatch.setattr(imas_module, "hard_cutmix_triggered", lambda e: draws.pop(0) < e.mean())
-    original_boxes = mixing.centred_boxes
-
-    def recorded_boxes(*args, **kwargs):
-        boxes.append(original_boxes(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "centred_boxes", recorded_boxes)
+    boxes = recorded_returns(monkeypatch, mixing, "centred_boxes")
     module = _module(IMAS, weight_u=3.0)
     student, teacher, optimizer = _reference(module)
     record, losses = _fit(module)
@@ -222,14 +232,7 @@ def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
     """U2PL's mean teacher: the teacher's parameters are the student's tensors in epoch 0 (here:
     every update of the first epoch copies), its entropy from a train-mode forward on the student's batch, its
     BatchNorm statistics its own; no padding here (semiseg leaves padded pixels out)."""
-    boxes = []
-    original = mixing.half_area_boxes
-
-    def recorded(*args, **kwargs):
-        boxes.append(original(*args, **kwargs))
-        return boxes[-1]
-
-    monkeypatch.setattr(mixing, "half_area_boxes", recorded)
+    boxes = recorded_returns(monkeypatch, mixing, "half_area_boxes")
     module = _module(MeanTeacher, cutmix_p=cutmix_p, ema_buffers="own", weight_u=1.0)
     assert module.style == "u2pl" and module.teacher_entropy == "train_forward"
     student, teacher, optimizer = _reference(module)
@@ -244,9 +247,6 @@ def test_mean_teacher_steps_equal_u2pls_public_step(monkeypatch, cutmix_p):
             step // PER_EPOCH, step, mixed, box, ALPHA,
         )  # fmt: skip
         torch.testing.assert_close(losses[step]["loss"], public["loss"], rtol=1e-5, atol=1e-6)
-        got_student, got_teacher = record.states[step]
-        for key, value in student.state_dict().items():
-            torch.testing.assert_close(got_student[key], value, rtol=1e-5, atol=1e-6, msg=key)
-        for key, value in teacher.state_dict().items():  # buffers included: the teacher's own
-            torch.testing.assert_close(got_teacher[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        # buffers included: the teacher's own
+        assert_same_networks(record.states[step], student, teacher, every_entry=True)
     assert len(boxes) == (STEPS if cutmix_p else 0)

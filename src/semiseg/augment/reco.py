@@ -25,7 +25,7 @@ from torch import Tensor
 
 from semiseg.augment.intensity import blur, from_uint8, to_uint8
 from semiseg.augment.mixing import Mixed
-from semiseg.augment.strong import color_jitter
+from semiseg.augment.strong import apply_to_rows, color_jitter
 from semiseg.data.transforms import IGNORE as IGNORE_INDEX
 
 RECO_JITTER_RANGES = ((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
@@ -168,14 +168,8 @@ def jitter_plan(n: int, generator=None) -> JitterPlan:
 def apply_jitter_plan(views: tuple[Mixed, ...], plan: JitterPlan) -> tuple[Mixed, ...]:
     """Jitter, then blur, then flip (the public order), each image by its row of `plan`."""
     images = to_uint8(views[0].images)
-    index = plan.jitter.nonzero().flatten()
-    if len(index):
-        where = index.to(images.device)
-        images[where] = color_jitter(images[where], plan.order[index], plan.factors[index])
-    index = plan.blur.nonzero().flatten()
-    if len(index):
-        where = index.to(images.device)
-        images[where] = blur(images[where], plan.sigma[index])
+    apply_to_rows(images, plan.jitter, color_jitter, plan.order, plan.factors)
+    apply_to_rows(images, plan.blur, blur, plan.sigma)
     flip = plan.flip.to(images.device)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     planes, _ = _maps(views)

@@ -61,34 +61,36 @@ def strong_plan(n: int, generator=None) -> StrongPlan:
     )
 
 
+def apply_to_rows(images: Tensor, chosen: Tensor, op, *params: Tensor) -> Tensor:
+    """`op(rows, *their params)` on the rows of `images` where `chosen` (N,) is true, in place;
+    each of `params` holds one row per image (N, ...) and stays on its own device (the plans
+    are drawn on the CPU, the images may be elsewhere). Returns `images`."""
+    index = chosen.nonzero().flatten()
+    if len(index):
+        where = index.to(images.device)
+        images[where] = op(images[where], *(p[index] for p in params))
+    return images
+
+
 def color_jitter(images: Tensor, order: Tensor, factors: Tensor) -> Tensor:
     """ColorJitter of uint8 images (N, 3, H, W), each in its own order with its own factors."""
     out = images.clone()
     for position in range(4):
         for op_index, op in enumerate(JITTER_OPS):
-            chosen = (order[:, position] == op_index).nonzero().flatten()
-            if len(chosen):
-                index = chosen.to(images.device)
-                out[index] = op(out[index], factors[chosen, op_index])
+            apply_to_rows(out, order[:, position] == op_index, op, factors[:, op_index])
     return out
+
+
+def _grayscale(images: Tensor) -> Tensor:
+    return TF.rgb_to_grayscale(images, num_output_channels=3)
 
 
 def apply_strong(images: Tensor, plan: StrongPlan) -> Tensor:
     """The strong views of uint8 images (N, 3, H, W) under `plan`: jitter, grayscale, blur."""
     out = images.clone()
-    index = plan.jitter.nonzero().flatten()
-    if len(index):
-        where = index.to(out.device)
-        out[where] = color_jitter(out[where], plan.order[index], plan.factors[index])
-    index = plan.gray.nonzero().flatten()
-    if len(index):
-        where = index.to(out.device)
-        out[where] = TF.rgb_to_grayscale(out[where], num_output_channels=3)
-    index = plan.blur.nonzero().flatten()
-    if len(index):
-        where = index.to(out.device)
-        out[where] = blur(out[where], plan.sigma[index])
-    return out
+    apply_to_rows(out, plan.jitter, color_jitter, plan.order, plan.factors)
+    apply_to_rows(out, plan.gray, _grayscale)
+    return apply_to_rows(out, plan.blur, blur, plan.sigma)
 
 
 def unimatch_strong(images: Tensor, generator=None) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,8 @@ class LabeledDataset(Dataset):
     """Random resize, crop (mask padded with `pad_label`: 255, ignored, or U2PL's and FST's 0)
     and flip; {"image", "mask"}.
 
-    `resize_draw` picks how the random resize draws (transforms.RESIZES). `resize` (W, H)
-    replaces the random resize by mmseg's fixed one (aspect kept) and `cat_max_ratio` the crop by
+    `resize` names how the random resize draws (transforms.RESIZES), or is a (W, H) for mmseg's
+    fixed resize (aspect kept; transforms.training_resize); `cat_max_ratio` replaces the crop by
     mmseg's RandomCrop with that rule (transforms.py): the domain-adaptation pipelines of
     DAFormer and FST.
     """
@@ -84,9 +85,8 @@ class LabeledDataset(Dataset):
         length: int | None = None,
         read_mask=None,
         pad_fill: str = "zero",
-        resize=None,
+        resize: str | Sequence[int] = "long_side",
         cat_max_ratio: float | None = None,
-        resize_draw: str = "long_side",
         pad_label: int = tf.IGNORE,
     ):
         if not samples:
@@ -94,10 +94,10 @@ class LabeledDataset(Dataset):
         _require_masks(samples, "labeled")
         self.root = Path(root)
         self.crop_size = crop_size
-        self.pad_fill, self.resize_draw, self.pad_label = pad_fill, resize_draw, pad_label
+        self.pad_fill, self.pad_label = pad_fill, pad_label
         self.read_mask = read_mask or tf.load_mask
         self.samples = repeated(samples, length)
-        self.resize = tuple(resize) if resize else None
+        self.resize = tf.resize_setting(resize)
         self.cat_max_ratio = cat_max_ratio
 
     def __len__(self):
@@ -106,10 +106,7 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
-        if self.resize:
-            img, (mask,) = tf.fixed_resize(img, [mask], self.resize)
-        else:
-            img, (mask,) = tf.random_resize(img, [mask], self.resize_draw)
+        img, (mask,) = tf.training_resize(img, [mask], self.resize)
         if self.cat_max_ratio is not None:
             box = tf.cat_max_ratio_box(np.asarray(mask), self.crop_size, self.cat_max_ratio)
             img, (mask,) = tf.crop_then_pad(
@@ -190,14 +187,13 @@ class UnlabeledDataset(UnlabeledViews):
         mix="same",
         read_mask=None,
         pad_fill="zero",
-        resize=None,
-        resize_draw="long_side",
+        resize="long_side",
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
         self.read_mask = read_mask or tf.load_mask
-        self.pad_fill, self.resize_draw = pad_fill, resize_draw
-        # (W, H): mmseg's fixed resize (aspect kept) instead of the random one (UDA targets)
-        self.resize = tuple(resize) if resize else None
+        self.pad_fill = pad_fill
+        # the random draw's name, or (W, H): mmseg's fixed resize, aspect kept (UDA targets)
+        self.resize = tf.resize_setting(resize)
 
     def load(self, index, with_gt=True):
         sample = self.samples[index]
@@ -212,10 +208,7 @@ class UnlabeledDataset(UnlabeledViews):
         """One joint geometric augmentation, then the weak and strong photometric views."""
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
-        if self.resize:
-            img, masks = tf.fixed_resize(img, masks, self.resize)
-        else:
-            img, masks = tf.random_resize(img, masks, self.resize_draw)
+        img, masks = tf.training_resize(img, masks, self.resize)
         fills = [tf.PAD_MARKER, tf.IGNORE][: len(masks)]
         img, masks = tf.pad_and_crop(img, masks, self.crop_size, fills, self.pad_fill)
         img, masks = tf.hflip(img, masks)

@@ -219,6 +219,19 @@ def fixed_resize(img, masks: list, scale):
     return Image.fromarray(x), out
 
 
+def resize_setting(resize) -> str | tuple[int, int]:
+    """The datasets' one training resize: a RESIZES name (a random draw, `method.resize`) or a
+    fixed (W, H) (mmseg's Resize, aspect kept: `data.uda_pipeline`'s source/target_resize)."""
+    return resize if isinstance(resize, str) else tuple(resize)
+
+
+def training_resize(img, masks: list, resize: str | tuple[int, int]):
+    """The `resize_setting`: RESIZES[resize]'s random draw, or `fixed_resize` into (W, H)."""
+    if isinstance(resize, str):
+        return random_resize(img, masks, resize)
+    return fixed_resize(img, masks, resize)
+
+
 def crop_box(h: int, w: int, crop_size: int, draw=random.randint) -> tuple[int, int, int, int]:
     """mmseg's RandomCrop.get_crop_bbox: offsets uniform in [0, side - crop] (0 when the side is
     shorter); (y1, y2, x1, x2), the ends possibly past a short side (cut by the slicing)."""

@@ -46,7 +46,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         length=dm._labeled_length(files),
         read_mask=reader,
         pad_fill=dm.pad_fill,
-        resize_draw=dm.resize,
+        resize=dm.resize,
         pad_label=dm.labeled_pad_label,
     )
     dm.unlabeled_set = None
@@ -59,7 +59,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
             dm.mix,
             read_mask=gt_reader,
             pad_fill=dm.pad_fill,
-            resize_draw=dm.resize,
+            resize=dm.resize,
         )
     dm.val_set = ValDataset(dm.root, files.val, read_mask=reader)
     dm.files = files
@@ -100,14 +100,14 @@ def setup_adaptation(dm, files: SplitFiles, folder: Path, num_classes: int | Non
         length=length,
         read_mask=source_reader,
         pad_fill=dm.pad_fill,
-        resize=pipeline.get("source_resize"),
+        resize=pipeline.get("source_resize") or "long_side",
         cat_max_ratio=pipeline.get("cat_max_ratio"),
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
         dm.unlabeled_set = UnlabeledDataset(
             dm.root, pool, dm.crop_size, dm.num_strong, dm.mix, read_mask=gt_reader,
-            pad_fill=dm.pad_fill, resize=pipeline.get("target_resize"),
+            pad_fill=dm.pad_fill, resize=pipeline.get("target_resize") or "long_side",
         )  # fmt: skip
     dm.val_set = ValDataset(dm.root, target.val, read_mask=reader)
     dm.source_files = source_files
