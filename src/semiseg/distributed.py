@@ -326,7 +326,7 @@ class ShardSampler(DistributedSampler):
 
 class RankSeed(Callback):
     """Seed every rank with `seed + rank` when fitting starts: different augmentations and CutMix
-    boxes per rank (data loader workers are seeded from seed, worker and rank by Lightning).
+    boxes per rank in the step (the data's own draws come from per-image seeds, data/sampling.py).
 
     It runs in `setup`, after Lightning's DDP strategy has re-seeded every process with the same
     global seed, and before a resumed run restores each rank's saved generators. The model is

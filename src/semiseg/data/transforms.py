@@ -1,7 +1,7 @@
 """The UniMatch V1 augmentations on PIL images and masks.
 
-Randomness comes from Python's `random` and torch's global generator only, so the per-worker
-seeding done by Lightning (`seed_everything(workers=True)`) makes every worker reproducible.
+Randomness comes from Python's `random` and torch's global generator only, which training seeds
+per image (data/sampling.py: the same draws in a worker or in the main process).
 """
 
 from __future__ import annotations
