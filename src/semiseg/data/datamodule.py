@@ -27,7 +27,7 @@ import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.data import acdc_toy, cd_toy, toy
-from semiseg.data.checks import check_batches, world_size
+from semiseg.data.checks import check_batches, note_once, world_size
 from semiseg.data.formats import FORMATS
 from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.rare_class import RareClassSampling
@@ -71,6 +71,22 @@ def check_uda_pipeline(pipeline: Mapping | None, source: Mapping | None) -> dict
     return {key: pipeline.get(key) for key in UDA_PIPELINE_KEYS}
 
 
+LABELED_AUGS = ("unimatch", "reco")
+
+
+def check_labeled_aug(labeled_aug: str, scale) -> tuple[str, tuple[float, float]]:
+    if labeled_aug not in LABELED_AUGS:
+        raise ConfigError(
+            f"data labeled_aug={labeled_aug!r} is unknown: use one of {', '.join(LABELED_AUGS)}"
+        )
+    scale = tuple(float(v) for v in scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(
+            f"method.labeled_scale={list(scale)}: give [low, high] with 0 < low <= high"
+        )
+    return labeled_aug, scale
+
+
 def build_val_dataset(dataset, num_classes: int | None = None):
     """The validation set of a dataset config (eval.py): the same checks as training."""
     return FORMATS[dataset.get("format") or "images"].val_set(dataset, num_classes)
@@ -100,6 +116,8 @@ class SemiSegDataModule(L.LightningDataModule):
         uda_pipeline: Mapping | None = None,
         resize: str = "long_side",
         labeled_pad_label: int = 255,
+        labeled_aug: str = "unimatch",
+        labeled_scale: tuple[float, float] = (0.5, 1.5),
     ):
         super().__init__()
         self.root = Path(root)
@@ -145,6 +163,10 @@ class SemiSegDataModule(L.LightningDataModule):
                 "leave the padding out of the loss"
             )
         self.resize, self.labeled_pad_label = resize, labeled_pad_label
+        # Natural images, asked for by CSS (method.labeled_aug): the labeled crops by UniMatch's
+        # resize, crop and flip, or by ReCo's rescale, reflection padding, crop, jitter, blur and
+        # flip (data/reco_labeled.py) with its scale range.
+        self.labeled_aug, self.labeled_scale = check_labeled_aug(labeled_aug, labeled_scale)
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);
@@ -170,6 +192,14 @@ class SemiSegDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"dataset.format={self.format} does not support domain adaptation (source=)"
             )
+        if self.labeled_aug == "reco" and (self.augment != "natural" or source is not None):
+            # ReCo's labeled crops are defined on natural RGB images of the split
+            where = "domain adaptation" if source is not None else f"dataset.augment={self.augment}"
+            note_once(
+                f"ReCo's labeled augmentation (method.labeled_aug=public) is for natural images; "
+                f"{where} keeps its own labeled pipeline"
+            )
+            self.labeled_aug = "unimatch"
         self.toy_domain = (dataset or {}).get("toy_domain") or toy.DEFAULT_DOMAIN
         # the labeled images' dataset under domain adaptation (None: the split's labeled list)
         self.source_spec = None

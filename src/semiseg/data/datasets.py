@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from semiseg.data import transforms as tf
+from semiseg.data.reco_labeled import reco_labeled
 from semiseg.data.splits import Sample, SplitError
 
 MIX_MODES = ("same", "shuffle", "none")
@@ -73,7 +74,9 @@ class LabeledDataset(Dataset):
     `resize_draw` picks how the random resize draws (transforms.RESIZES). `resize` (W, H)
     replaces the random resize by mmseg's fixed one (aspect kept) and `cat_max_ratio` the crop by
     mmseg's RandomCrop with that rule (transforms.py): the domain-adaptation pipelines of
-    DAFormer and FST.
+    DAFormer and FST. `augment="reco"` replaces all of it by ReCo's labeled augmentation as CSS
+    runs it (data/reco_labeled.py: scale s ~ U(`scale`), reflection padding, crop, jitter, blur,
+    flip).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class LabeledDataset(Dataset):
         cat_max_ratio: float | None = None,
         resize_draw: str = "long_side",
         pad_label: int = tf.IGNORE,
+        augment: str = "unimatch",
+        scale: tuple[float, float] = (0.5, 1.5),
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
@@ -99,6 +104,7 @@ class LabeledDataset(Dataset):
         self.samples = repeated(samples, length)
         self.resize = tuple(resize) if resize else None
         self.cat_max_ratio = cat_max_ratio
+        self.augment, self.scale = augment, tuple(scale)
 
     def __len__(self):
         return len(self.samples)
@@ -106,6 +112,9 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
+        if self.augment == "reco":
+            img, mask = reco_labeled(img, mask, self.crop_size, self.scale)
+            return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
         if self.resize:
             img, (mask,) = tf.fixed_resize(img, [mask], self.resize)
         else:

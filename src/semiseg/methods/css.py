@@ -52,12 +52,13 @@ public PIL round trip floors them to k/255, so its 0.97 threshold acts as 248/25
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from semiseg.augment.mixing import Mixed, reco_mix
-from semiseg.augment.reco import reco_jitter, rescale_and_crop
+from semiseg.augment.reco import mix_across_ranks, reco_jitter, rescale_and_crop
 from semiseg.data.batch import TrainBatch
 from semiseg.data.checks import note_once
 from semiseg.errors import ConfigError
@@ -77,6 +78,22 @@ from semiseg.methods.teacher_student import TeacherStudentModule
 from semiseg.models.deeplabv3plus import upsample
 
 BOTH = ("logits", "representation")
+LABELED_AUGS = {"public": "reco", "unimatch": "unimatch"}  # method.labeled_aug -> data module
+
+
+def rgb_inputs(model) -> bool:
+    """Whether the model takes RGB images: not image pairs, not another number of channels."""
+    inputs = getattr(model, "inputs", ("rgb",))
+    return "pair" not in inputs and getattr(model, "in_channels", 3) == 3
+
+
+def check_labeled_aug(labeled_aug: str) -> str:
+    if labeled_aug not in LABELED_AUGS:
+        raise ConfigError(
+            f"method.labeled_aug={labeled_aug!r}: use public (ReCo's rescale, reflection padding, "
+            "crop, jitter, blur and flip) or unimatch (UniMatch's resize, crop and flip)"
+        )
+    return LABELED_AUGS[labeled_aug]
 
 
 class CSS(TeacherStudentModule):
@@ -101,9 +118,14 @@ class CSS(TeacherStudentModule):
         teacher_mode: str = "train",
         unlabeled_aug: str = "public",
         unlabeled_scale: tuple[float, float] = (0.5, 1.5),
+        mix_gather: bool = True,
+        # read by data_requirements: the data workers' labeled crops
+        labeled_aug: str = "public",
+        labeled_scale: tuple[float, float] = (0.5, 1.5),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
+        check_labeled_aug(labeled_aug)
         if teacher_mode not in ("train", "eval"):
             raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
         self.teacher_mode = teacher_mode
@@ -118,6 +140,15 @@ class CSS(TeacherStudentModule):
             )
         self.unlabeled_aug = unlabeled_aug
         self.unlabeled_scale = tuple(unlabeled_scale)
+        if not rgb_inputs(self.model) and unlabeled_aug == "public":
+            # ReCo's jitter is defined on RGB images; a change pair (6 channels) keeps the
+            # workers' strong view of each of its images, as strong_view does. Decided once.
+            note_once(
+                "css: method.unlabeled_aug=public jitters RGB images; this model takes image "
+                "pairs or other channels: using method.unlabeled_aug=strong_view"
+            )
+            self.unlabeled_aug = "strong_view"
+        self.mix_gather = bool(mix_gather)
         if label_mode not in ("cross", "mix"):
             raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
         head = getattr(self.model, "representation", None)
@@ -142,6 +173,13 @@ class CSS(TeacherStudentModule):
         self._new_prototypes = None
         self.labeled_epoch_steps = None
 
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        needs = super().data_requirements(method_cfg)
+        needs["labeled_aug"] = check_labeled_aug(method_cfg.get("labeled_aug", "public"))
+        needs["labeled_scale"] = tuple(method_cfg.get("labeled_scale", (0.5, 1.5)))
+        return needs
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # The public epoch: one pass of each rank's DistributedSampler share of the labeled list
@@ -163,7 +201,6 @@ class CSS(TeacherStudentModule):
         u = batch.unlabeled
         weak, ignore = u.weak, u.ignore
         padded = ignore == IGNORE_INDEX
-        n_u = weak.shape[0]
 
         # 1. The teacher's labels of the weak view in both spaces (the cosines are upsampled to
         #    the image before the softmax, as the public code). Padded pixels get confidence 0,
@@ -178,24 +215,15 @@ class CSS(TeacherStudentModule):
             similarity = upsample(similarity, weak.shape[-2:])
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
         # 2. The images the student sees, with both spaces' labels moved alike.
-        partner = torch.arange(n_u).roll(-1)  # ReCo mixes image i with image i + 1
-        if self.unlabeled_aug == "public" and weak.shape[1] != 3:
-            # ReCo's jitter is defined on RGB images; a change pair (6 channels) keeps the
-            # workers' strong view of each of its images, as strong_view does
-            note_once(
-                f"css: method.unlabeled_aug=public jitters RGB images; these inputs have "
-                f"{weak.shape[1]} channels (image pairs): using method.unlabeled_aug=strong_view"
-            )
-        if self.unlabeled_aug == "public" and weak.shape[1] == 3:  # rescaled, mixed, jittered
+        if self.unlabeled_aug == "public":  # rescaled, mixed, jittered
             logit_space = Mixed(weak, labels_c, conf_c.masked_fill(padded, 0), ignore)
             rep_space = Mixed(weak, labels_r, conf_r.masked_fill(padded, 0), ignore)
             views = rescale_and_crop((logit_space, rep_space), self.unlabeled_scale)
-            views = reco_mix(views, self.mix_mode, partner)
-            logit_space, rep_space = reco_jitter(views)
+            logit_space, rep_space = reco_jitter(self.mixed(views))
         else:  # strong_view: the workers' strong view, mixed after its colour change
             logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
             rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
-            logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
+            logit_space, rep_space = self.mixed((logit_space, rep_space))
 
         # 3. The student, labeled and unlabeled images in separate forwards (separate BatchNorm
         #    batches, as the public code).
@@ -242,6 +270,14 @@ class CSS(TeacherStudentModule):
             "rep_mask_ratio": mask_ratio(conf_r, ignore, self.tau),
             "pseudo_acc": pseudo_label_accuracy(learned_labels, learned_conf, u.gt, self.tau),
         }
+
+    def mixed(self, views: tuple[Mixed, ...]) -> tuple[Mixed, ...]:
+        """ReCo's mix: image i with image i + 1, of all ranks' batch as public (`mix_gather`),
+        else within this rank's batch."""
+        if self.mix_gather:
+            return mix_across_ranks(views, self.mix_mode)
+        n = views[0].images.shape[0]
+        return reco_mix(views, self.mix_mode, torch.arange(n).roll(-1))
 
     @torch.no_grad()
     def updated_prototypes(self, rep, labels):

@@ -48,6 +48,8 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         pad_fill=dm.pad_fill,
         resize_draw=dm.resize,
         pad_label=dm.labeled_pad_label,
+        augment=dm.labeled_aug,
+        scale=dm.labeled_scale,
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
