@@ -158,3 +158,23 @@ def public_labeled_transform(image, label, crop_size, scale_size):
     label = (TF.to_tensor(label) * 255).long()[0]
     label[label == 255] = -1
     return image, label
+
+
+# ReCo's mixing as CSS runs it on several GPUs (`generate_cut_gather_3` of VOC.py, mode cutmix),
+# the all-gather written out as the list of every rank's batch and the masks passed in.
+
+
+def public_cut_gather(batches, rank, masks):
+    """`batches`: per rank a tuple (image, label1, label2, logits1, logits2) of the same batch
+    size; `masks`: (world * n, H, W), 1 where image i keeps its own pixel. Returns the rank's
+    share of the mixed, gathered batch."""
+    gathered = [torch.cat(parts) for parts in zip(*batches, strict=True)]
+    n = batches[0][0].shape[0]
+    mixed = [[] for _ in gathered]
+    for i in range(gathered[0].shape[0]):
+        mask = masks[i]
+        for out, x in zip(mixed, gathered, strict=True):
+            keep = mask if x.dim() == 3 else mask.unsqueeze(0)
+            out.append((x[i] * keep + x[(i + 1) % n] * (1 - keep)).unsqueeze(0))
+    own = slice(rank * n, (rank + 1) * n)
+    return [torch.cat(out)[own] for out in mixed]

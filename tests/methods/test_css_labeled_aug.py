@@ -69,7 +69,9 @@ def test_labeled_crops_equal_the_public_transform_under_the_same_seeds(w, h, cro
     assert {p.sigma is None for p in plans} == {True, False}
     assert {p.flip for p in plans} == {True, False}
     if scale != (1.0, 1.0):
-        assert {min(p.height, p.width) < crop for p in plans} == ({True} if w < crop else {True, False})
+        assert {min(p.height, p.width) < crop for p in plans} == (
+            {True} if w < crop else {True, False}
+        )
 
 
 def test_the_labeled_draws_have_the_public_probabilities_and_ranges():
@@ -109,9 +111,7 @@ def test_the_labeled_draws_have_the_public_probabilities_and_ranges():
 
 def test_the_css_data_module_crops_the_labeled_images_as_public(toy_root):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["method=css", f"dataset.root={toy_root}", *TINY, *SMALL]
-        )
+        cfg = compose("train", overrides=["method=css", f"dataset.root={toy_root}", *TINY, *SMALL])
     needs = get_class(cfg.method._target_).data_requirements(cfg.method)
     assert (needs["labeled_aug"], needs["labeled_scale"]) == ("reco", (0.5, 1.5))
     datamodule = instantiate(cfg.data, **needs)
