@@ -146,3 +146,14 @@ def test_an_unknown_labeled_augmentation_is_refused_in_one_line():
         cfg = compose("train", overrides=["method=css", "method.labeled_aug=reco"])
     with pytest.raises(ConfigError, match=r"method.labeled_aug='reco': use public .* or unimatch"):
         get_class(cfg.method._target_).data_requirements(cfg.method)
+
+
+def test_image_pairs_keep_their_own_labeled_pipeline(capsys):
+    """ReCo's labeled crops are for natural RGB images: a change-detection dataset keeps its
+    own pair augmentation, said once."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["method=css", "dataset=whu_cd"])
+    needs = get_class(cfg.method._target_).data_requirements(cfg.method)
+    datamodule = instantiate(cfg.data, **needs)
+    assert datamodule.labeled_aug == "unimatch"
+    assert "dataset.augment=change keeps its own labeled pipeline" in capsys.readouterr().out
