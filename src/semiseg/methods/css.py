@@ -41,12 +41,28 @@ rate floored at 1e-4 (`optim.min_lr`).
 The unlabeled images as public (`unlabeled_aug=public`, augment/reco.py): the teacher labels the
 weak crop, then each image and both spaces' labels are rescaled (`unlabeled_scale`) and re-cropped,
 mixed, and the mixed images get ReCo's jitter, blur and flip. `unlabeled_aug=strong_view` mixes
-the data workers' strong view (colour jitter, grayscale, blur) instead.
+the data workers' strong view (colour jitter, grayscale, blur) instead; a model of image pairs or
+of other channel counts takes it always (ReCo's jitter is defined on RGB), decided when the module
+is built and said once.
 
-Where this differs (docs/methods.md's CSS table says so too): the labeled images get UniMatch's
-resize, crop and flip, not the public jitter, blur, flip and scale; mixing stays within each rank's
-batch (the public code gathers all ranks' images first); confidences are not rounded to 8 bits (the
-public PIL round trip floors them to k/255, so its 0.97 threshold acts as 248/255 = 0.9725).
+The mix as public (`mix_gather=true`, `generate_cut_gather_3`): the unlabeled batch of all ranks
+is gathered, image i is mixed with image (i + 1) mod n, n ONE rank's batch, and each rank keeps
+its rows; so every rank's image k takes its partner from rank 0's image k + 1 (on one process:
+image i + 1 of the batch). `mix_gather=false` mixes within each rank's batch, every image a
+partner once, without the all-gather.
+
+The labeled images as public (`labeled_aug=public`, data/reco_labeled.py, in the data workers):
+the dataset's `transform`: rescale by s ~ U(`labeled_scale`) (0.5-1.5 VOC, 1.0 Cityscapes),
+reflection padding (mask 255), crop, then jitter, blur and flip as the unlabeled images, with
+the public generators and draw order. `labeled_aug=unimatch` gives the labeled stream of the
+other methods (UniMatch's resize, crop and flip), for comparisons on the same labeled crops.
+
+Where this differs (docs/methods.md's CSS table says so too): the weak unlabeled crop is
+UniMatch's (resize, zero padding left out of the losses, flip) where the public one is a plain
+crop with reflection padding; ClassMix draws the classes of the partner image (the public draws
+image i's own, the same pairs seen from the other side on one rank); confidences are not rounded
+to 8 bits (the public PIL round trip floors them to k/255, so its 0.97 threshold acts as
+248/255 = 0.9725).
 """
 
 from __future__ import annotations
