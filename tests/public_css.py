@@ -121,18 +121,19 @@ def public_jitter_blur_flip(image, labels, order, factors, sigma, flip):
     return image, labels
 
 
-# The labeled images' augmentation (`transform` of generalframeworks/dataset_helpers/VOC.py and
-# Cityscapes.py, logits=None, augmentation=True), with its own random draws: Python's `random`
-# for the scale and the sigma, torch's global generator for the crop, the three coin flips and
+# The datasets' `transform` (generalframeworks/dataset_helpers/VOC.py and Cityscapes.py,
+# logits=None): augmentation=True for the labeled images, scale_size (1.0, 1.0) and
+# augmentation=False for the unlabeled ones; with its own random draws: Python's `random` for the
+# scale and the sigma, torch's global generator for the crop, the three coin flips and
 # ColorJitter's order and factors.
 
 
-def public_labeled_transform(image, label, crop_size, scale_size):
+def public_labeled_transform(image, label, crop_size, scale_size, augmentation=True):
     """PIL image and label -> the normalised image tensor (3, h, w) and the label (h, w), -1 for
     ignored pixels."""
     import random
 
-    from PIL import Image, ImageFilter
+    from PIL import Image
     from torchvision import transforms
     from torchvision.transforms import functional as TF
 
@@ -147,6 +148,21 @@ def public_labeled_transform(image, label, crop_size, scale_size):
         label = TF.pad(label, padding=pad, fill=255, padding_mode="constant")
     i, j, h, w = transforms.RandomCrop.get_params(image, output_size=crop_size)
     image, label = TF.crop(image, i, j, h, w), TF.crop(label, i, j, h, w)
+    if augmentation:
+        image, label = _jitter_blur_flip(image, label)
+    image = TF.normalize(TF.to_tensor(image), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    label = (TF.to_tensor(label) * 255).long()[0]
+    label[label == 255] = -1
+    return image, label
+
+
+def _jitter_blur_flip(image, label):
+    import random
+
+    from PIL import ImageFilter
+    from torchvision import transforms
+    from torchvision.transforms import functional as TF
+
     if torch.rand(1) > 0.2:
         jitter = transforms.ColorJitter((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
         image = jitter(image)
@@ -154,9 +170,6 @@ def public_labeled_transform(image, label, crop_size, scale_size):
         image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.15, 1.15)))
     if torch.rand(1) > 0.5:
         image, label = TF.hflip(image), TF.hflip(label)
-    image = TF.normalize(TF.to_tensor(image), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    label = (TF.to_tensor(label) * 255).long()[0]
-    label[label == 255] = -1
     return image, label
 
 

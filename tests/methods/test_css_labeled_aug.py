@@ -148,12 +148,48 @@ def test_an_unknown_labeled_augmentation_is_refused_in_one_line():
         get_class(cfg.method._target_).data_requirements(cfg.method)
 
 
-def test_image_pairs_keep_their_own_labeled_pipeline(capsys):
-    """ReCo's labeled crops are for natural RGB images: a change-detection dataset keeps its
-    own pair augmentation, said once."""
+def test_image_pairs_keep_their_own_pipelines(capsys):
+    """ReCo's crops are for natural RGB images: a change-detection dataset keeps its own pair
+    augmentation, labeled and unlabeled, said once."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["method=css", "dataset=whu_cd"])
     needs = get_class(cfg.method._target_).data_requirements(cfg.method)
     datamodule = instantiate(cfg.data, **needs)
-    assert datamodule.labeled_aug == "unimatch"
-    assert "dataset.augment=change keeps its own labeled pipeline" in capsys.readouterr().out
+    assert datamodule.labeled_aug == datamodule.unlabeled_crop == "unimatch"
+    assert "dataset.augment=change keeps its own pipelines" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [(20, 14), (90, 70), (64, 64)])
+def test_unlabeled_crops_equal_the_public_unlabeled_transform(tmp_path, size):
+    """method.unlabeled_crop=public: the weak view is the public datasets' `transform` at scale
+    1.0 without augmentation (reflection padding where the image is smaller than the crop, kept
+    as image: nothing ignored), under the same seeds; its ground truth padded with 255."""
+    from semiseg.data.datasets import UnlabeledDataset
+    from semiseg.data.splits import Sample
+
+    image, mask = _image_and_mask(*size, seed=3)
+    image.save(tmp_path / "a.png")
+    mask.save(tmp_path / "a_mask.png")
+    dataset = UnlabeledDataset(
+        tmp_path, [Sample("a.png", "a_mask.png")], 64, 1, "none", crop="reco"
+    )
+    for seed in range(4):
+        item = _seeded(seed, dataset.__getitem__, 0)
+        public = _seeded(seed, public_labeled_transform, image, mask, (64, 64), (1.0, 1.0), False)
+        torch.testing.assert_close(item["weak"], public[0], rtol=0, atol=0)
+        assert torch.equal(item["gt"].masked_fill(item["gt"] == 255, -1), public[1])
+        assert not item["ignore"].any()  # the reflection is image: labelled and trained
+
+
+def test_the_css_data_module_crops_the_unlabeled_images_as_public(toy_root):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["method=css", f"dataset.root={toy_root}", *TINY])
+    needs = get_class(cfg.method._target_).data_requirements(cfg.method)
+    assert needs["unlabeled_crop"] == "reco"
+    datamodule = instantiate(cfg.data, **needs)
+    datamodule.setup("fit")
+    assert datamodule.unlabeled_set.crop == "reco"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["method=css", "method.unlabeled_crop=unimatch"])
+    needs = get_class(cfg.method._target_).data_requirements(cfg.method)
+    assert needs["unlabeled_crop"] == "unimatch"

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from semiseg.data import transforms as tf
-from semiseg.data.reco_labeled import reco_labeled
+from semiseg.data.reco_labeled import reco_labeled, reco_unlabeled_crop
 from semiseg.data.splits import Sample, SplitError
 
 MIX_MODES = ("same", "shuffle", "none")
@@ -188,7 +188,9 @@ class UnlabeledViews(Dataset):
 
 class UnlabeledDataset(UnlabeledViews):
     """Natural images: UniMatch's resize, crop and flip shared by the views, colour jitter,
-    grayscale and blur for each strong view."""
+    grayscale and blur for each strong view. `crop="reco"`: the crop of CSS's public unlabeled
+    images instead (data/reco_labeled.py `reco_unlabeled_crop`: no resize, no flip, reflection
+    padding that is image content, so nothing is marked ignored)."""
 
     def __init__(
         self,
@@ -201,8 +203,10 @@ class UnlabeledDataset(UnlabeledViews):
         pad_fill="zero",
         resize=None,
         resize_draw="long_side",
+        crop="unimatch",
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
+        self.crop = crop
         self.read_mask = read_mask or tf.load_mask
         self.pad_fill, self.resize_draw = pad_fill, resize_draw
         # (W, H): mmseg's fixed resize (aspect kept) instead of the random one (UDA targets)
@@ -219,6 +223,8 @@ class UnlabeledDataset(UnlabeledViews):
 
     def view(self, img, gt):
         """One joint geometric augmentation, then the weak and strong photometric views."""
+        if self.crop == "reco":
+            return self._reco_view(img, gt)
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
         if self.resize:
@@ -237,6 +243,19 @@ class UnlabeledDataset(UnlabeledViews):
             view[f"strong{k}"] = tf.normalize(tf.strong_color(img))
         if gt is not None:
             view["gt"] = tf.mask_to_tensor(masks[1])
+        return view
+
+
+    def _reco_view(self, img, gt):
+        img, masks = reco_unlabeled_crop(img, [] if gt is None else [gt], self.crop_size)
+        view = {
+            "weak": tf.normalize(img),
+            "ignore": torch.zeros((self.crop_size,) * 2, dtype=torch.long),
+        }
+        for k in range(1, self.num_strong + 1):
+            view[f"strong{k}"] = tf.normalize(tf.strong_color(img))
+        if gt is not None:
+            view["gt"] = tf.mask_to_tensor(masks[0])
         return view
 
 

@@ -11,6 +11,10 @@ Cityscapes.py, `augmentation=True`), on the PIL image and mask:
    order; with p 0.5 PIL's GaussianBlur, sigma ~ U(0.15, 1.15) (random.uniform); with p 0.5 a
    horizontal flip of image and mask (torch.rand(1) > 0.5 each).
 
+Its unlabeled images (`scale_size=(1.0, 1.0)`, `augmentation=False`) take steps 2 and 3 only:
+`reco_unlabeled_crop`. The reflected pixels are image content there: labelled by the teacher and
+trained, as public.
+
 The draws come in that order from the same generators as the public code, so a seeded worker
 makes the same crop: `draw_plan` draws them, `apply_plan` applies them (tests draw plans in
 bulk). The ranges are shared with the in-step unlabeled pipeline (augment/reco.py).
@@ -47,8 +51,11 @@ class LabeledPlan(NamedTuple):
     flip: bool
 
 
-def draw_plan(w: int, h: int, crop: int, scale: tuple[float, float]) -> LabeledPlan:
-    """The draws of the public `transform` for a w x h image, in its order."""
+def draw_plan(
+    w: int, h: int, crop: int, scale: tuple[float, float], augment: bool = True
+) -> LabeledPlan:
+    """The draws of the public `transform` for a w x h image, in its order; `augment=False`
+    (its unlabeled images) draws the scale and the crop only."""
     s = random.uniform(scale[0], scale[1])
     height, width = int(h * s), int(w * s)
     padded_h, padded_w = max(height, crop), max(width, crop)
@@ -57,6 +64,8 @@ def draw_plan(w: int, h: int, crop: int, scale: tuple[float, float]) -> LabeledP
         top = int(torch.randint(0, padded_h - crop + 1, size=(1,)))
         left = int(torch.randint(0, padded_w - crop + 1, size=(1,)))
     order, factors = None, (1.0, 1.0, 1.0, 0.0)
+    if not augment:
+        return LabeledPlan(height, width, top, left, order, factors, None, False)
     if torch.rand(1) > 0.2:
         drawn = T.ColorJitter.get_params(*RECO_JITTER_RANGES)
         order, factors = tuple(int(k) for k in drawn[0]), tuple(float(f) for f in drawn[1:])
@@ -80,26 +89,36 @@ def _constant_pad(mask: Image.Image, right: int, bottom: int, fill: int) -> Imag
     return canvas
 
 
-def apply_plan(img: Image.Image, mask: Image.Image, crop: int, plan: LabeledPlan):
-    """The PIL image and mask rescaled, padded, cropped, jittered, blurred and flipped."""
+def apply_plan(img: Image.Image, masks: list[Image.Image], crop: int, plan: LabeledPlan):
+    """The PIL image and masks rescaled, padded (masks with 255), cropped, then the image
+    jittered and blurred and all flipped."""
     size = (plan.width, plan.height)
-    img, mask = img.resize(size, Image.BILINEAR), mask.resize(size, Image.NEAREST)
+    img, masks = img.resize(size, Image.BILINEAR), [m.resize(size, Image.NEAREST) for m in masks]
     right, bottom = max(crop - plan.width, 0), max(crop - plan.height, 0)
     if right or bottom:
         img = _reflect_pad(img, right, bottom)
-        mask = _constant_pad(mask, right, bottom, IGNORE)
+        masks = [_constant_pad(m, right, bottom, IGNORE) for m in masks]
     box = (plan.left, plan.top, plan.left + crop, plan.top + crop)
-    img, mask = img.crop(box), mask.crop(box)
+    img, masks = img.crop(box), [m.crop(box) for m in masks]
     if plan.order is not None:
         for k in plan.order:
             img = ADJUSTMENTS[k](img, plan.factors[k])
     if plan.sigma is not None:
         img = img.filter(ImageFilter.GaussianBlur(radius=plan.sigma))
     if plan.flip:
-        img, mask = img.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
-    return img, mask
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        masks = [m.transpose(Image.FLIP_LEFT_RIGHT) for m in masks]
+    return img, masks
 
 
 def reco_labeled(img: Image.Image, mask: Image.Image, crop: int, scale: tuple[float, float]):
     """One labeled crop as the public `transform` makes it (see the module docstring)."""
-    return apply_plan(img, mask, crop, draw_plan(*img.size, crop, scale))
+    img, (mask,) = apply_plan(img, [mask], crop, draw_plan(*img.size, crop, scale))
+    return img, mask
+
+
+def reco_unlabeled_crop(img: Image.Image, masks: list[Image.Image], crop: int):
+    """One unlabeled crop as the public datasets make it (`scale_size=(1.0, 1.0)`,
+    `augmentation=False`): the image at its size, padded by reflection where smaller than the
+    crop (the masks with 255), and cropped; no flip, no colour change."""
+    return apply_plan(img, masks, crop, draw_plan(*img.size, crop, (1.0, 1.0), augment=False))

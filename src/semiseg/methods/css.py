@@ -57,9 +57,12 @@ reflection padding (mask 255), crop, then jitter, blur and flip as the unlabeled
 the public generators and draw order. `labeled_aug=unimatch` gives the labeled stream of the
 other methods (UniMatch's resize, crop and flip), for comparisons on the same labeled crops.
 
-Where this differs (docs/methods.md's CSS table says so too): the weak unlabeled crop is
-UniMatch's (resize, zero padding left out of the losses, flip) where the public one is a plain
-crop with reflection padding; ClassMix draws the classes of the partner image (the public draws
+The weak unlabeled crop as public (`unlabeled_crop=public`, data/reco_labeled.py): the image at
+its size, padded by reflection where smaller than the crop (image content, labelled and
+trained), cropped, not flipped; `unlabeled_crop=unimatch` is UniMatch's resize, crop (padding
+ignored) and flip.
+
+Where this differs (docs/methods.md's CSS table says so too): ClassMix draws the classes of the partner image (the public draws
 image i's own, the same pairs seen from the other side on one rank); confidences are not rounded
 to 8 bits (the public PIL round trip floors them to k/255, so its 0.97 threshold acts as
 248/255 = 0.9725).
@@ -94,7 +97,8 @@ from semiseg.methods.teacher_student import TeacherStudentModule
 from semiseg.models.deeplabv3plus import upsample
 
 BOTH = ("logits", "representation")
-LABELED_AUGS = {"public": "reco", "unimatch": "unimatch"}  # method.labeled_aug -> data module
+# method.labeled_aug / method.unlabeled_crop -> the data module's crops
+LABELED_AUGS = {"public": "reco", "unimatch": "unimatch"}
 
 
 def rgb_inputs(model) -> bool:
@@ -103,13 +107,18 @@ def rgb_inputs(model) -> bool:
     return "pair" not in inputs and getattr(model, "in_channels", 3) == 3
 
 
-def check_labeled_aug(labeled_aug: str) -> str:
-    if labeled_aug not in LABELED_AUGS:
-        raise ConfigError(
-            f"method.labeled_aug={labeled_aug!r}: use public (ReCo's rescale, reflection padding, "
-            "crop, jitter, blur and flip) or unimatch (UniMatch's resize, crop and flip)"
+def check_labeled_aug(value: str, key: str = "method.labeled_aug") -> str:
+    """method.labeled_aug / method.unlabeled_crop -> the data module's name of the crops."""
+    if value not in LABELED_AUGS:
+        public = (
+            "ReCo's rescale, reflection padding, crop, jitter, blur and flip"
+            if key == "method.labeled_aug"
+            else "the public plain crop with reflection padding"
         )
-    return LABELED_AUGS[labeled_aug]
+        raise ConfigError(
+            f"{key}={value!r}: use public ({public}) or unimatch (UniMatch's resize, crop and flip)"
+        )
+    return LABELED_AUGS[value]
 
 
 class CSS(TeacherStudentModule):
@@ -138,10 +147,12 @@ class CSS(TeacherStudentModule):
         # read by data_requirements: the data workers' labeled crops
         labeled_aug: str = "public",
         labeled_scale: tuple[float, float] = (0.5, 1.5),
+        unlabeled_crop: str = "public",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
         check_labeled_aug(labeled_aug)
+        check_labeled_aug(unlabeled_crop, "method.unlabeled_crop")
         if teacher_mode not in ("train", "eval"):
             raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
         self.teacher_mode = teacher_mode
@@ -194,6 +205,8 @@ class CSS(TeacherStudentModule):
         needs = super().data_requirements(method_cfg)
         needs["labeled_aug"] = check_labeled_aug(method_cfg.get("labeled_aug", "public"))
         needs["labeled_scale"] = tuple(method_cfg.get("labeled_scale", (0.5, 1.5)))
+        crop = method_cfg.get("unlabeled_crop", "public")
+        needs["unlabeled_crop"] = check_labeled_aug(crop, "method.unlabeled_crop")
         return needs
 
     def on_fit_start(self) -> None:

@@ -62,6 +62,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
             read_mask=gt_reader,
             pad_fill=dm.pad_fill,
             resize_draw=dm.resize,
+            crop=dm.unlabeled_crop,
         )
     dm.val_set = ValDataset(dm.root, files.val, read_mask=reader)
     dm.files = files
