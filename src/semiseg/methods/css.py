@@ -62,10 +62,10 @@ its size, padded by reflection where smaller than the crop (image content, label
 trained), cropped, not flipped; `unlabeled_crop=unimatch` is UniMatch's resize, crop (padding
 ignored) and flip.
 
-Where this differs (docs/methods.md's CSS table says so too): ClassMix draws the classes of the partner image (the public draws
-image i's own, the same pairs seen from the other side on one rank); confidences are not rounded
-to 8 bits (the public PIL round trip floors them to k/255, so its 0.97 threshold acts as
-248/255 = 0.9725).
+Where this differs (docs/methods.md's CSS table says so too): ClassMix draws the classes of the
+partner image (the public draws image i's own, the same pairs seen from the other side on one
+rank); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255, so
+its 0.97 threshold acts as 248/255 = 0.9725).
 """
 
 from __future__ import annotations
