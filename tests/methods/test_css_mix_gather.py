@@ -2,6 +2,9 @@
 against a transcription of the public `generate_cut_gather_3` (tests/public_css.py), on two gloo
 ranks on the CPU and on one process."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +19,7 @@ from semiseg.augment.reco import mix_across_ranks
 from semiseg.methods.css import CSS
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli import REPO, TINY  # noqa: E402
 from public_css import public_cut_gather  # noqa: E402
 
 N, H, W = 3, 8, 10
@@ -52,9 +56,12 @@ def _rank(rank, world, init, out):
     views = _views(rank)
     seed = 7 + rank  # each rank draws its own masks, as the public code
     gathered = mix_across_ranks(views, "cutmix", torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)  # the step's draws: torch's global generator
+    via_step = CSS.mixed(SimpleNamespace(mix_gather=True, mix_mode="cutmix"), views)
     torch.manual_seed(seed)
     own = CSS.mixed(SimpleNamespace(mix_gather=False, mix_mode="cutmix"), views)
-    torch.save({"gathered": gathered, "own": own, "seed": seed}, f"{out}/rank{rank}.pt")
+    saved = {"gathered": gathered, "via_step": via_step, "own": own, "seed": seed}
+    torch.save(saved, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -74,6 +81,7 @@ def test_two_ranks_mix_the_gathered_batch_as_public(tmp_path):
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         _compare(saved["gathered"], _public(rank, 2, saved["seed"]))
+        _compare(saved["via_step"], _public(rank, 2, saved["seed"]))  # CSS's step mixes so
         # image k takes its partner from rank 0's image (k + 1) mod 3 (the public index: mod the
         # batch of one rank), on rank 1 too
         for k, labels in enumerate(saved["gathered"][0].labels):
@@ -90,3 +98,24 @@ def test_one_process_mixes_its_batch_as_public():
     views = _views(0)
     ours = mix_across_ranks(views, "cutmix", torch.Generator().manual_seed(3))
     _compare(ours, _public(0, 1, 3))
+
+
+@pytest.mark.slow  # a real two-rank training under torchrun: about a minute
+def test_css_trains_on_two_ranks_under_torchrun(tmp_path):
+    """train.py with trainer=ddp on two gloo ranks: the step's all-gather of the unlabeled batch
+    (images, both spaces' labels and confidences, the ignore map) meets on both ranks."""
+    run_dir = tmp_path / "run"
+    overrides = [f"dataset.root={tmp_path / 'toy'}", *TINY, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["train.py", "trainer=ddp", "method=css", "method.num_queries=8"]
+        + ["method.num_negatives=16", *overrides],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 3 and results["method"] == "css"
