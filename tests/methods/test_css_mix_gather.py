@@ -4,6 +4,7 @@ ranks on the CPU and on one process."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,16 +107,25 @@ def test_css_trains_on_two_ranks_under_torchrun(tmp_path):
     (images, both spaces' labels and confidences, the ignore map) meets on both ranks."""
     run_dir = tmp_path / "run"
     overrides = [f"dataset.root={tmp_path / 'toy'}", *TINY, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         + ["train.py", "trainer=ddp", "method=css", "method.num_queries=8"]
         + ["method.num_negatives=16", *overrides],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
+        start_new_session=True,  # ranks stuck in a collective are ended with their launcher
     )
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"the two ranks did not finish in 300 s (a collective unmatched?): {stderr[-2000:]}"
+        )
+    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 3 and results["method"] == "css"
