@@ -107,25 +107,31 @@ def test_css_trains_on_two_ranks_under_torchrun(tmp_path):
     (images, both spaces' labels and confidences, the ignore map) meets on both ranks."""
     run_dir = tmp_path / "run"
     overrides = [f"dataset.root={tmp_path / 'toy'}", *TINY, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["train.py", "trainer=ddp", "method=css", "method.num_queries=8"]
-        + ["method.num_negatives=16", *overrides],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # ranks stuck in a collective are ended with their launcher
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(
-            f"the two ranks did not finish in 300 s (a collective unmatched?): {stderr[-2000:]}"
+    log_path = tmp_path / "torchrun.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+            + ["train.py", "trainer=ddp", "method=css", "method.num_queries=8"]
+            + ["method.num_negatives=16", *overrides],
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            # torchrun's ranks sit in process groups of their own: SIGTERM to torchrun's group
+            # makes it end them (SIGKILL after its grace period), then torchrun itself
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            tail = log_path.read_text()[-2000:]
+            pytest.fail(f"the two ranks did not finish in 300 s (an unmatched collective?): {tail}")
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 3 and results["method"] == "css"
