@@ -119,3 +119,75 @@ def public_jitter_blur_flip(image, labels, order, factors, sigma, flip):
     if flip:
         image, labels = TF.hflip(image), TF.hflip(labels)
     return image, labels
+
+
+# The datasets' `transform` (generalframeworks/dataset_helpers/VOC.py and Cityscapes.py,
+# logits=None): augmentation=True for the labeled images, scale_size (1.0, 1.0) and
+# augmentation=False for the unlabeled ones; with its own random draws: Python's `random` for the
+# scale and the sigma, torch's global generator for the crop, the three coin flips and
+# ColorJitter's order and factors.
+
+
+def public_labeled_transform(image, label, crop_size, scale_size, augmentation=True):
+    """PIL image and label -> the normalised image tensor (3, h, w) and the label (h, w), -1 for
+    ignored pixels."""
+    import random
+
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.transforms import functional as TF
+
+    raw_w, raw_h = image.size
+    ratio = random.uniform(scale_size[0], scale_size[1])
+    size = (int(raw_h * ratio), int(raw_w * ratio))
+    image = TF.resize(image, size, Image.BILINEAR)
+    label = TF.resize(label, size, Image.NEAREST)
+    if crop_size[0] > size[0] or crop_size[1] > size[1]:
+        pad = (0, 0, max(crop_size[1] - size[1], 0), max(crop_size[0] - size[0], 0))
+        image = TF.pad(image, padding=pad, padding_mode="reflect")
+        label = TF.pad(label, padding=pad, fill=255, padding_mode="constant")
+    i, j, h, w = transforms.RandomCrop.get_params(image, output_size=crop_size)
+    image, label = TF.crop(image, i, j, h, w), TF.crop(label, i, j, h, w)
+    if augmentation:
+        image, label = _jitter_blur_flip(image, label)
+    image = TF.normalize(TF.to_tensor(image), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    label = (TF.to_tensor(label) * 255).long()[0]
+    label[label == 255] = -1
+    return image, label
+
+
+def _jitter_blur_flip(image, label):
+    import random
+
+    from PIL import ImageFilter
+    from torchvision import transforms
+    from torchvision.transforms import functional as TF
+
+    if torch.rand(1) > 0.2:
+        jitter = transforms.ColorJitter((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
+        image = jitter(image)
+    if torch.rand(1) > 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.15, 1.15)))
+    if torch.rand(1) > 0.5:
+        image, label = TF.hflip(image), TF.hflip(label)
+    return image, label
+
+
+# ReCo's mixing as CSS runs it on several GPUs (`generate_cut_gather_3` of VOC.py, mode cutmix),
+# the all-gather written out as the list of every rank's batch and the masks passed in.
+
+
+def public_cut_gather(batches, rank, masks):
+    """`batches`: per rank a tuple (image, label1, label2, logits1, logits2) of the same batch
+    size; `masks`: (world * n, H, W), 1 where image i keeps its own pixel. Returns the rank's
+    share of the mixed, gathered batch."""
+    gathered = [torch.cat(parts) for parts in zip(*batches, strict=True)]
+    n = batches[0][0].shape[0]
+    mixed = [[] for _ in gathered]
+    for i in range(gathered[0].shape[0]):
+        mask = masks[i]
+        for out, x in zip(mixed, gathered, strict=True):
+            keep = mask if x.dim() == 3 else mask.unsqueeze(0)
+            out.append((x[i] * keep + x[(i + 1) % n] * (1 - keep)).unsqueeze(0))
+    own = slice(rank * n, (rank + 1) * n)
+    return [torch.cat(out)[own] for out in mixed]

@@ -46,3 +46,27 @@ class PublicAuxModule(nn.Module):
 def public_sup_loss(criterion, main_pred, aux_pred, target, aux_weight=0.4):
     """`Criterion(Ohem).forward([main, aux], target)`: loss(main) + aux_weight * loss(aux)."""
     return criterion(main_pred, target) + aux_weight * criterion(aux_pred, target)
+
+
+class PublicDeepStem(nn.Module):
+    """`ResNet.__init__`'s stem with deep_stem (U2PL, iMAS, AugSeg, FST resnet.py): three 3x3
+    convs 3-64 (stride 2), 64-64, 64-128, no bias, BN and ReLU between; then bn1, ReLU and the
+    3x3 max-pool of stride 2, padding 1, in ceil mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, stride=1, padding=1, bias=False),
+        )
+        self.bn1 = nn.BatchNorm2d(128)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+
+    def forward(self, x):
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -378,3 +378,32 @@ def test_css_trains_and_its_teacher_is_evaluated(tmp_path, toy_root):
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert evaluated["val_miou"] == pytest.approx(results["val_miou"], abs=0.01)
     assert evaluated["eval_network"] == "teacher"  # eval.py too evaluates the teacher
+
+
+def _module(*overrides):
+    """The CSS module around a fresh model, without data."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["method=css", *TINY, *SMALL, *overrides])
+    evaluation = {**OmegaConf.to_container(cfg.eval, resolve=True), "miou_subsets": {}}
+    return instantiate(
+        cfg.method,
+        model=instantiate(cfg.model, num_classes=2),
+        class_names=["a", "b"],
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        evaluation=evaluation,
+        crop_size=cfg.dataset.crop_size,
+    )
+
+
+def test_image_pairs_take_the_strong_view_path_decided_once_at_set_up(capsys):
+    """ReCo's jitter is defined on RGB images: a model of image pairs (6 channels) makes CSS mix
+    the workers' strong views instead, said once when the module is built, not at every step."""
+    module = _module("dataset=whu_cd", "model=siamese_deeplabv3plus")
+    assert module.unlabeled_aug == "strong_view"
+    said = capsys.readouterr().out
+    assert said.count("css: method.unlabeled_aug=public jitters RGB images") == 1
+    assert _module().unlabeled_aug == "public"  # RGB images keep the public pipeline
+    assert "jitters RGB" not in capsys.readouterr().out

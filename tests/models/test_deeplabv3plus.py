@@ -182,3 +182,34 @@ def test_one_decoder_conv_is_the_css_classifier():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     with pytest.raises(ConfigError, match="model.decoder_convs=3"):
         DeepLabV3Plus(3, "resnet18", decoder_convs=3)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (33, 47), (62, 50)])
+def test_stem_pool_ceil_is_u2pls_stem(size):
+    """model.stem_pool_ceil: the deep stem and its max-pool as U2PL's resnet.py (ceil mode), same
+    weights, same output, on sizes whose stem output is even (one more row and column than floor
+    mode: 64 -> 32 -> 17) and odd; the stride-4 feature follows."""
+    from public_u2pl_model import PublicDeepStem
+
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(3, "resnet50", stem_pool_ceil=True).eval()
+    backbone = model.backbone
+    public = PublicDeepStem().eval()
+    stem = {k: v for k, v in backbone.state_dict().items() if k.startswith(("conv1.", "bn1."))}
+    public.load_state_dict(stem)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ours = backbone.maxpool(backbone.act1(backbone.bn1(backbone.conv1(x))))
+        expected = public(x)
+        assert torch.equal(ours, expected)
+        rows = (size[0] + 1) // 2  # the stem's stride-2 conv
+        assert expected.shape[-2] == (rows + 1) // 2 + (rows % 2 == 0)
+        assert backbone(x)[0].shape[-2:] == expected.shape[-2:]  # layer1 keeps the size
+        assert model(x).shape[-2:] == size
+    floor = DeepLabV3Plus(3, "resnet50").backbone
+    assert not floor.maxpool.ceil_mode  # UniMatch's ResNet: floor mode
+
+
+def test_stem_pool_ceil_refuses_other_encoders():
+    with pytest.raises(ConfigError, match="model.stem_pool_ceil=true needs a timm ResNet"):
+        DeepLabV3Plus(3, "smp:resnet18", stem_pool_ceil=True)

@@ -6,7 +6,7 @@ generalframeworks/dataset_helpers/VOC.py): after the teacher has labelled the un
    (int(h s), int(w s)) (the image bilinear, labels, confidences and ignore map nearest), padded
    on the right and bottom to the crop (the image by reflection, labels ignored, confidence 0) and
    cropped back to the input size at a uniform offset;
-2. the mixing (`mixing.reco_mix`);
+2. the mixing (`mixing.reco_mix`), of the batch gathered from all ranks (`mix_across_ranks`);
 3. `reco_jitter`: per image, with p 0.8 ColorJitter(0.75-1.25 brightness, contrast, saturation,
    hue +-0.25, in a random order), with p 0.5 PIL's Gaussian blur sigma ~ U(0.15, 1.15), with
    p 0.5 a horizontal flip of the image and of its labels, confidences and ignore map.
@@ -20,11 +20,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from semiseg.augment.intensity import blur, from_uint8, to_uint8
-from semiseg.augment.mixing import Mixed
+from semiseg.augment.mixing import Mixed, reco_mix
 from semiseg.augment.strong import apply_to_rows, color_jitter
 from semiseg.data.transforms import IGNORE as IGNORE_INDEX
 
@@ -180,3 +181,31 @@ def apply_jitter_plan(views: tuple[Mixed, ...], plan: JitterPlan) -> tuple[Mixed
 def reco_jitter(views: tuple[Mixed, ...], generator=None) -> tuple[Mixed, ...]:
     """Step 3: ReCo's colour jitter, blur and flip of the mixed images (labels flipped too)."""
     return apply_jitter_plan(views, jitter_plan(views[0].images.shape[0], generator))
+
+
+def _gather(tensor: Tensor) -> Tensor:
+    """Every rank's `tensor` concatenated along the batch, in rank order (no gradient)."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def mix_across_ranks(views: tuple[Mixed, ...], mode: str, generator=None) -> tuple[Mixed, ...]:
+    """Step 2 as CSS's `generate_cut_gather_3`: the images, both views' labels and confidences
+    and the ignore map of all ranks are gathered, image i of the gathered batch is mixed with
+    image (i + 1) mod n, n the batch of ONE rank (the public index), and each rank keeps its own
+    rows. So rank 0 mixes within its batch (as one process does) and every other rank's image k
+    takes its partner from rank 0's image k + 1. Each rank draws the masks of the whole gathered
+    batch, as the public loop. On one process: image i with image i + 1 of the batch."""
+    n = views[0].images.shape[0]
+    if mode == "none" or not (dist.is_available() and dist.is_initialized()):
+        return reco_mix(views, mode, torch.arange(n).roll(-1), generator)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world == 1:
+        return reco_mix(views, mode, torch.arange(n).roll(-1), generator)
+    images, ignore = _gather(views[0].images), _gather(views[0].ignore)
+    gathered = tuple(Mixed(images, _gather(v.labels), _gather(v.conf), ignore) for v in views)
+    partner = (torch.arange(world * n) + 1) % n
+    mixed = reco_mix(gathered, mode, partner, generator)
+    own = slice(rank * n, (rank + 1) * n)
+    return tuple(Mixed(*(t[own] for t in m)) for m in mixed)

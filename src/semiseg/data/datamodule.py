@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from semiseg.data import acdc_toy, cd_toy, toy
-from semiseg.data.checks import check_batches, world_size
+from semiseg.data.checks import check_batches, note_once, world_size
 from semiseg.data.formats import FORMATS
 from semiseg.data.formats.natural import check_same_classes
 from semiseg.data.rare_class import RareClassSampling
@@ -73,6 +73,23 @@ def check_uda_pipeline(pipeline: Mapping | None, source: Mapping | None) -> dict
     return {key: pipeline.get(key) for key in UDA_PIPELINE_KEYS}
 
 
+LABELED_AUGS = ("unimatch", "reco")
+
+
+def check_labeled_aug(labeled_aug: str, scale) -> tuple[str, tuple[float, float]]:
+    if labeled_aug not in LABELED_AUGS:
+        raise ConfigError(
+            f"data module labeled_aug={labeled_aug!r} is unknown: use one of "
+            f"{', '.join(LABELED_AUGS)}"
+        )
+    scale = tuple(float(v) for v in scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(
+            f"method.labeled_scale={list(scale)}: give [low, high] with 0 < low <= high"
+        )
+    return labeled_aug, scale
+
+
 def build_val_dataset(dataset, num_classes: int | None = None):
     """The validation set of a dataset config (eval.py): the same checks as training."""
     return FORMATS[dataset.get("format") or "images"].val_set(dataset, num_classes)
@@ -102,6 +119,9 @@ class SemiSegDataModule(L.LightningDataModule):
         uda_pipeline: Mapping | None = None,
         resize: str = "long_side",
         labeled_pad_label: int = 255,
+        labeled_aug: str = "unimatch",
+        labeled_scale: tuple[float, float] = (0.5, 1.5),
+        unlabeled_crop: str = "unimatch",
     ):
         super().__init__()
         self.root = Path(root)
@@ -147,6 +167,17 @@ class SemiSegDataModule(L.LightningDataModule):
                 "leave the padding out of the loss"
             )
         self.resize, self.labeled_pad_label = resize, labeled_pad_label
+        # Natural images, asked for by CSS (method.labeled_aug, method.unlabeled_crop): the
+        # labeled crops by UniMatch's resize, crop and flip, or by ReCo's rescale, reflection
+        # padding, crop, jitter, blur and flip (data/reco_labeled.py) with its scale range; the
+        # unlabeled crops by UniMatch's, or ReCo's plain crop with reflection padding.
+        self.labeled_aug, self.labeled_scale = check_labeled_aug(labeled_aug, labeled_scale)
+        if unlabeled_crop not in LABELED_AUGS:
+            raise ConfigError(
+                f"data module unlabeled_crop={unlabeled_crop!r} is unknown: use one of "
+                f"{', '.join(LABELED_AUGS)}"
+            )
+        self.unlabeled_crop = unlabeled_crop
         self.spec = DatasetSpec.from_config(dataset, root=root, splits_dir=splits_dir)
         # dataset.format: images (image and mask files) | h5 (ACDC: HDF5 slices and volumes);
         # dataset.augment: natural (UniMatch's resize/crop/flip) | medical (data/medical.py);
@@ -172,6 +203,15 @@ class SemiSegDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"dataset.format={self.format} does not support domain adaptation (source=)"
             )
+        reco = "reco" in (self.labeled_aug, self.unlabeled_crop)
+        if reco and (self.augment != "natural" or source is not None):
+            # ReCo's crops are defined on natural RGB images of the split
+            where = "domain adaptation" if source is not None else f"dataset.augment={self.augment}"
+            note_once(
+                "ReCo's crops (method.labeled_aug=public, method.unlabeled_crop=public) are for "
+                f"natural images; {where} keeps its own pipelines"
+            )
+            self.labeled_aug = self.unlabeled_crop = "unimatch"
         self.toy_domain = (dataset or {}).get("toy_domain") or toy.DEFAULT_DOMAIN
         # the labeled images' dataset under domain adaptation (None: the split's labeled list)
         self.source_spec = None

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from semiseg.data import transforms as tf
+from semiseg.data.reco_labeled import reco_labeled, reco_unlabeled_crop
 from semiseg.data.splits import Sample, SplitError
 
 MIX_MODES = ("same", "shuffle", "none")
@@ -74,7 +75,9 @@ class LabeledDataset(Dataset):
     `resize` names how the random resize draws (transforms.RESIZES), or is a (W, H) for mmseg's
     fixed resize (aspect kept; transforms.training_resize); `cat_max_ratio` replaces the crop by
     mmseg's RandomCrop with that rule (transforms.py): the domain-adaptation pipelines of
-    DAFormer and FST.
+    DAFormer and FST. `augment="reco"` replaces all of it by ReCo's labeled augmentation as CSS
+    runs it (data/reco_labeled.py: scale s ~ U(`scale`), reflection padding, crop, jitter, blur,
+    flip).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class LabeledDataset(Dataset):
         resize: str | Sequence[int] = "long_side",
         cat_max_ratio: float | None = None,
         pad_label: int = tf.IGNORE,
+        augment: str = "unimatch",
+        scale: tuple[float, float] = (0.5, 1.5),
     ):
         if not samples:
             raise SplitError("the labeled list is empty")
@@ -99,6 +104,7 @@ class LabeledDataset(Dataset):
         self.samples = repeated(samples, length)
         self.resize = tf.resize_setting(resize)
         self.cat_max_ratio = cat_max_ratio
+        self.augment, self.scale = augment, tuple(scale)
 
     def __len__(self):
         return len(self.samples)
@@ -106,6 +112,9 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         img, mask = load_pair(self.root, sample, self.read_mask)
+        if self.augment == "reco":
+            img, mask = reco_labeled(img, mask, self.crop_size, self.scale)
+            return {"image": tf.normalize(img), "mask": tf.mask_to_tensor(mask)}
         img, (mask,) = tf.training_resize(img, [mask], self.resize)
         if self.cat_max_ratio is not None:
             box = tf.cat_max_ratio_box(np.asarray(mask), self.crop_size, self.cat_max_ratio)
@@ -176,7 +185,9 @@ class UnlabeledViews(Dataset):
 
 class UnlabeledDataset(UnlabeledViews):
     """Natural images: UniMatch's resize, crop and flip shared by the views, colour jitter,
-    grayscale and blur for each strong view."""
+    grayscale and blur for each strong view. `crop="reco"`: the crop of CSS's public unlabeled
+    images instead (data/reco_labeled.py `reco_unlabeled_crop`: no resize, no flip, reflection
+    padding that is image content, so nothing is marked ignored)."""
 
     def __init__(
         self,
@@ -188,8 +199,10 @@ class UnlabeledDataset(UnlabeledViews):
         read_mask=None,
         pad_fill="zero",
         resize="long_side",
+        crop="unimatch",
     ):
         super().__init__(root, samples, crop_size, num_strong, mix)
+        self.crop = crop
         self.read_mask = read_mask or tf.load_mask
         self.pad_fill = pad_fill
         # the random draw's name, or (W, H): mmseg's fixed resize, aspect kept (UDA targets)
@@ -206,6 +219,8 @@ class UnlabeledDataset(UnlabeledViews):
 
     def view(self, img, gt):
         """One joint geometric augmentation, then the weak and strong photometric views."""
+        if self.crop == "reco":
+            return self._reco_view(img, gt)
         marker = Image.new("L", img.size, 0)
         masks = [marker] if gt is None else [marker, gt]
         img, masks = tf.training_resize(img, masks, self.resize)
@@ -221,6 +236,19 @@ class UnlabeledDataset(UnlabeledViews):
             view[f"strong{k}"] = tf.normalize(tf.strong_color(img))
         if gt is not None:
             view["gt"] = tf.mask_to_tensor(masks[1])
+        return view
+
+
+    def _reco_view(self, img, gt):
+        img, masks = reco_unlabeled_crop(img, [] if gt is None else [gt], self.crop_size)
+        view = {
+            "weak": tf.normalize(img),
+            "ignore": torch.zeros((self.crop_size,) * 2, dtype=torch.long),
+        }
+        for k in range(1, self.num_strong + 1):
+            view[f"strong{k}"] = tf.normalize(tf.strong_color(img))
+        if gt is not None:
+            view["gt"] = tf.mask_to_tensor(masks[0])
         return view
 
 

@@ -41,23 +41,43 @@ rate floored at 1e-4 (`optim.min_lr`).
 The unlabeled images as public (`unlabeled_aug=public`, augment/reco.py): the teacher labels the
 weak crop, then each image and both spaces' labels are rescaled (`unlabeled_scale`) and re-cropped,
 mixed, and the mixed images get ReCo's jitter, blur and flip. `unlabeled_aug=strong_view` mixes
-the data workers' strong view (colour jitter, grayscale, blur) instead.
+the data workers' strong view (colour jitter, grayscale, blur) instead; a model of image pairs or
+of other channel counts takes it always (ReCo's jitter is defined on RGB), decided when the module
+is built and said once.
 
-Where this differs (docs/methods.md's CSS table says so too): the labeled images get UniMatch's
-resize, crop and flip, not the public jitter, blur, flip and scale; mixing stays within each rank's
-batch (the public code gathers all ranks' images first); confidences are not rounded to 8 bits (the
-public PIL round trip floors them to k/255, so its 0.97 threshold acts as 248/255 = 0.9725).
+The mix as public (`mix_gather=true`, `generate_cut_gather_3`): the unlabeled batch of all ranks
+is gathered, image i is mixed with image (i + 1) mod n, n ONE rank's batch, and each rank keeps
+its rows; so every rank's image k takes its partner from rank 0's image k + 1 (on one process:
+image i + 1 of the batch). `mix_gather=false` mixes within each rank's batch, every image a
+partner once, without the all-gather.
+
+The labeled images as public (`labeled_aug=public`, data/reco_labeled.py, in the data workers):
+the dataset's `transform`: rescale by s ~ U(`labeled_scale`) (0.5-1.5 VOC, 1.0 Cityscapes),
+reflection padding (mask 255), crop, then jitter, blur and flip as the unlabeled images, with
+the public generators and draw order. `labeled_aug=unimatch` gives the labeled stream of the
+other methods (UniMatch's resize, crop and flip), for comparisons on the same labeled crops.
+
+The weak unlabeled crop as public (`unlabeled_crop=public`, data/reco_labeled.py): the image at
+its size, padded by reflection where smaller than the crop (image content, labelled and
+trained), cropped, not flipped; `unlabeled_crop=unimatch` is UniMatch's resize, crop (padding
+ignored) and flip.
+
+Where this differs (docs/methods.md's CSS table says so too): ClassMix draws the classes of the
+partner image (the public draws image i's own, the same pairs seen from the other side on one
+rank); confidences are not rounded to 8 bits (the public PIL round trip floors them to k/255, so
+its 0.97 threshold acts as 248/255 = 0.9725).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from semiseg.augment.mixing import Mixed, reco_mix
-from semiseg.augment.reco import reco_jitter, rescale_and_crop
+from semiseg.augment.reco import mix_across_ranks, reco_jitter, rescale_and_crop
 from semiseg.data.batch import TrainBatch
 from semiseg.data.checks import note_once
 from semiseg.errors import ConfigError
@@ -77,6 +97,28 @@ from semiseg.methods.teacher_student import TeacherStudentModule
 from semiseg.models.deeplabv3plus import upsample
 
 BOTH = ("logits", "representation")
+# method.labeled_aug / method.unlabeled_crop -> the data module's crops
+LABELED_AUGS = {"public": "reco", "unimatch": "unimatch"}
+
+
+def rgb_inputs(model) -> bool:
+    """Whether the model takes RGB images: not image pairs, not another number of channels."""
+    inputs = getattr(model, "inputs", ("rgb",))
+    return "pair" not in inputs and getattr(model, "in_channels", 3) == 3
+
+
+def check_labeled_aug(value: str, key: str = "method.labeled_aug") -> str:
+    """method.labeled_aug / method.unlabeled_crop -> the data module's name of the crops."""
+    if value not in LABELED_AUGS:
+        public = (
+            "ReCo's rescale, reflection padding, crop, jitter, blur and flip"
+            if key == "method.labeled_aug"
+            else "the public plain crop with reflection padding"
+        )
+        raise ConfigError(
+            f"{key}={value!r}: use public ({public}) or unimatch (UniMatch's resize, crop and flip)"
+        )
+    return LABELED_AUGS[value]
 
 
 class CSS(TeacherStudentModule):
@@ -101,9 +143,16 @@ class CSS(TeacherStudentModule):
         teacher_mode: str = "train",
         unlabeled_aug: str = "public",
         unlabeled_scale: tuple[float, float] = (0.5, 1.5),
+        mix_gather: bool = True,
+        # read by data_requirements: the data workers' labeled crops
+        labeled_aug: str = "public",
+        labeled_scale: tuple[float, float] = (0.5, 1.5),
+        unlabeled_crop: str = "public",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)  # the teacher copies the model, representation head too
+        check_labeled_aug(labeled_aug)
+        check_labeled_aug(unlabeled_crop, "method.unlabeled_crop")
         if teacher_mode not in ("train", "eval"):
             raise ConfigError(f"method.teacher_mode={teacher_mode!r}: use train (public) or eval")
         self.teacher_mode = teacher_mode
@@ -118,6 +167,15 @@ class CSS(TeacherStudentModule):
             )
         self.unlabeled_aug = unlabeled_aug
         self.unlabeled_scale = tuple(unlabeled_scale)
+        if not rgb_inputs(self.model) and unlabeled_aug == "public":
+            # ReCo's jitter is defined on RGB images; a change pair (6 channels) keeps the
+            # workers' strong view of each of its images, as strong_view does. Decided once.
+            note_once(
+                "css: method.unlabeled_aug=public jitters RGB images; this model takes image "
+                "pairs or other channels: using method.unlabeled_aug=strong_view"
+            )
+            self.unlabeled_aug = "strong_view"
+        self.mix_gather = bool(mix_gather)
         if label_mode not in ("cross", "mix"):
             raise ConfigError(f"method.label_mode={label_mode!r}: use cross or mix")
         head = getattr(self.model, "representation", None)
@@ -142,6 +200,15 @@ class CSS(TeacherStudentModule):
         self._new_prototypes = None
         self.labeled_epoch_steps = None
 
+    @classmethod
+    def data_requirements(cls, method_cfg) -> dict[str, Any]:
+        needs = super().data_requirements(method_cfg)
+        needs["labeled_aug"] = check_labeled_aug(method_cfg.get("labeled_aug", "public"))
+        needs["labeled_scale"] = tuple(method_cfg.get("labeled_scale", (0.5, 1.5)))
+        crop = method_cfg.get("unlabeled_crop", "public")
+        needs["unlabeled_crop"] = check_labeled_aug(crop, "method.unlabeled_crop")
+        return needs
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # The public epoch: one pass of each rank's DistributedSampler share of the labeled list
@@ -163,7 +230,6 @@ class CSS(TeacherStudentModule):
         u = batch.unlabeled
         weak, ignore = u.weak, u.ignore
         padded = ignore == IGNORE_INDEX
-        n_u = weak.shape[0]
 
         # 1. The teacher's labels of the weak view in both spaces (the cosines are upsampled to
         #    the image before the softmax, as the public code). Padded pixels get confidence 0,
@@ -178,24 +244,15 @@ class CSS(TeacherStudentModule):
             similarity = upsample(similarity, weak.shape[-2:])
             conf_r, labels_r = representation_pseudo_labels(similarity, self.rep_temperature)
         # 2. The images the student sees, with both spaces' labels moved alike.
-        partner = torch.arange(n_u).roll(-1)  # ReCo mixes image i with image i + 1
-        if self.unlabeled_aug == "public" and weak.shape[1] != 3:
-            # ReCo's jitter is defined on RGB images; a change pair (6 channels) keeps the
-            # workers' strong view of each of its images, as strong_view does
-            note_once(
-                f"css: method.unlabeled_aug=public jitters RGB images; these inputs have "
-                f"{weak.shape[1]} channels (image pairs): using method.unlabeled_aug=strong_view"
-            )
-        if self.unlabeled_aug == "public" and weak.shape[1] == 3:  # rescaled, mixed, jittered
+        if self.unlabeled_aug == "public":  # rescaled, mixed, jittered
             logit_space = Mixed(weak, labels_c, conf_c.masked_fill(padded, 0), ignore)
             rep_space = Mixed(weak, labels_r, conf_r.masked_fill(padded, 0), ignore)
             views = rescale_and_crop((logit_space, rep_space), self.unlabeled_scale)
-            views = reco_mix(views, self.mix_mode, partner)
-            logit_space, rep_space = reco_jitter(views)
+            logit_space, rep_space = reco_jitter(self.mixed(views))
         else:  # strong_view: the workers' strong view, mixed after its colour change
             logit_space = Mixed(u.strong1, labels_c, conf_c.masked_fill(padded, 0), ignore)
             rep_space = Mixed(u.strong1, labels_r, conf_r.masked_fill(padded, 0), ignore)
-            logit_space, rep_space = reco_mix((logit_space, rep_space), self.mix_mode, partner)
+            logit_space, rep_space = self.mixed((logit_space, rep_space))
 
         # 3. The student, labeled and unlabeled images in separate forwards (separate BatchNorm
         #    batches, as the public code).
@@ -242,6 +299,14 @@ class CSS(TeacherStudentModule):
             "rep_mask_ratio": mask_ratio(conf_r, ignore, self.tau),
             "pseudo_acc": pseudo_label_accuracy(learned_labels, learned_conf, u.gt, self.tau),
         }
+
+    def mixed(self, views: tuple[Mixed, ...]) -> tuple[Mixed, ...]:
+        """ReCo's mix: image i with image i + 1, of all ranks' batch as public (`mix_gather`),
+        else within this rank's batch."""
+        if self.mix_gather:
+            return mix_across_ranks(views, self.mix_mode)
+        n = views[0].images.shape[0]
+        return reco_mix(views, self.mix_mode, torch.arange(n).roll(-1))
 
     @torch.no_grad()
     def updated_prototypes(self, rep, labels):

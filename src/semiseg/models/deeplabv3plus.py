@@ -64,6 +64,7 @@ class DeepLabV3Plus(nn.Module):
     `decoder_convs`: the 3x3 convs between the concatenation and the classifier: 2 as UniMatch
     and U2PL, 1 as the public CSS code's `DeepLabv3Plus_with_rep.classifier`.
     `multi_grid`: U2PL's multi-grid dilations of the last ResNet stage (encoders.apply_multi_grid).
+    `stem_pool_ceil`: U2PL's stem max-pool in ceil mode (encoders.build_encoder).
     """
 
     # What build checks before training: the inputs it takes (rgb | channels | pair) and
@@ -85,6 +86,7 @@ class DeepLabV3Plus(nn.Module):
         aux_head: bool = False,
         multi_grid: bool = False,
         decoder_convs: int = 2,
+        stem_pool_ceil: bool = False,
     ):
         super().__init__()
         if decoder_convs not in (1, 2):
@@ -93,7 +95,12 @@ class DeepLabV3Plus(nn.Module):
                 "(the public CSS code's classifier)"
             )
         self.backbone = build_encoder(
-            encoder, output_stride, deep_stem, multi_grid=multi_grid, stage3=aux_head
+            encoder,
+            output_stride,
+            deep_stem,
+            multi_grid=multi_grid,
+            stage3=aux_head,
+            stem_pool_ceil=stem_pool_ceil,
         )
         # imagenet | scratch | a path (see encoders.resolve_init); None is scratch
         load_init(self.backbone, encoder, pretrained, pretrained_dir, deep_stem)

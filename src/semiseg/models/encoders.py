@@ -244,6 +244,7 @@ def build_encoder(
     deep_stem: bool = True,
     multi_grid: bool = False,
     stage3: bool = False,
+    stem_pool_ceil: bool = False,
 ) -> nn.Module:
     """Build the encoder `name` with random weights.
 
@@ -251,12 +252,16 @@ def build_encoder(
     parameter names match the public ImageNet checkpoints of the reference code. It is ignored
     for other models and for `smp:` encoders, which keep their own stem.
     multi_grid: U2PL's multi-grid dilations of the last stage (`apply_multi_grid`).
+    stem_pool_ceil: the stem's 3x3 max-pool (stride 2, padding 1) in ceil mode, as U2PL's
+    resnet.py (and iMAS's, AugSeg's, FST's copies): an even stem output of size s gives s / 2 + 1
+    rows where floor mode gives s / 2 (a 512 crop: 129 at stride 4, not 128).
     stage3: a timm ResNet also returns the third stage's feature, in the middle
     (`[low, stage3, high]`; its width in `stage3_channels`): the input of U2PL's auxiliary head.
     """
     is_resnet = timm.is_model(name) and name.split(".")[0] in timm.list_models(module="resnet")
-    if (multi_grid or stage3) and not is_resnet:
+    if (multi_grid or stage3 or stem_pool_ceil) and not is_resnet:
         key = "model.multi_grid" if multi_grid else "model.aux_head"
+        key = "model.stem_pool_ceil" if stem_pool_ceil and not multi_grid else key
         raise ConfigError(f"{key}=true needs a timm ResNet encoder, not {name}; set {key}=false")
     if name in xception.NAMES:
         return xception.Xception65(output_stride)
@@ -275,6 +280,8 @@ def build_encoder(
         model = timm.create_model(name, out_indices=(1, 3, 4) if stage3 else (1, 4), **kwargs)
         if multi_grid:
             apply_multi_grid(model, name)
+        if stem_pool_ceil:
+            model.maxpool.ceil_mode = True
     else:
         # Other families number their features differently: find the stride-4 one.
         info = timm.create_model(name, **kwargs).feature_info

@@ -48,6 +48,8 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
         pad_fill=dm.pad_fill,
         resize=dm.resize,
         pad_label=dm.labeled_pad_label,
+        augment=dm.labeled_aug,
+        scale=dm.labeled_scale,
     )
     dm.unlabeled_set = None
     if dm.unlabeled:
@@ -60,6 +62,7 @@ def setup(dm, folder: Path, num_classes: int | None) -> None:
             read_mask=gt_reader,
             pad_fill=dm.pad_fill,
             resize=dm.resize,
+            crop=dm.unlabeled_crop,
         )
     dm.val_set = ValDataset(dm.root, files.val, read_mask=reader)
     dm.files = files
