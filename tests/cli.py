@@ -23,6 +23,18 @@ TINY = [
 ]
 
 
+# Two steps and one validation on a dataset of any layout at crop 32 (ACDC, change pairs).
+TWO_STEPS = [
+    "dataset.crop_size=32",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.max_steps=2",
+    "trainer.max_epochs=null",
+    "trainer.val_check_interval=2",
+    "trainer.check_val_every_n_epoch=null",
+    "trainer.enable_progress_bar=false",
+]
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # predictable speed on a busy 2-core machine
 
 
@@ -96,10 +108,10 @@ def stop_with_sigterm(start, *args, log: Path, until, timeout=300, receiver=None
                 os.kill(receiver(proc), signal.SIGTERM)
             return proc.wait(timeout=timeout)
         finally:
-            _end(proc)
+            end_group(proc)
 
 
-def _end(proc) -> None:
+def end_group(proc) -> None:
     """End a process started in its own group that is still running (a failed test's): SIGTERM
     to the group (torchrun ends its ranks, which sit in process groups of their own), then
     SIGKILL."""

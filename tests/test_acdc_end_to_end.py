@@ -10,18 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import layouts  # noqa: E402
-from cli import ONE_THREAD, run_script  # noqa: E402
+from cli import ONE_THREAD, TWO_STEPS, run_script  # noqa: E402
 
-ACDC_TINY = [
-    "dataset.crop_size=32",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "trainer.max_steps=2",
-    "trainer.max_epochs=null",
-    "trainer.val_check_interval=2",
-    "trainer.check_val_every_n_epoch=null",
-    "trainer.enable_progress_bar=false",
-]
+ACDC_TINY = TWO_STEPS
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ against a transcription of the public `generate_cut_gather_3` (tests/public_css.
 ranks on the CPU and on one process."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from semiseg.augment.reco import mix_across_ranks
 from semiseg.methods.css import CSS
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cli import REPO, TINY  # noqa: E402
+from cli import TINY, end_group, start_torchrun  # noqa: E402
 from public_css import public_cut_gather  # noqa: E402
 
 N, H, W = 3, 8, 10
@@ -109,27 +107,14 @@ def test_css_trains_on_two_ranks_under_torchrun(tmp_path):
     overrides = [f"dataset.root={tmp_path / 'toy'}", *TINY, f"hydra.run.dir={run_dir}"]
     log_path = tmp_path / "torchrun.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-            + ["train.py", "trainer=ddp", "method=css", "method.num_queries=8"]
-            + ["method.num_negatives=16", *overrides],
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start_torchrun(
+            "train.py", "trainer=ddp", "method=css", "method.num_queries=8",
+            "method.num_negatives=16", *overrides, log=log,
+        )  # fmt: skip
         try:
             proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
-            # torchrun's ranks sit in process groups of their own: SIGTERM to torchrun's group
-            # makes it end them (SIGKILL after its grace period), then torchrun itself
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            end_group(proc)
             tail = log_path.read_text()[-2000:]
             pytest.fail(f"the two ranks did not finish in 300 s (an unmatched collective?): {tail}")
     assert proc.returncode == 0, log_path.read_text()[-3000:]

@@ -6,21 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
+from test_trust_callback import Fixed  # a network that predicts given probabilities
 
 from semiseg.selection.trust_callback import PseudoLabelTrust
 from semiseg.tasks import build_task
-
-
-class Fixed(nn.Module):
-    """A network whose softmax is `probs` (N, C, H, W) whatever its input (logits = log p)."""
-
-    def __init__(self, probs):
-        super().__init__()
-        self.register_buffer("logits", probs.log())
-
-    def forward(self, x):
-        return self.logits.expand(x.shape[0], -1, -1, -1)
 
 
 def uncertain(shape):
