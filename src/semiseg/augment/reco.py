@@ -190,6 +190,11 @@ def _gather(tensor: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def mix_within_batch(views: tuple[Mixed, ...], mode: str, generator=None) -> tuple[Mixed, ...]:
+    """ReCo's mix of this batch alone: image i with image i + 1 (the last with the first)."""
+    return reco_mix(views, mode, torch.arange(views[0].images.shape[0]).roll(-1), generator)
+
+
 def mix_across_ranks(views: tuple[Mixed, ...], mode: str, generator=None) -> tuple[Mixed, ...]:
     """Step 2 as CSS's `generate_cut_gather_3`: the images, both views' labels and confidences
     and the ignore map of all ranks are gathered, image i of the gathered batch is mixed with
@@ -197,12 +202,10 @@ def mix_across_ranks(views: tuple[Mixed, ...], mode: str, generator=None) -> tup
     rows. So rank 0 mixes within its batch (as one process does) and every other rank's image k
     takes its partner from rank 0's image k + 1. Each rank draws the masks of the whole gathered
     batch, as the public loop. On one process: image i with image i + 1 of the batch."""
-    n = views[0].images.shape[0]
-    if mode == "none" or not (dist.is_available() and dist.is_initialized()):
-        return reco_mix(views, mode, torch.arange(n).roll(-1), generator)
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if world == 1:
-        return reco_mix(views, mode, torch.arange(n).roll(-1), generator)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if mode == "none" or world == 1:
+        return mix_within_batch(views, mode, generator)
+    n, rank = views[0].images.shape[0], dist.get_rank()
     images, ignore = _gather(views[0].images), _gather(views[0].ignore)
     gathered = tuple(Mixed(images, _gather(v.labels), _gather(v.conf), ignore) for v in views)
     partner = (torch.arange(world * n) + 1) % n

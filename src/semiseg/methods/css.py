@@ -76,8 +76,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from semiseg.augment.mixing import Mixed, reco_mix
-from semiseg.augment.reco import mix_across_ranks, reco_jitter, rescale_and_crop
+from semiseg.augment.mixing import Mixed
+from semiseg.augment.reco import (
+    mix_across_ranks,
+    mix_within_batch,
+    reco_jitter,
+    rescale_and_crop,
+)
 from semiseg.data.batch import TrainBatch
 from semiseg.data.checks import note_once
 from semiseg.errors import ConfigError
@@ -305,8 +310,7 @@ class CSS(TeacherStudentModule):
         else within this rank's batch."""
         if self.mix_gather:
             return mix_across_ranks(views, self.mix_mode)
-        n = views[0].images.shape[0]
-        return reco_mix(views, self.mix_mode, torch.arange(n).roll(-1))
+        return mix_within_batch(views, self.mix_mode)
 
     @torch.no_grad()
     def updated_prototypes(self, rep, labels):
